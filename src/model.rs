@@ -129,6 +129,8 @@ pub struct Relocation {
 }
 
 /// Relocation types stencilcheck understands. Anything else is bad input.
+/// Variants keep the ELF spelling so they grep like the objdump lines.
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum RelocKind {
     X86_64_64,
@@ -343,6 +345,7 @@ impl fmt::Display for Section {
 }
 
 /// The patch functions of CPython's `Python/jit.c` (3.13 and later).
+#[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum PatchFn {
     P64,

@@ -5,9 +5,13 @@
 //! addresses; each (seed, stencil, index) triple has its own stream, so
 //! `--stencil` or `--placement` filters never shift other runs.
 
-use crate::model::{Stencil, Symbol, Term, Value};
+use crate::error::BadInput;
+use crate::model::{PatchFn, Section, Stencil, Symbol, Term, Value};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 /// Lowest address we place anything at: the first 64 KiB stay unmapped, like
 /// Linux's `vm.mmap_min_addr`, so NULL-ish pointers fault.
@@ -114,5 +118,369 @@ impl Placement {
             Symbol::External(name) => *self.externs.get(name)?,
             Symbol::Local(_) => return None,
         })
+    }
+}
+
+/// The order layouts cycle through: realistic placements twice as often,
+/// every edge family at least once in any eight consecutive placements.
+const LAYOUT_CYCLE: [Layout; 8] = [
+    Layout::Compact,
+    Layout::Scattered,
+    Layout::FarExterns,
+    Layout::RelativeEdge,
+    Layout::Compact,
+    Layout::RelaxEdge,
+    Layout::Low,
+    Layout::High,
+];
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+/// Reach of a signed 32-bit displacement.
+const REACH32: i64 = 1 << 31;
+/// Space reserved for the fake heap (frames, objects, the machine stack).
+const HEAP_SIZE: u64 = 64 * MIB;
+/// Machine stack: the top of the heap arena, below a guard gap.
+const MACHINE_STACK_TOP_GAP: u64 = 64 * 1024;
+
+/// All placements `0..count` of one stencil.
+pub fn placements(stencil: &Stencil, seed: u64, count: u32) -> Result<Vec<Placement>, BadInput> {
+    (0..count).map(|i| place(stencil, seed, i)).collect()
+}
+
+/// Placement number `index` of `stencil` under `seed`. Fails only when the
+/// stencil's own holes cannot all be satisfied at once (bad input).
+pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadInput> {
+    let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, &stencil.name, index));
+    let layout = LAYOUT_CYCLE[index as usize % LAYOUT_CYCLE.len()];
+    let constraints = Constraints::of(stencil);
+    let span = constraints.data_offsets(stencil);
+    if span.is_empty() {
+        return Err(BadInput::at_line(
+            "stencil",
+            stencil.line,
+            format!(
+                "impossible placement of {}: its relative data holes cannot all reach one data address",
+                stencil.name
+            ),
+        ));
+    }
+    let code = pick_code(&mut rng, layout, stencil, &span);
+    let data = pick_data(&mut rng, layout, stencil, code, &span);
+    let mut taken = Taken::default();
+    taken.reserve(code, stencil.code_size().max(1));
+    taken.reserve(data, stencil.data_size().max(1));
+
+    let heap = pick_free(&mut rng, &taken, HEAP_SIZE, |r| random_user(r, HEAP_SIZE));
+    taken.reserve(heap, HEAP_SIZE);
+    let mut externs = BTreeMap::new();
+    for symbol in stencil.symbols() {
+        if let Symbol::External(name) = &symbol {
+            let site = constraints.first_site(&symbol).unwrap_or(code);
+            let addr = pick_extern(&mut rng, layout, &taken, code, site, constraints.reach_of(&symbol));
+            taken.reserve(addr, 16);
+            externs.insert(name.clone(), addr);
+        }
+    }
+    let mut targets = [0u64; 3];
+    for i in 0..targets.len() {
+        // Distinct targets, so a swapped jump/error hole can never look right.
+        let mut t = pick_target(&mut rng, layout, &taken, stencil, code);
+        while targets[..i].contains(&t) {
+            t = pick_target(&mut rng, layout, &taken, stencil, code);
+        }
+        targets[i] = t;
+    }
+    let [jump_target, error_target, top] = targets;
+    let heap_object = |rng: &mut ChaCha8Rng| heap + rng.gen_range(0..HEAP_SIZE / 2) / 16 * 16;
+    let operands = [pick_operand(&mut rng, heap), pick_operand(&mut rng, heap)];
+    Ok(Placement {
+        index,
+        layout,
+        code,
+        data,
+        executor: heap_object(&mut rng),
+        jump_target,
+        error_target,
+        top,
+        oparg: pick_oparg(&mut rng),
+        operands,
+        target: if rng.gen_bool(0.5) { rng.gen_range(0..512) } else { rng.gen() },
+        exit_index: rng.gen_range(0..64),
+        externs,
+        frame: heap_object(&mut rng),
+        stack_pointer: heap_object(&mut rng) + 0x100,
+        tstate: heap_object(&mut rng),
+        // Entered as if by `call`: the return-address slot is 8 mod 16.
+        machine_sp: (heap + HEAP_SIZE - MACHINE_STACK_TOP_GAP) & !0xf,
+        heap,
+        heap_size: HEAP_SIZE,
+        contents_seed: rng.gen(),
+    })
+}
+
+/// A stream per (seed, stencil, index): FNV-1a over the name, mixed with splitmix.
+fn stream_seed(seed: u64, name: &str, index: u32) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    splitmix(seed ^ splitmix(h ^ ((index as u64) << 32)))
+}
+
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The reach a relative patch function's displacement (value − location) has.
+fn reach(func: PatchFn) -> Option<Range<i64>> {
+    match func {
+        PatchFn::P32r | PatchFn::X86_64_32rx => Some(-REACH32..REACH32),
+        PatchFn::Aarch64_26r => Some(-(1 << 27)..(1 << 27)),
+        // ±2^20 pages, less a page either side for the page rounding.
+        PatchFn::Aarch64_21r | PatchFn::Aarch64_21rx | PatchFn::Aarch64_33rx => {
+            Some(-(1i64 << 32) + PAGE as i64..(1i64 << 32) - PAGE as i64)
+        }
+        _ => None,
+    }
+}
+
+/// What the stencil's relative holes demand of a placement.
+struct Constraints<'a> {
+    stencil: &'a Stencil,
+}
+
+impl<'a> Constraints<'a> {
+    fn of(stencil: &'a Stencil) -> Self {
+        Constraints { stencil }
+    }
+
+    /// Relative code holes: (offset of the location, value, reach).
+    fn relative_holes(&self) -> impl Iterator<Item = (u64, &'a Value, Range<i64>)> + 'a {
+        self.stencil.holes().filter(|h| h.section == Section::Code).filter_map(|h| {
+            reach(h.func).map(|r| (h.offset, &h.value, r))
+        })
+    }
+
+    /// Offsets `data - code` at which every relative hole on `data` reaches.
+    fn data_offsets(&self, stencil: &Stencil) -> Range<i64> {
+        let mut lo = i64::MIN;
+        let mut hi = i64::MAX;
+        for (offset, value, r) in self.relative_holes() {
+            if value.term == Term::Data {
+                // data + addend - (code + offset) in r  ⇔  data - code in r + offset - addend
+                lo = lo.max(r.start + offset as i64 - value.addend);
+                hi = hi.min(r.end + offset as i64 - value.addend);
+            }
+        }
+        // Data must also fit beside the code without overlapping it: that
+        // needs room for either data before code or data after it.
+        let before = -(stencil.data_size() as i64);
+        let after = stencil.code_size() as i64;
+        if hi <= before.min(after) && lo > before {
+            return 0..0;
+        }
+        lo..hi
+    }
+
+    /// Reach an extern must keep from the code when a relative code hole names it.
+    fn reach_of(&self, symbol: &Symbol) -> Option<Range<i64>> {
+        let name = symbol.to_string();
+        self.relative_holes()
+            .filter(|(_, v, _)| v.term == Term::Symbol(name.clone()))
+            .map(|(off, v, r)| (r.start + off as i64 - v.addend)..(r.end + off as i64 - v.addend))
+            .reduce(|a, b| a.start.max(b.start)..a.end.min(b.end))
+    }
+
+    /// Code offset of the first relocation naming `symbol`.
+    fn first_site(&self, symbol: &Symbol) -> Option<u64> {
+        self.stencil.relocations.iter().find(|r| &r.symbol == symbol).map(|r| r.offset)
+    }
+}
+
+/// Address ranges already used by this placement (byte-precise, page-padded).
+#[derive(Default)]
+struct Taken(Vec<Range<u64>>);
+
+impl Taken {
+    fn reserve(&mut self, addr: u64, len: u64) {
+        let start = addr & !(PAGE - 1);
+        let end = (addr.saturating_add(len) + PAGE - 1) & !(PAGE - 1);
+        self.0.push(start.saturating_sub(PAGE)..end.saturating_add(PAGE));
+    }
+    fn clashes(&self, addr: u64, len: u64) -> bool {
+        let end = addr.saturating_add(len);
+        self.0.iter().any(|r| addr < r.end && r.start < end)
+    }
+}
+
+fn random_user(rng: &mut ChaCha8Rng, len: u64) -> u64 {
+    rng.gen_range(USER_MIN..USER_END - len - PAGE)
+}
+
+/// Draw until the candidate clashes with nothing taken (bounded; the user
+/// space is vast compared with what one stencil reserves).
+fn pick_free(
+    rng: &mut ChaCha8Rng,
+    taken: &Taken,
+    len: u64,
+    mut draw: impl FnMut(&mut ChaCha8Rng) -> u64,
+) -> u64 {
+    for _ in 0..64 {
+        let a = draw(rng);
+        if !taken.clashes(a, len) && a >= USER_MIN && a.saturating_add(len) < USER_END {
+            return a;
+        }
+    }
+    loop {
+        let a = random_user(rng, len);
+        if !taken.clashes(a, len) {
+            return a;
+        }
+    }
+}
+
+fn pick_code(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, span: &Range<i64>) -> u64 {
+    let size = stencil.code_size() + stencil.data_size();
+    // Leave room for data on the side the holes demand.
+    let margin = span.start.unsigned_abs().min(4 * GIB).max(span.end.unsigned_abs().min(4 * GIB));
+    match layout {
+        Layout::Low => USER_MIN + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
+        Layout::High => USER_END - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
+        Layout::Compact => {
+            // A page-aligned allocation plus the code of earlier uops in the trace.
+            let base = rng.gen_range(USER_MIN + 8 * GIB..USER_END - 8 * GIB) & !(PAGE - 1);
+            base + rng.gen_range(0..16 * 1024)
+        }
+        _ => rng.gen_range(USER_MIN + margin..USER_END - margin - size),
+    }
+}
+
+fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64, span: &Range<i64>) -> u64 {
+    let code_end = code + stencil.code_size();
+    let data_len = stencil.data_size();
+    // Legal offsets data - code, clipped to user space and to not overlapping code.
+    let lo = span.start.max(USER_MIN as i64 - code as i64);
+    let hi = span.end.min((USER_END - data_len - PAGE) as i64 - code as i64);
+    let fits = |d: i64| {
+        let a = code.wrapping_add(d as u64);
+        d >= lo && d < hi && (a >= code_end || a + data_len <= code)
+    };
+    let candidate = match layout {
+        // CPython puts data after all of the trace's code.
+        Layout::Compact | Layout::Low | Layout::High => {
+            stencil.code_size() as i64 + rng.gen_range(0..64 * 1024)
+        }
+        Layout::RelativeEdge => {
+            if rng.gen_bool(0.5) { lo } else { hi - 1 }
+        }
+        _ => rng.gen_range(lo..hi),
+    };
+    if fits(candidate) {
+        return code.wrapping_add(candidate as u64);
+    }
+    // Either edge, then anything legal after the code, then before it.
+    for d in [lo, hi - 1, stencil.code_size() as i64, -(data_len as i64)] {
+        if fits(d) {
+            return code.wrapping_add(d as u64);
+        }
+    }
+    for _ in 0..256 {
+        let d = rng.gen_range(lo..hi);
+        if fits(d) {
+            return code.wrapping_add(d as u64);
+        }
+    }
+    code_end
+}
+
+fn pick_extern(
+    rng: &mut ChaCha8Rng,
+    layout: Layout,
+    taken: &Taken,
+    code: u64,
+    site_offset: u64,
+    reach: Option<Range<i64>>,
+) -> u64 {
+    let site = code + site_offset;
+    if let Some(r) = reach {
+        // A relative hole names it directly: it must stay within that reach.
+        let lo = (code as i64 + r.start).max(USER_MIN as i64) as u64;
+        let hi = (code as i64 + r.end).min(USER_END as i64) as u64;
+        return pick_free(rng, taken, 16, |g| g.gen_range(lo..hi.max(lo + 1)));
+    }
+    pick_free(rng, taken, 16, |g| match layout {
+        Layout::Compact => near(g, code, 64 * 1024, GIB),
+        Layout::FarExterns => far(g, code),
+        Layout::RelaxEdge => relax_edge(g, site),
+        Layout::Low => g.gen_range(USER_MIN..USER_MIN + 4 * GIB),
+        Layout::High => USER_END - g.gen_range(PAGE..4 * GIB),
+        _ => random_user(g, PAGE),
+    })
+}
+
+/// An address `min..max` bytes from `base`, either side.
+fn near(rng: &mut ChaCha8Rng, base: u64, min: u64, max: u64) -> u64 {
+    let d = rng.gen_range(min..max);
+    if rng.gen_bool(0.5) { base.wrapping_add(d) } else { base.wrapping_sub(d) }
+}
+
+/// More than 2 GiB away from `base` (relaxation out of reach).
+fn far(rng: &mut ChaCha8Rng, base: u64) -> u64 {
+    let below = base > USER_MIN + 3 * GIB;
+    let above = base + 3 * GIB < USER_END;
+    if above && (!below || rng.gen_bool(0.5)) {
+        rng.gen_range(base + 2 * GIB + PAGE..USER_END - PAGE)
+    } else {
+        rng.gen_range(USER_MIN..base - 2 * GIB - PAGE)
+    }
+}
+
+/// Right on the edge of `patch_x86_64_32rx`'s relaxation test for a GOT load
+/// at `site`: S − 4 − site ∈ [−2^31, 2^31 − 1) relaxes; one byte further does not.
+fn relax_edge(rng: &mut ChaCha8Rng, site: u64) -> u64 {
+    let edges: [i64; 4] = [-REACH32 + 4, -REACH32 + 3, REACH32 + 2, REACH32 + 3];
+    let d = edges[rng.gen_range(0..edges.len())];
+    let a = (site as i64).wrapping_add(d);
+    if a >= USER_MIN as i64 && (a as u64) < USER_END { a as u64 } else { far(rng, site) }
+}
+
+/// A jump/error target: in a realistic trace, just before or after this
+/// stencil's code, or anywhere.
+fn pick_target(rng: &mut ChaCha8Rng, layout: Layout, taken: &Taken, stencil: &Stencil, code: u64) -> u64 {
+    let end = code + stencil.code_size();
+    let adjacent = match rng.gen_range(0..4) {
+        0 => code.wrapping_sub(rng.gen_range(1..16)),
+        1 => end + rng.gen_range(1..16),
+        _ => 0,
+    };
+    if adjacent != 0 && (USER_MIN..USER_END).contains(&adjacent) && layout != Layout::FarExterns {
+        return adjacent;
+    }
+    // Targets may share pages with others; only the exact bytes must differ.
+    let draw = |g: &mut ChaCha8Rng| match layout {
+        Layout::Compact | Layout::Low | Layout::High => near(g, code, 2 * PAGE, 4 * MIB),
+        _ => random_user(g, PAGE),
+    };
+    pick_free(rng, taken, 1, draw)
+}
+
+fn pick_oparg(rng: &mut ChaCha8Rng) -> u16 {
+    match rng.gen_range(0..10) {
+        0..=5 => rng.gen_range(0..8),
+        6 => [0, 1, 0x7fff, 0x8000, 0xffff][rng.gen_range(0..5)],
+        _ => rng.gen_range(0..256),
+    }
+}
+
+fn pick_operand(rng: &mut ChaCha8Rng, heap: u64) -> u64 {
+    match rng.gen_range(0..10) {
+        0..=3 => heap + rng.gen_range(0..HEAP_SIZE / 2) / 8 * 8,
+        4 | 5 => rng.gen_range(0..64),
+        6 => [0, u64::MAX, 1 << 63, 0xffff_ffff, 0x8000_0000][rng.gen_range(0..5)],
+        _ => rng.gen(),
     }
 }
