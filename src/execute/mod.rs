@@ -1,0 +1,189 @@
+//! Execute: run a patched stencil image and record what its relocation sites
+//! did, where it called, and how it left. Nothing here decides right or wrong;
+//! that is the judge's job, from the observations recorded here.
+//!
+//! Two kinds of observation come out of this stage:
+//! - *static*: every relocation site decoded on the patched image, without
+//!   running, for the sites whose operand does not depend on registers;
+//! - *dynamic*: a run in an emulator, with a fake frame, stack and thread
+//!   state, externs stubbed out and memory made up on demand from a seed.
+
+pub mod x86_64;
+
+use crate::model::{Arch, Effect, Stencil, StencilSet};
+use crate::place::{splitmix, Placement, PAGE};
+use serde::Serialize;
+
+/// Default instruction budget of one run. Generous: loops bounded by oparg
+/// (≤ 65535 iterations) stay well under it.
+pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 2_000_000;
+/// Calls a run may make before we call it a runaway.
+pub const CALL_LIMIT: usize = 4096;
+
+/// What one relocation site did with its relocated field.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteObservation {
+    /// Index into `stencil.relocations`.
+    pub relocation: usize,
+    /// Address and length of the instruction (after patching) that holds the field.
+    pub pc: u64,
+    pub len: u32,
+    /// `None`: the field is not a displacement, branch or immediate of the
+    /// instruction now there (the bytes were patched into something else).
+    pub effect: Option<Effect>,
+}
+
+/// A call the stencil made (to an extern or through a pointer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CallRecord {
+    pub from: u64,
+    pub target: u64,
+    /// Stack pointer at the callee's first instruction.
+    pub sp: u64,
+    pub returned: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// A jump (direct, indirect or conditional) out of the code.
+    Jump,
+    /// A `ret`.
+    Return,
+    /// Execution ran off the end of the code.
+    FallThrough,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "end")]
+pub enum RunEnd {
+    /// Control left the code: `from` is the last instruction executed in it,
+    /// `sp` the stack pointer just before the transfer (before `ret` pops).
+    Exit { kind: ExitKind, from: u64, target: u64, sp: u64 },
+    /// The emulated code faulted.
+    Fault { fault: Fault, pc: u64, address: u64 },
+    /// The instruction budget ran out (a hang, or a loop over made-up memory).
+    InstructionLimit { limit: u64, pc: u64 },
+    /// More than [`CALL_LIMIT`] calls.
+    CallLimit { pc: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fault {
+    WriteIntoCode,
+    WriteIntoData,
+    /// Access to an address that cannot be mapped (non-canonical).
+    Unmappable,
+    InvalidInstruction,
+    /// Any other emulator error (named in `detail` of the finding).
+    Other,
+}
+
+/// Everything one run observed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Trace {
+    pub sites: Vec<SiteObservation>,
+    pub calls: Vec<CallRecord>,
+    pub end: Option<RunEnd>,
+    pub instructions: u64,
+    /// Stack pointer at entry (address of the return-address slot).
+    pub entry_sp: u64,
+    /// Address the run was entered at.
+    pub entry: u64,
+    /// True when entered as a function (the trampoline/shim), so `ret` is its exit.
+    pub entered_by_call: bool,
+}
+
+/// The registers holding frame, stack_pointer and tstate on entry to a uop.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Convention {
+    pub frame: &'static str,
+    pub stack_pointer: &'static str,
+    pub tstate: &'static str,
+    /// Where it came from: "trampoline" (read off it) or "default".
+    pub source: &'static str,
+}
+
+/// How a stencil is entered.
+pub fn entered_by_call(stencil: &Stencil) -> bool {
+    matches!(stencil.name.as_str(), "trampoline" | "shim")
+}
+
+/// An engine runs one placed, patched stencil at a time.
+pub trait Engine {
+    fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &crate::patch::Image) -> Trace;
+}
+
+/// Site observations made on the patched image without running it.
+pub fn static_sites(arch: Arch, stencil: &Stencil, image: &crate::patch::Image) -> Vec<SiteObservation> {
+    match arch {
+        Arch::X86_64 => x86_64::static_sites(stencil, image),
+        Arch::Aarch64 => Vec::new(),
+    }
+}
+
+/// The engine for a stencil set's architecture.
+pub fn engine_for(set: &StencilSet, limit: u64) -> Result<Box<dyn Engine>, String> {
+    match set.arch {
+        Arch::X86_64 => Ok(Box::new(x86_64::UnicornX86::new(x86_64::convention(set), limit)?)),
+        Arch::Aarch64 => Err("executing aarch64 stencils is not supported yet".into()),
+    }
+}
+
+/// Made-up memory: what a stencil finds when it reads somewhere we never
+/// wrote. Every 8-byte word is a function of (seed, address) alone, so the
+/// same placement reads the same bytes in whatever order it reads them.
+///
+/// The mix matters for coverage: pointers into the fake heap (so objects
+/// have objects inside), small integers and zero (refcounts, sizes, NULL),
+/// immortal-looking refcounts, and the stencil's own symbol values (so type
+/// checks like `Py_TYPE(o) == &PyLong_Type` sometimes succeed).
+pub struct Contents<'a> {
+    pub seed: u64,
+    pub heap: u64,
+    pub heap_size: u64,
+    pub interesting: &'a [u64],
+}
+
+impl Contents<'_> {
+    pub fn word(&self, addr: u64) -> u64 {
+        let h = splitmix(self.seed ^ addr.wrapping_mul(0x9e37_79b9));
+        let pick = h % 100;
+        let r = h >> 8;
+        match pick {
+            0..=34 => self.heap + (r % (self.heap_size / 2)) / 16 * 16,
+            35..=54 => r % 8,
+            55..=64 => 0,
+            65..=79 if !self.interesting.is_empty() => {
+                self.interesting[(r as usize) % self.interesting.len()]
+            }
+            80..=84 => 0xffff_ffff,
+            85..=89 => 1 << 30 | (r & 0xff),
+            _ => r % 0x7fff_ffff_0000,
+        }
+    }
+
+    /// A whole page of made-up contents.
+    pub fn page(&self, page: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PAGE as usize);
+        for i in 0..PAGE / 8 {
+            out.extend_from_slice(&self.word(page + i * 8).to_le_bytes());
+        }
+        out
+    }
+
+    /// What the `n`th stub call returns: NULL often (to reach error exits),
+    /// otherwise an object, a small int, or a symbol's value.
+    pub fn return_value(&self, n: usize) -> u64 {
+        let h = splitmix(self.seed ^ 0x5eed_0000 ^ n as u64);
+        match h % 10 {
+            0..=2 => 0,
+            3..=6 => self.heap + ((h >> 8) % (self.heap_size / 2)) / 16 * 16,
+            7 => [1, u64::MAX, 2][(h >> 8) as usize % 3],
+            _ if !self.interesting.is_empty() => self.interesting[(h >> 8) as usize % self.interesting.len()],
+            _ => 1,
+        }
+    }
+}

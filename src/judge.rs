@@ -1,0 +1,468 @@
+//! Judge: compare what the sites did (execute's observations) with what the
+//! relocations objdump printed say they must do (DOMAIN.md §6), and check the
+//! run's exits, stack and memory discipline.
+//!
+//! The oracle is the relocation `P: TYPE S+A`, never the patch call: a
+//! patch call is only named in a finding to show where the bug is.
+
+use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
+use crate::model::{DataCommentKind, Effect, PatchCall, RelocKind, Section, Stencil, Symbol};
+use crate::patch::{EmitFailure, Image};
+use crate::place::Placement;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// One thing found wrong in one run. The report merges equal findings
+/// across runs (same stencil, same [`Finding::key`]).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    pub kind: FindingKind,
+    /// One line: what is wrong.
+    pub message: String,
+    /// The relocation (index into `stencil.relocations`) it concerns, if any.
+    #[serde(skip)]
+    pub relocation: Option<usize>,
+    pub site: Option<Site>,
+    pub expected: Option<Shown>,
+    pub actual: Option<Shown>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// A relocation site transfers/loads/forms the wrong value.
+    WrongValue,
+    /// The relocated field is no longer an operand of the instruction there.
+    MangledSite,
+    /// A patch function's assertion fired at a legal placement.
+    PatchAssert,
+    /// A data slot does not hold what its header comment says.
+    DataSlot,
+    /// The run left the code for an address no relocation allows.
+    BadExit,
+    /// The stack pointer at exit differs from the one at entry.
+    StackImbalance,
+    /// A call with the stack misaligned for the C ABI.
+    MisalignedCall,
+    /// The code wrote into code/data, ran an invalid instruction, or touched unmappable memory.
+    Fault,
+    /// The run did not finish within its instruction or call budget.
+    Hang,
+}
+
+/// Where in the stencil a finding is.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Site {
+    pub section: Section,
+    pub offset: u64,
+    pub address: u64,
+    /// The instruction now at the site (patched), formatted.
+    pub instruction: Option<String>,
+    /// The relocation line as objdump printed it, with its header line.
+    pub relocation: Option<String>,
+    pub relocation_line: Option<usize>,
+    /// The patch call that wrote this site, with its header line.
+    pub hole: Option<String>,
+    pub hole_line: Option<usize>,
+}
+
+/// A value with what it is (`_JIT_CONTINUE`, `data+0x18`…), when we know.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Shown {
+    pub value: u64,
+    pub label: String,
+}
+
+impl Finding {
+    /// Two findings are the same bug when these match.
+    pub fn key(&self) -> (FindingKind, Option<usize>, Option<u64>, String) {
+        let offset = self.site.as_ref().map(|s| s.offset);
+        let label = match self.kind {
+            FindingKind::BadExit | FindingKind::Fault | FindingKind::Hang => self.message.clone(),
+            _ => String::new(),
+        };
+        (self.kind, self.relocation, offset, label)
+    }
+}
+
+/// What the judge concluded about one run.
+#[derive(Clone, Debug, Default)]
+pub struct Verdict {
+    pub findings: Vec<Finding>,
+    /// Indices (in `stencil.holes()` order) of the holes the run executed or read.
+    pub covered_holes: BTreeSet<usize>,
+}
+
+/// What a relocation demands of its site, in this placement.
+enum Expect {
+    /// Through a GOT slot or relaxed: the instruction uses S itself.
+    Uses(u64),
+    /// PC-relative: the address/target it refers to is S + A + (next_pc − P).
+    Refers { s_plus_a: u64 },
+    /// Absolute: the field holds S + A (as wide as the instruction takes it).
+    Absolute(u64),
+    /// An object-local symbol: somewhere in the stencil's read-only data.
+    InRodata { start: u64, end: u64 },
+}
+
+fn expectation(stencil: &Stencil, placement: &Placement, kind: RelocKind, symbol: &Symbol, addend: i64) -> Expect {
+    let rodata = || Expect::InRodata {
+        start: placement.data,
+        end: placement.data + stencil.rodata_len(),
+    };
+    let Some(s) = placement.symbol(symbol, stencil) else {
+        return rodata();
+    };
+    let s_plus_a = s.wrapping_add(addend as u64);
+    if kind.is_got() {
+        Expect::Uses(s)
+    } else {
+        match kind {
+            RelocKind::X86_64_PC32 | RelocKind::X86_64_PLT32 => Expect::Refers { s_plus_a },
+            _ => Expect::Absolute(s_plus_a),
+        }
+    }
+}
+
+fn truncate(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << bits) - 1)
+    }
+}
+
+/// Compare one observation with its relocation. `Some((expected, actual))` on a mismatch.
+fn check_site(
+    stencil: &Stencil,
+    placement: &Placement,
+    obs: &SiteObservation,
+    effect: &Effect,
+) -> Option<(u64, u64, &'static str)> {
+    let reloc = &stencil.relocations[obs.relocation];
+    let p = placement.code + reloc.offset;
+    let next_pc = obs.pc + obs.len as u64;
+    // The address (or target) the instruction refers to, for PC-relative and absolute rules.
+    let referred = match *effect {
+        Effect::Transfer { target, slot: None } => Some(target),
+        Effect::Transfer { slot: Some(slot), .. } => Some(slot),
+        Effect::Load { address, .. } | Effect::MemoryOperand { address } => Some(address),
+        Effect::Address { value, .. } => Some(value),
+        Effect::Immediate { .. } => None,
+    };
+    match expectation(stencil, placement, reloc.kind, &reloc.symbol, reloc.addend) {
+        Expect::Uses(s) => {
+            let (actual, bits, what) = match *effect {
+                Effect::Transfer { target, .. } => (target, 64, "control went to"),
+                Effect::Load { value, bits, .. } => (value, bits, "loaded"),
+                Effect::Address { value, bits } => (value, bits, "formed"),
+                Effect::Immediate { value, bits } => (value, bits, "immediate"),
+                // A store or read-modify-write through a GOT-relocated operand: only its value matters and it is not ours to see.
+                Effect::MemoryOperand { .. } => return None,
+            };
+            (truncate(actual, bits) != truncate(s, bits)).then_some((truncate(s, bits), actual, what))
+        }
+        Expect::Refers { s_plus_a } => {
+            let expected = s_plus_a.wrapping_add(next_pc.wrapping_sub(p));
+            let actual = referred.unwrap_or(0);
+            (actual != expected).then_some((expected, actual, "referred to"))
+        }
+        Expect::Absolute(v) => {
+            let (actual, bits) = match *effect {
+                Effect::Immediate { value, bits } => (value, bits),
+                _ => (referred.unwrap_or(0), 64),
+            };
+            (truncate(actual, bits) != truncate(v, bits)).then_some((truncate(v, bits), actual, "held"))
+        }
+        Expect::InRodata { start, end } => {
+            let actual = referred.unwrap_or(0);
+            (!(start..end).contains(&actual)).then_some((start, actual, "referred to"))
+        }
+    }
+}
+
+/// Name the value if it is one of the placement's: makes swapped holes obvious.
+pub fn label(stencil: &Stencil, placement: &Placement, value: u64) -> String {
+    for sym in stencil.symbols() {
+        if placement.symbol(&sym, stencil) == Some(value) {
+            return sym.to_string();
+        }
+    }
+    let in_range = |base: u64, len: u64| value >= base && value < base + len.max(1);
+    if in_range(placement.data, stencil.data_size()) {
+        return format!("data+{:#x}", value - placement.data);
+    }
+    if in_range(placement.code, stencil.code_size()) {
+        return format!("code+{:#x}", value - placement.code);
+    }
+    String::new()
+}
+
+fn shown(stencil: &Stencil, placement: &Placement, value: u64) -> Shown {
+    Shown { value, label: label(stencil, placement, value) }
+}
+
+/// The code hole that patches the field at `offset`, if any.
+fn hole_at(stencil: &Stencil, section: Section, offset: u64) -> Option<&PatchCall> {
+    stencil
+        .holes()
+        .find(|h| h.section == section && h.offset <= offset && offset < h.offset + h.func.width())
+}
+
+fn site(
+    stencil: &Stencil,
+    placement: &Placement,
+    image: &Image,
+    relocation: usize,
+    pc: u64,
+    arch: crate::model::Arch,
+) -> Site {
+    let reloc = &stencil.relocations[relocation];
+    let hole = hole_at(stencil, Section::Code, reloc.offset);
+    let instruction = image.read(pc, 15.min((image.code_addr + image.code.len() as u64 - pc) as usize))
+        .map(|b| crate::execute::format_instruction(arch, b, pc));
+    Site {
+        section: Section::Code,
+        offset: reloc.offset,
+        address: placement.code + reloc.offset,
+        instruction,
+        relocation: Some(reloc.text.clone()),
+        relocation_line: Some(reloc.line),
+        hole: hole.map(hole_text),
+        hole_line: hole.map(|h| h.line),
+    }
+}
+
+pub fn hole_text(h: &PatchCall) -> String {
+    format!("{}({} + {:#x}, {})", h.func, h.section, h.offset, h.value)
+}
+
+/// Judge the site observations (static or dynamic) of one placement.
+pub fn judge_sites(
+    arch: crate::model::Arch,
+    stencil: &Stencil,
+    placement: &Placement,
+    image: &Image,
+    observations: &[SiteObservation],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for obs in observations {
+        let reloc = &stencil.relocations[obs.relocation];
+        let Some(effect) = &obs.effect else {
+            out.push(Finding {
+                kind: FindingKind::MangledSite,
+                message: format!(
+                    "the field of `{}` at code+{:#x} is no longer a displacement, branch or immediate of the instruction there",
+                    reloc.text, reloc.offset
+                ),
+                relocation: Some(obs.relocation),
+                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+                expected: None,
+                actual: None,
+            });
+            continue;
+        };
+        if let Some((expected, actual, what)) = check_site(stencil, placement, obs, effect) {
+            let exp = shown(stencil, placement, expected);
+            let act = shown(stencil, placement, actual);
+            let target = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };
+            out.push(Finding {
+                kind: FindingKind::WrongValue,
+                message: format!(
+                    "{} at code+{:#x} {what} {:#x}{} instead of {target} ({:#x})",
+                    reloc.kind,
+                    reloc.offset,
+                    actual,
+                    if act.label.is_empty() { String::new() } else { format!(" ({})", act.label) },
+                    expected
+                ),
+                relocation: Some(obs.relocation),
+                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+                expected: Some(exp),
+                actual: Some(act),
+            });
+        }
+    }
+    out
+}
+
+/// Data slots must hold what the header's data comments say (`18: CONTINUE`).
+/// A second opinion beside the sites: catches a dropped or misdirected data
+/// patch even when no run reaches the code that reads the slot.
+pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for comment in &stencil.data_comments {
+        let DataCommentKind::Slot(value) = &comment.kind else { continue };
+        let address = image.data_addr + comment.offset;
+        let expected = placement.value(value, stencil);
+        let Some(actual) = image.read(address, 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))) else {
+            continue;
+        };
+        if actual != expected {
+            let hole = hole_at(stencil, Section::Data, comment.offset);
+            out.push(Finding {
+                kind: FindingKind::DataSlot,
+                message: format!(
+                    "data slot at data+{:#x} (`{value}`, line {}) holds {actual:#x} instead of {expected:#x}",
+                    comment.offset, comment.line
+                ),
+                relocation: None,
+                site: Some(Site {
+                    section: Section::Data,
+                    offset: comment.offset,
+                    address,
+                    instruction: None,
+                    relocation: None,
+                    relocation_line: None,
+                    hole: hole.map(hole_text),
+                    hole_line: hole.map(|h| h.line),
+                }),
+                expected: Some(shown(stencil, placement, expected)),
+                actual: Some(shown(stencil, placement, actual)),
+            });
+        }
+    }
+    out
+}
+
+/// A patch function's assert fired (or it read outside the image).
+pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &EmitFailure) -> Finding {
+    let call = &failure.call;
+    let relocation = stencil.relocations.iter().position(|r| r.offset == call.offset && call.section == Section::Code);
+    Finding {
+        kind: FindingKind::PatchAssert,
+        message: format!("{} (line {}): {}", hole_text(call), call.line, failure.assert.message),
+        relocation,
+        site: Some(Site {
+            section: call.section,
+            offset: call.offset,
+            address: match call.section {
+                Section::Code => placement.code + call.offset,
+                Section::Data => placement.data + call.offset,
+            },
+            instruction: None,
+            relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+            relocation_line: relocation.map(|i| stencil.relocations[i].line),
+            hole: Some(hole_text(call)),
+            hole_line: Some(call.line),
+        }),
+        expected: None,
+        actual: None,
+    }
+}
+
+/// Addresses control may leave the code for: every control-target symbol a
+/// relocation names, and the continuation.
+fn allowed_exits(stencil: &Stencil, placement: &Placement) -> Vec<(u64, String)> {
+    let mut out = vec![(placement.continuation(stencil), Symbol::Continue.to_string())];
+    for r in &stencil.relocations {
+        if r.symbol.is_control_target() {
+            if let Some(v) = placement.symbol(&r.symbol, stencil) {
+                out.push((v, r.symbol.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Judge how a run went: its exit, stack discipline, calls and faults.
+pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let plain = |kind, message: String| Finding {
+        kind,
+        message,
+        relocation: None,
+        site: None,
+        expected: None,
+        actual: None,
+    };
+    for call in &trace.calls {
+        // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
+        if call.sp % 16 != 8 {
+            out.push(plain(
+                FindingKind::MisalignedCall,
+                format!(
+                    "call at code+{:#x} entered {:#x} with rsp = {:#x} (not 8 mod 16)",
+                    call.from.wrapping_sub(placement.code),
+                    call.target,
+                    call.sp
+                ),
+            ));
+        }
+    }
+    let Some(end) = &trace.end else { return out };
+    match end {
+        RunEnd::Exit { kind, from, target, sp } => {
+            let from_off = from.wrapping_sub(placement.code);
+            let allowed = match kind {
+                ExitKind::Return => trace.entered_by_call && *target == crate::execute::x86_64::RETURN_SENTINEL,
+                _ => allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
+            };
+            if !allowed {
+                let what = match kind {
+                    ExitKind::Return if !trace.entered_by_call => "returned (uops must tail-jump)".to_string(),
+                    _ => format!("left for {target:#x}{}", {
+                        let l = label(stencil, placement, *target);
+                        if l.is_empty() { String::new() } else { format!(" ({l})") }
+                    }),
+                };
+                out.push(plain(
+                    FindingKind::BadExit,
+                    format!("{:?} at code+{from_off:#x} {what}, not an address any relocation allows", kind),
+                ));
+            }
+            if *sp != trace.entry_sp {
+                out.push(plain(
+                    FindingKind::StackImbalance,
+                    format!(
+                        "exit at code+{from_off:#x} with rsp {:+} bytes from entry",
+                        sp.wrapping_sub(trace.entry_sp) as i64
+                    ),
+                ));
+            }
+        }
+        RunEnd::Fault { fault, pc, address } => {
+            let what = match fault {
+                Fault::WriteIntoCode => format!("wrote into code at {address:#x}"),
+                Fault::WriteIntoData => format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data)),
+                Fault::Unmappable => format!("touched unmappable address {address:#x}"),
+                Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
+                Fault::Other => "faulted in the emulator".to_string(),
+            };
+            out.push(plain(FindingKind::Fault, format!("at code+{:#x} {what}", pc.wrapping_sub(placement.code))));
+        }
+        RunEnd::InstructionLimit { limit, .. } => {
+            out.push(plain(FindingKind::Hang, format!("still running after {limit} instructions")));
+        }
+        RunEnd::CallLimit { .. } => {
+            out.push(plain(FindingKind::Hang, format!("made more than {} calls", crate::execute::CALL_LIMIT)));
+        }
+    }
+    out
+}
+
+/// Holes this run executed (code) or read through (data).
+pub fn coverage(stencil: &Stencil, placement: &Placement, trace: &Trace) -> BTreeSet<usize> {
+    let mut covered = BTreeSet::new();
+    for (i, hole) in stencil.holes().enumerate() {
+        let hit = match hole.section {
+            Section::Code => {
+                let at = placement.code + hole.offset;
+                trace.sites.iter().any(|o| o.pc <= at && at < o.pc + o.len as u64)
+            }
+            Section::Data => {
+                let slot = placement.data + hole.offset..placement.data + hole.offset + 8;
+                trace.sites.iter().any(|o| match o.effect {
+                    Some(Effect::Load { address, .. }) | Some(Effect::Transfer { slot: Some(address), .. }) => {
+                        slot.contains(&address)
+                    }
+                    _ => false,
+                })
+            }
+        };
+        if hit {
+            covered.insert(i);
+        }
+    }
+    covered
+}
