@@ -1643,7 +1643,12 @@ static const StencilGroup stencil_groups[MAX_UOP_ID + 1] = {
                 // The printed encodings are the code bytes (no trampolines here).
                 for i in &s.instructions {
                     let at = i.offset as usize;
-                    assert_eq!(s.code.get(at..at + i.bytes.len()), Some(&i.bytes[..]), "{}", s.name);
+                    assert_eq!(
+                        s.code.get(at..at + i.bytes.len()),
+                        Some(&i.bytes[..]),
+                        "{}",
+                        s.name
+                    );
                 }
                 // Self-consistency: every code hole sits on a printed relocation.
                 for h in s.holes().filter(|h| h.section == Section::Code) {
