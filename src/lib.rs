@@ -6,5 +6,6 @@
 //! load → place → patch → execute → judge → report
 
 pub mod error;
+pub mod load;
 pub mod model;
 pub mod place;

@@ -205,6 +205,13 @@ impl RelocKind {
                 | RelocKind::Aarch64_LD64_GOT_LO12_NC
         )
     }
+    /// Bytes of the relocated field (8 for the absolute 64-bit kinds, else 4).
+    pub fn width(self) -> u64 {
+        match self {
+            RelocKind::X86_64_64 | RelocKind::Aarch64_ABS64 => 8,
+            _ => 4,
+        }
+    }
     pub fn arch(self) -> Arch {
         if self.name().starts_with("R_X86_64") {
             Arch::X86_64
@@ -386,6 +393,15 @@ impl PatchFn {
     }
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap()
+    }
+    /// The machine a patch function belongs to; `None` for the portable ones
+    /// (`patch_64`, `patch_32`).
+    pub fn arch(self) -> Option<Arch> {
+        match self {
+            PatchFn::P64 | PatchFn::P32 => None,
+            PatchFn::P32r | PatchFn::X86_64_32rx => Some(Arch::X86_64),
+            _ => Some(Arch::Aarch64),
+        }
     }
     /// Bytes of the location the function may write (33rx writes two instructions).
     pub fn width(self) -> u64 {

@@ -1,0 +1,152 @@
+//! Load: turn an input file into a [`StencilSet`].
+//!
+//! The format is decided by the file's *content*, never by its name: a
+//! `jit_stencils.h` is C text with `emit_…` functions holding `code_body`
+//! arrays; object files are recognised by their magic numbers (ELF, Mach-O,
+//! COFF) so an object loader can slot in later without changing callers.
+
+pub mod header;
+
+use crate::error::BadInput;
+use crate::model::StencilSet;
+use std::path::Path;
+
+/// What an input looks like, judged from its first bytes and its text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputKind {
+    /// A generated `jit_stencils.h` (3.13 format and friends).
+    Header,
+    /// An ELF object (`\x7fELF`).
+    Elf,
+    /// A Mach-O object (thin or universal).
+    MachO,
+    /// A COFF object (x86-64, aarch64 or i386 machine field).
+    Coff,
+    /// Anything else.
+    Unknown,
+}
+
+impl InputKind {
+    /// Sniff `bytes`. Object magics are checked first; text counts as a
+    /// header when some line starts an `emit_` function and the text has a
+    /// `code_body` somewhere.
+    pub fn sniff(bytes: &[u8]) -> InputKind {
+        const MACHO: [[u8; 4]; 5] = [
+            [0xcf, 0xfa, 0xed, 0xfe],
+            [0xce, 0xfa, 0xed, 0xfe],
+            [0xfe, 0xed, 0xfa, 0xcf],
+            [0xfe, 0xed, 0xfa, 0xce],
+            [0xca, 0xfe, 0xba, 0xbe],
+        ];
+        // IMAGE_FILE_MACHINE_AMD64, _ARM64, _I386, little-endian.
+        const COFF: [[u8; 2]; 3] = [[0x64, 0x86], [0x64, 0xaa], [0x4c, 0x01]];
+        if bytes.starts_with(b"\x7fELF") {
+            return InputKind::Elf;
+        }
+        if MACHO.iter().any(|m| bytes.starts_with(m)) {
+            return InputKind::MachO;
+        }
+        if COFF.iter().any(|m| bytes.starts_with(m)) {
+            return InputKind::Coff;
+        }
+        let text = String::from_utf8_lossy(bytes);
+        if looks_like_header(&text) {
+            InputKind::Header
+        } else {
+            InputKind::Unknown
+        }
+    }
+}
+
+fn looks_like_header(text: &str) -> bool {
+    text.contains("code_body") && text.lines().any(|l| l.starts_with("emit_") && l.contains('('))
+}
+
+/// Read `path` and load whatever it holds.
+pub fn load_path(path: &Path) -> Result<StencilSet, BadInput> {
+    let shown = path.display().to_string();
+    if path.is_dir() {
+        return Err(BadInput::in_file(&shown, "directories of object files are not supported yet"));
+    }
+    let bytes =
+        std::fs::read(path).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
+    load_bytes(path, &bytes)
+}
+
+/// Load an input already in memory; `path` is used for messages and
+/// recorded in the result.
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
+    let shown = path.display().to_string();
+    match InputKind::sniff(bytes) {
+        InputKind::Header => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut set = header::parse(&shown, &text)?;
+            set.path = path.to_path_buf();
+            Ok(set)
+        }
+        InputKind::Elf | InputKind::MachO | InputKind::Coff => {
+            Err(BadInput::in_file(&shown, "object files are not supported yet"))
+        }
+        InputKind::Unknown => {
+            Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write_temp(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(bytes).expect("write temp file");
+        f
+    }
+
+    #[test]
+    fn load_sniffs_kinds() {
+        assert_eq!(InputKind::sniff(b"\x7fELF\x02\x01\x01"), InputKind::Elf);
+        assert_eq!(InputKind::sniff(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]), InputKind::MachO);
+        assert_eq!(InputKind::sniff(&[0x64, 0x86, 3, 0]), InputKind::Coff);
+        assert_eq!(InputKind::sniff(b"int main(void) { return 0; }\n"), InputKind::Unknown);
+        assert_eq!(InputKind::sniff(b""), InputKind::Unknown);
+        assert_eq!(
+            InputKind::sniff(
+                b"void\nemit_x(\n{\n    const unsigned char code_body[1] = {0x90,};\n"
+            ),
+            InputKind::Header
+        );
+    }
+
+    #[test]
+    fn load_rejects_objects_and_other_files() {
+        let elf = write_temp(b"\x7fELF\x02\x01\x01\x00");
+        let e = load_path(elf.path()).unwrap_err();
+        assert_eq!(e.message, "object files are not supported yet");
+        assert_eq!(e.location, elf.path().display().to_string());
+
+        let other = write_temp(b"hello\nworld\n");
+        let e = load_path(other.path()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("{}: not a jit_stencils.h (no emit_ functions)", other.path().display())
+        );
+
+        let missing = Path::new("/nonexistent/stencilcheck/jit_stencils.h");
+        let e = load_path(missing).unwrap_err();
+        assert!(e.message.starts_with("cannot read:"), "{e}");
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let e = load_path(dir.path()).unwrap_err();
+        assert!(e.message.contains("not supported yet"), "{e}");
+    }
+
+    #[test]
+    fn load_reads_a_header_by_content_not_name() {
+        let f = write_temp(header::tests::FIXTURE.as_bytes());
+        let set = load_path(f.path()).expect("fixture loads");
+        assert_eq!(set.path, f.path());
+        assert_eq!(set.stencils.len(), 2);
+    }
+}
