@@ -4,8 +4,18 @@
 //! before it produced:
 //!
 //! load → place → patch → execute → judge → report
+//!
+//! [`pipeline`] strings the stages together; [`cli`] is the command line.
 
 pub mod error;
-pub mod load;
 pub mod model;
+
+pub mod load;
 pub mod place;
+pub mod patch;
+pub mod execute;
+pub mod judge;
+pub mod report;
+
+pub mod pipeline;
+pub mod cli;

@@ -187,3 +187,11 @@ impl Contents<'_> {
         }
     }
 }
+
+/// An instruction formatted for reports.
+pub fn format_instruction(arch: Arch, bytes: &[u8], ip: u64) -> String {
+    match arch {
+        Arch::X86_64 => x86_64::format_at(bytes, ip),
+        Arch::Aarch64 => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
+    }
+}

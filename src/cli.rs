@@ -1,0 +1,114 @@
+//! The command line: `stencilcheck verify HEADER [...]`.
+//!
+//! Exit codes: 0 every stencil correct, 1 findings, 2 bad input (one line on
+//! stderr naming the file and line or offset).
+
+use crate::error::BadInput;
+use crate::{load, patch, pipeline, report};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "stencilcheck", version, about = "Prove copy-and-patch JIT stencils are patched correctly")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Place, patch, run and judge every stencil of a jit_stencils.h.
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// A jit_stencils.h (the format is decided by content).
+    pub input: PathBuf,
+    /// Seed for placements and made-up memory: same seed, same report.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Placements (runs) per stencil.
+    #[arg(long, default_value_t = 64)]
+    pub placements: u32,
+    /// Only these stencils (repeatable; `_BINARY_OP` or `emit__BINARY_OP`).
+    #[arg(long = "stencil", value_name = "NAME")]
+    pub stencils: Vec<String>,
+    /// Only this placement index (what a finding's replay command uses).
+    #[arg(long)]
+    pub placement: Option<u32>,
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+    /// Instructions one run may execute before it counts as a hang.
+    #[arg(long, default_value_t = crate::execute::DEFAULT_INSTRUCTION_LIMIT)]
+    pub instruction_limit: u64,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also list every stencil with its runs and hole coverage.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Verify(args) => verify(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("stencilcheck: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
+    let set = load::load_path(&args.input)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let options = pipeline::Options {
+        seed: args.seed,
+        placements: args.placements,
+        stencils: args.stencils.clone(),
+        placement: args.placement,
+        instruction_limit: args.instruction_limit,
+        threads,
+        patcher: &patch::Ports,
+    };
+    let started = Instant::now();
+    let outcome = pipeline::verify(&set, &options)?;
+    let replay = report::Replay { base: replay_base(args), seed: args.seed };
+    let text = match args.format {
+        Format::Json => report::json(&set, &outcome, args.placements, &replay),
+        Format::Human => report::human(&set, &outcome, args.placements, &replay, started.elapsed(), args.verbose),
+    };
+    print!("{text}");
+    let findings = outcome.results.iter().any(|r| !r.findings.is_empty());
+    Ok(if findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// The replay command names every option that changes what a run does.
+fn replay_base(args: &VerifyArgs) -> String {
+    let mut base = format!("stencilcheck verify {}", shell_word(&args.input.display().to_string()));
+    if args.instruction_limit != crate::execute::DEFAULT_INSTRUCTION_LIMIT {
+        base.push_str(&format!(" --instruction-limit {}", args.instruction_limit));
+    }
+    base
+}
+
+fn shell_word(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
