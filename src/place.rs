@@ -171,7 +171,8 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
     taken.reserve(code, stencil.code_size().max(1));
     taken.reserve(data, stencil.data_size().max(1));
 
-    let heap = pick_free(&mut rng, &taken, HEAP_SIZE, |r| random_user(r, HEAP_SIZE));
+    // Page-aligned, so fake objects sit on word boundaries like malloc's.
+    let heap = pick_free(&mut rng, &taken, HEAP_SIZE, |r| random_user(r, HEAP_SIZE) & !(PAGE - 1));
     taken.reserve(heap, HEAP_SIZE);
     let mut externs = BTreeMap::new();
     for symbol in stencil.symbols() {

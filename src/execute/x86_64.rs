@@ -623,6 +623,11 @@ fn on_instruction(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
         return;
     }
     st.last_pc = addr;
+    if std::env::var_os("STENCILCHECK_DEBUG").is_some() {
+        let r = |r| uc.reg_read(r).unwrap_or(0);
+        eprintln!("{addr:#x} rax={:#x} rbx={:#x} rcx={:#x} r15={:#x} rbp={:#x} rsp={:#x}", r(RegisterX86::RAX), r(RegisterX86::RBX), r(RegisterX86::RCX), r(RegisterX86::R15), r(RegisterX86::RBP), r(RegisterX86::RSP));
+    }
+    let st = uc.get_data_mut();
     let offset = (addr - st.code.start) as usize;
     if st.maybe_site[offset] {
         observe(uc, addr, size);
