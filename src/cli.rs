@@ -47,6 +47,10 @@ pub struct VerifyArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Count inconclusive runs (instruction budget, unmappable made-up
+    /// pointers) as findings.
+    #[arg(long)]
+    pub strict: bool,
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
@@ -82,6 +86,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         placement: args.placement,
         instruction_limit: args.instruction_limit,
         threads,
+        strict: args.strict,
         patcher: &patch::Ports,
     };
     let started = Instant::now();

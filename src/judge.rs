@@ -365,9 +365,20 @@ fn allowed_exits(stencil: &Stencil, placement: &Placement) -> Vec<(u64, String)>
     out
 }
 
-/// Judge how a run went: its exit, stack discipline, calls and faults.
-pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace) -> Vec<Finding> {
-    let mut out = Vec::new();
+/// How a run went, judged.
+#[derive(Clone, Debug, Default)]
+pub struct RunJudgement {
+    pub findings: Vec<Finding>,
+    /// Why the run says nothing either way: it ran out of budget or touched
+    /// an address no process could map, both from made-up memory. (Bad
+    /// relocations are caught at their sites before such effects.)
+    pub inconclusive: Option<String>,
+}
+
+/// Judge how a run went: its exit, stack discipline, calls and faults. With
+/// `strict`, inconclusive runs are findings too.
+pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict: bool) -> RunJudgement {
+    let mut out = RunJudgement::default();
     let plain = |kind, message: String| Finding {
         kind,
         message,
@@ -376,66 +387,64 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace) -> Vec
         expected: None,
         actual: None,
     };
+    let at = |pc: u64| format!("code+{:#x}", pc.wrapping_sub(placement.code));
     for call in &trace.calls {
         // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
         if call.sp % 16 != 8 {
-            out.push(plain(
+            out.findings.push(plain(
                 FindingKind::MisalignedCall,
-                format!(
-                    "call at code+{:#x} entered {:#x} with rsp = {:#x} (not 8 mod 16)",
-                    call.from.wrapping_sub(placement.code),
-                    call.target,
-                    call.sp
-                ),
+                format!("call at {} entered {:#x} with rsp = {:#x} (not 8 mod 16)", at(call.from), call.target, call.sp),
             ));
         }
     }
     let Some(end) = &trace.end else { return out };
+    let mut inconclusive = |kind, message: String| {
+        if strict {
+            out.findings.push(plain(kind, message));
+        } else {
+            out.inconclusive = Some(message);
+        }
+    };
     match end {
-        RunEnd::Exit { kind, from, target, sp } => {
-            let from_off = from.wrapping_sub(placement.code);
+        RunEnd::Exit { kind, from, target, sp, computed } => {
             let allowed = match kind {
-                ExitKind::Return => trace.entered_by_call && *target == crate::execute::x86_64::RETURN_SENTINEL,
-                _ => allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
+                // Back to whoever entered the trace (the trampoline's caller,
+                // or the trampoline for a uop that leaves the JIT).
+                ExitKind::Return => *target == crate::execute::x86_64::RETURN_SENTINEL,
+                _ => *computed || allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
             };
             if !allowed {
-                let what = match kind {
-                    ExitKind::Return if !trace.entered_by_call => "returned (uops must tail-jump)".to_string(),
-                    _ => format!("left for {target:#x}{}", {
-                        let l = label(stencil, placement, *target);
-                        if l.is_empty() { String::new() } else { format!(" ({l})") }
-                    }),
-                };
-                out.push(plain(
+                let l = label(stencil, placement, *target);
+                let named = if l.is_empty() { String::new() } else { format!(" ({l})") };
+                out.findings.push(plain(
                     FindingKind::BadExit,
-                    format!("{:?} at code+{from_off:#x} {what}, not an address any relocation allows", kind),
+                    format!("{kind:?} at {} left for {target:#x}{named}, not an address any relocation allows", at(*from)),
                 ));
             }
             if *sp != trace.entry_sp {
-                out.push(plain(
+                out.findings.push(plain(
                     FindingKind::StackImbalance,
-                    format!(
-                        "exit at code+{from_off:#x} with rsp {:+} bytes from entry",
-                        sp.wrapping_sub(trace.entry_sp) as i64
-                    ),
+                    format!("exit at {} with rsp {:+} bytes from entry", at(*from), sp.wrapping_sub(trace.entry_sp) as i64),
                 ));
             }
+        }
+        RunEnd::Fault { fault: Fault::Unmappable, pc, address } => {
+            inconclusive(FindingKind::Fault, format!("at {} touched unmappable address {address:#x}", at(*pc)));
         }
         RunEnd::Fault { fault, pc, address } => {
             let what = match fault {
                 Fault::WriteIntoCode => format!("wrote into code at {address:#x}"),
                 Fault::WriteIntoData => format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data)),
-                Fault::Unmappable => format!("touched unmappable address {address:#x}"),
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
-                Fault::Other => "faulted in the emulator".to_string(),
+                Fault::Unmappable | Fault::Other => "faulted in the emulator".to_string(),
             };
-            out.push(plain(FindingKind::Fault, format!("at code+{:#x} {what}", pc.wrapping_sub(placement.code))));
+            out.findings.push(plain(FindingKind::Fault, format!("at {} {what}", at(*pc))));
         }
-        RunEnd::InstructionLimit { limit, .. } => {
-            out.push(plain(FindingKind::Hang, format!("still running after {limit} instructions")));
+        RunEnd::InstructionLimit { limit, pc } => {
+            inconclusive(FindingKind::Hang, format!("still running after {limit} instructions (at {})", at(*pc)));
         }
-        RunEnd::CallLimit { .. } => {
-            out.push(plain(FindingKind::Hang, format!("made more than {} calls", crate::execute::CALL_LIMIT)));
+        RunEnd::CallLimit { pc } => {
+            inconclusive(FindingKind::Hang, format!("made more than {} calls (at {})", crate::execute::CALL_LIMIT, at(*pc)));
         }
     }
     out

@@ -25,6 +25,8 @@ pub struct Options<'a> {
     pub placement: Option<u32>,
     pub instruction_limit: u64,
     pub threads: usize,
+    /// Count inconclusive runs (budget, unmappable made-up pointers) as findings.
+    pub strict: bool,
     pub patcher: &'a (dyn Patcher + Sync),
 }
 
@@ -49,6 +51,10 @@ pub struct StencilResult {
     pub holes_covered: usize,
     pub instructions: u64,
     pub findings: Vec<Seen>,
+    /// Runs that could not judge the whole stencil (see `judge::RunJudgement`).
+    pub inconclusive: u32,
+    /// The first of them: placement and why.
+    pub first_inconclusive: Option<(u32, String)>,
 }
 
 pub struct Outcome {
@@ -127,6 +133,8 @@ fn verify_stencil(
         holes_covered: 0,
         instructions: 0,
         findings: Vec::new(),
+        inconclusive: 0,
+        first_inconclusive: None,
     };
     if stencil.code.is_empty() {
         return Ok(result); // `_NOP`: nothing to place or run
@@ -166,7 +174,12 @@ fn run_one(
     findings.extend(judge::judge_data_slots(stencil, placement, &image));
     let trace = engine.run(stencil, placement, &image);
     findings.extend(judge::judge_sites(set.arch, stencil, placement, &image, &trace.sites));
-    findings.extend(judge::judge_run(stencil, placement, &trace));
+    let run = judge::judge_run(stencil, placement, &trace, options.strict);
+    findings.extend(run.findings);
+    if let Some(why) = run.inconclusive {
+        result.inconclusive += 1;
+        result.first_inconclusive.get_or_insert((placement.index, why));
+    }
     covered.extend(judge::coverage(stencil, placement, &trace));
     result.instructions += trace.instructions;
     findings

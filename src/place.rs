@@ -140,6 +140,9 @@ const MIB: u64 = 1 << 20;
 const REACH32: i64 = 1 << 31;
 /// Space reserved for the fake heap (frames, objects, the machine stack).
 const HEAP_SIZE: u64 = 64 * MIB;
+/// Fake objects (frame, tstate, executor, what pointers in made-up memory
+/// point at) sit in the arena's first MiB.
+pub const HEAP_OBJECTS: u64 = MIB;
 /// Machine stack: the top of the heap arena, below a guard gap.
 const MACHINE_STACK_TOP_GAP: u64 = 64 * 1024;
 
@@ -193,7 +196,7 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
         targets[i] = t;
     }
     let [jump_target, error_target, top] = targets;
-    let heap_object = |rng: &mut ChaCha8Rng| heap + rng.gen_range(0..HEAP_SIZE / 2) / 16 * 16;
+    let heap_object = |rng: &mut ChaCha8Rng| heap + rng.gen_range(0..HEAP_OBJECTS - 0x1000) / 16 * 16;
     let operands = [pick_operand(&mut rng, heap), pick_operand(&mut rng, heap)];
     Ok(Placement {
         index,
@@ -479,7 +482,7 @@ fn pick_oparg(rng: &mut ChaCha8Rng) -> u16 {
 
 fn pick_operand(rng: &mut ChaCha8Rng, heap: u64) -> u64 {
     match rng.gen_range(0..10) {
-        0..=3 => heap + rng.gen_range(0..HEAP_SIZE / 2) / 8 * 8,
+        0..=3 => heap + rng.gen_range(0..HEAP_OBJECTS) / 8 * 8,
         4 | 5 => rng.gen_range(0..64),
         6 => [0, u64::MAX, 1 << 63, 0xffff_ffff, 0x8000_0000][rng.gen_range(0..5)],
         _ => rng.gen(),

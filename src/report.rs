@@ -45,6 +45,7 @@ pub struct Summary {
     pub runs: u64,
     pub holes: usize,
     pub holes_covered: usize,
+    pub inconclusive_runs: u64,
 }
 
 #[derive(Serialize)]
@@ -55,6 +56,16 @@ struct JsonStencil<'a> {
     holes: usize,
     holes_covered: usize,
     findings: Vec<JsonFinding<'a>>,
+    inconclusive: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_inconclusive: Option<JsonInconclusive<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonInconclusive<'a> {
+    placement: u32,
+    reason: &'a str,
+    replay: String,
 }
 
 #[derive(Serialize)]
@@ -76,6 +87,7 @@ pub fn summary(outcome: &Outcome) -> Summary {
         s.runs += r.runs as u64;
         s.holes += r.holes;
         s.holes_covered += r.holes_covered;
+        s.inconclusive_runs += r.inconclusive as u64;
     }
     s
 }
@@ -104,6 +116,12 @@ pub fn json(set: &StencilSet, outcome: &Outcome, placements: u32, replay: &Repla
                     .iter()
                     .map(|seen| JsonFinding { seen, replay: replay.command(&r.name, seen.placement) })
                     .collect(),
+                inconclusive: r.inconclusive,
+                first_inconclusive: r.first_inconclusive.as_ref().map(|(p, why)| JsonInconclusive {
+                    placement: *p,
+                    reason: why,
+                    replay: replay.command(&r.name, *p),
+                }),
             })
             .collect(),
     };
@@ -142,6 +160,18 @@ pub fn human(
             finding(&mut out, r, seen, replay);
         }
     }
+    let inconclusive: Vec<&StencilResult> = outcome.results.iter().filter(|r| r.inconclusive > 0).collect();
+    if !inconclusive.is_empty() {
+        let _ = writeln!(out, "\ninconclusive runs (made-up memory led nowhere; not findings, --strict makes them so):");
+        for r in inconclusive {
+            if let Some((p, why)) = &r.first_inconclusive {
+                let _ = writeln!(out, "  {} {}/{} runs, first: {why}", r.name, r.inconclusive, r.runs);
+                if verbose {
+                    let _ = writeln!(out, "    replay: {}", replay.command(&r.name, *p));
+                }
+            }
+        }
+    }
     if verbose {
         out.push('\n');
         for r in &outcome.results {
@@ -165,10 +195,11 @@ pub fn human(
     );
     let _ = writeln!(
         out,
-        "runs: {} in {:.1} s ({:.0} stencil runs/s); hole coverage {}/{} ({:.1}%)",
+        "runs: {} in {:.1} s ({:.0} stencil runs/s), {} inconclusive; hole coverage {}/{} ({:.1}%)",
         s.runs,
         secs,
         s.runs as f64 / secs,
+        s.inconclusive_runs,
         s.holes_covered,
         s.holes,
         100.0 * s.holes_covered as f64 / s.holes.max(1) as f64

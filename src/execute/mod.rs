@@ -14,9 +14,13 @@ use crate::model::{Arch, Effect, Stencil, StencilSet};
 use crate::place::{splitmix, Placement, PAGE};
 use serde::Serialize;
 
+/// Fake objects all live in the first MiB of the heap: object graphs stay
+/// within a few mapped chunks.
+pub use crate::place::HEAP_OBJECTS;
+
 /// Default instruction budget of one run. Generous: loops bounded by oparg
 /// (≤ 65535 iterations) stay well under it.
-pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 2_000_000;
+pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 200_000;
 /// Calls a run may make before we call it a runaway.
 pub const CALL_LIMIT: usize = 4096;
 
@@ -60,7 +64,9 @@ pub enum ExitKind {
 pub enum RunEnd {
     /// Control left the code: `from` is the last instruction executed in it,
     /// `sp` the stack pointer just before the transfer (before `ret` pops).
-    Exit { kind: ExitKind, from: u64, target: u64, sp: u64 },
+    /// `computed`: the target came from a register or from memory that no
+    /// relocation fills (`jmp *%rax`), so it is run-time data, not a hole.
+    Exit { kind: ExitKind, from: u64, target: u64, sp: u64, computed: bool },
     /// The emulated code faulted.
     Fault { fault: Fault, pc: u64, address: u64 },
     /// The instruction budget ran out (a hang, or a loop over made-up memory).
@@ -144,6 +150,8 @@ pub struct Contents<'a> {
     pub seed: u64,
     pub heap: u64,
     pub heap_size: u64,
+    /// Addresses of the stencil's externs (never its own targets: those sit
+    /// next to its code, and a made-up object there would be written to).
     pub interesting: &'a [u64],
 }
 
@@ -153,14 +161,14 @@ impl Contents<'_> {
         let pick = h % 100;
         let r = h >> 8;
         match pick {
-            0..=34 => self.heap + (r % (self.heap_size / 2)) / 16 * 16,
-            35..=54 => r % 8,
-            55..=64 => 0,
-            65..=79 if !self.interesting.is_empty() => {
+            0..=39 => self.heap + (r % HEAP_OBJECTS) / 16 * 16,
+            40..=69 => r % 8,
+            70..=79 => 0,
+            80..=89 if !self.interesting.is_empty() => {
                 self.interesting[(r as usize) % self.interesting.len()]
             }
-            80..=84 => 0xffff_ffff,
-            85..=89 => 1 << 30 | (r & 0xff),
+            // An immortal-looking refcount (negative as int32).
+            90..=94 => 0xffff_ffff,
             _ => r % 0x7fff_ffff_0000,
         }
     }
@@ -180,8 +188,8 @@ impl Contents<'_> {
         let h = splitmix(self.seed ^ 0x5eed_0000 ^ n as u64);
         match h % 10 {
             0..=2 => 0,
-            3..=6 => self.heap + ((h >> 8) % (self.heap_size / 2)) / 16 * 16,
-            7 => [1, u64::MAX, 2][(h >> 8) as usize % 3],
+            3..=6 => self.heap + ((h >> 8) % HEAP_OBJECTS) / 16 * 16,
+            7 => [1, 0, 2][(h >> 8) as usize % 3],
             _ if !self.interesting.is_empty() => self.interesting[(h >> 8) as usize % self.interesting.len()],
             _ => 1,
         }

@@ -312,8 +312,8 @@ struct RunState {
     /// Set when the program counter left the code.
     left_to: Option<u64>,
     limit_hit: bool,
-    /// Pages mapped on demand during this run.
-    demand_pages: Vec<u64>,
+    /// Regions (address, length) mapped on demand during this run.
+    demand_pages: Vec<(u64, u64)>,
     seed: u64,
     heap: u64,
     heap_size: u64,
@@ -384,8 +384,8 @@ impl UnicornX86 {
     /// Unmap everything the previous run mapped.
     fn reset(&mut self) {
         let pages = std::mem::take(&mut self.uc.get_data_mut().demand_pages);
-        for p in pages {
-            let _ = self.uc.mem_unmap(p, PAGE);
+        for (p, len) in pages {
+            let _ = self.uc.mem_unmap(p, len);
         }
         for (a, len) in std::mem::take(&mut self.fixed) {
             let _ = self.uc.mem_unmap(a, len);
@@ -439,9 +439,7 @@ impl UnicornX86 {
             }
         }
         fields.sort_by_key(|f| f.1);
-        let mut interesting: Vec<u64> = stencil.symbols().iter().filter_map(|s| placement.symbol(s, stencil)).collect();
-        interesting.sort_unstable();
-        interesting.dedup();
+        let interesting: Vec<u64> = placement.externs.values().copied().collect();
         let st = self.uc.get_data_mut();
         st.code = code;
         st.data = image.data_addr..image.data_addr + image.data.len() as u64;
@@ -517,7 +515,7 @@ impl Engine for UnicornX86 {
                 (None, Ok(())) => here,
             };
             let last_pc = st.last_pc;
-            match self.transfer_kind(last_pc, left_to) {
+            match self.transfer_kind(stencil, last_pc, left_to) {
                 Transfer::Call => {
                     if trace.calls.len() >= CALL_LIMIT {
                         break RunEnd::CallLimit { pc: left_to };
@@ -529,11 +527,11 @@ impl Engine for UnicornX86 {
                     let st = self.uc.get_data_mut();
                     st.left_to = None;
                 }
-                Transfer::Exit(kind) => {
+                Transfer::Exit(kind, computed) => {
                     let sp = self.uc.reg_read(RegisterX86::RSP).unwrap_or(0);
                     // Report the stack pointer as it was before `ret` popped.
                     let sp = if kind == ExitKind::Return { sp.wrapping_sub(8) } else { sp };
-                    break RunEnd::Exit { kind, from: last_pc, target: left_to, sp };
+                    break RunEnd::Exit { kind, from: last_pc, target: left_to, sp, computed };
                 }
             }
         };
@@ -547,7 +545,8 @@ impl Engine for UnicornX86 {
 
 enum Transfer {
     Call,
-    Exit(ExitKind),
+    /// An exit, and whether its target was computed (not a relocation's).
+    Exit(ExitKind, bool),
 }
 
 fn is_fetch_error(e: unicorn_engine::unicorn_const::uc_error) -> bool {
@@ -557,19 +556,22 @@ fn is_fetch_error(e: unicorn_engine::unicorn_const::uc_error) -> bool {
 
 impl UnicornX86 {
     /// Was leaving the code at `last_pc` a call, a jump, or a return?
-    fn transfer_kind(&self, last_pc: u64, target: u64) -> Transfer {
+    fn transfer_kind(&self, stencil: &Stencil, last_pc: u64, target: u64) -> Transfer {
         let code = self.uc.get_data().code.clone();
         let mut bytes = [0u8; 15];
         let n = (code.end.saturating_sub(last_pc)).min(15) as usize;
         if last_pc == 0 || self.uc.mem_read(last_pc, &mut bytes[..n]).is_err() {
-            return Transfer::Exit(ExitKind::Jump);
+            return Transfer::Exit(ExitKind::Jump, false);
         }
         let (insn, _) = decode(&bytes[..n], last_pc);
+        let end = last_pc + insn.len() as u64;
+        let at_site = stencil.relocations.iter().any(|r| (last_pc..end).contains(&(code.start + r.offset)));
         match insn.flow_control() {
             FlowControl::Call | FlowControl::IndirectCall => Transfer::Call,
-            FlowControl::Return => Transfer::Exit(ExitKind::Return),
-            FlowControl::Next if target == insn.next_ip() => Transfer::Exit(ExitKind::FallThrough),
-            _ => Transfer::Exit(ExitKind::Jump),
+            FlowControl::Return => Transfer::Exit(ExitKind::Return, false),
+            FlowControl::Next if target == insn.next_ip() => Transfer::Exit(ExitKind::FallThrough, false),
+            FlowControl::IndirectBranch => Transfer::Exit(ExitKind::Jump, !at_site),
+            _ => Transfer::Exit(ExitKind::Jump, false),
         }
     }
 
@@ -608,6 +610,12 @@ impl UnicornX86 {
     }
 }
 
+/// `STENCILCHECK_DEBUG=1` prints every emulated instruction (read once).
+fn debug_trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("STENCILCHECK_DEBUG").is_some())
+}
+
 /// The code hook: count, stop on leaving the code, observe relocation sites.
 fn on_instruction(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
     let st = uc.get_data_mut();
@@ -623,7 +631,7 @@ fn on_instruction(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
         return;
     }
     st.last_pc = addr;
-    if std::env::var_os("STENCILCHECK_DEBUG").is_some() {
+    if debug_trace() {
         let r = |r| uc.reg_read(r).unwrap_or(0);
         eprintln!("{addr:#x} rax={:#x} rbx={:#x} rcx={:#x} r15={:#x} rbp={:#x} rsp={:#x}", r(RegisterX86::RAX), r(RegisterX86::RBX), r(RegisterX86::RCX), r(RegisterX86::R15), r(RegisterX86::RBP), r(RegisterX86::RSP));
     }
@@ -694,17 +702,29 @@ fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
     }
 }
 
+/// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
+/// grows with the number of regions, so few large ones beat many pages.
+const DEMAND_CHUNK: u64 = 64 * 1024;
+
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     if page >= USER_END {
         return false;
     }
-    if uc.mem_map(page, PAGE, Prot::READ | Prot::WRITE).is_err() {
-        return false;
+    let chunk = page & !(DEMAND_CHUNK - 1);
+    // The chunk may overlap the image or the stack: then just the page.
+    for (start, len) in [(chunk, DEMAND_CHUNK), (page, PAGE)] {
+        if uc.mem_map(start, len, Prot::READ | Prot::WRITE).is_ok() {
+            let mut bytes = Vec::with_capacity(len as usize);
+            let contents = uc.get_data().contents();
+            for p in (start..start + len).step_by(PAGE as usize) {
+                bytes.extend_from_slice(&contents.page(p));
+            }
+            let _ = uc.mem_write(start, &bytes);
+            uc.get_data_mut().demand_pages.push((start, len));
+            return true;
+        }
     }
-    let bytes = uc.get_data().contents().page(page);
-    let _ = uc.mem_write(page, &bytes);
-    uc.get_data_mut().demand_pages.push(page);
-    true
+    false
 }
 
 /// Unmapped read or write: make the page up (never for fetches: code only
