@@ -411,6 +411,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 // Back to whoever entered the trace (the trampoline's caller,
                 // or the trampoline for a uop that leaves the JIT).
                 ExitKind::Return => *target == crate::execute::x86_64::RETURN_SENTINEL,
+                ExitKind::AfterNoReturnCall => true,
                 _ => *computed || allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
             };
             if !allowed {
@@ -421,7 +422,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                     format!("{kind:?} at {} left for {target:#x}{named}, not an address any relocation allows", at(*from)),
                 ));
             }
-            if *sp != trace.entry_sp {
+            if *sp != trace.entry_sp && *kind != ExitKind::AfterNoReturnCall {
                 out.findings.push(plain(
                     FindingKind::StackImbalance,
                     format!("exit at {} with rsp {:+} bytes from entry", at(*from), sp.wrapping_sub(trace.entry_sp) as i64),
@@ -431,12 +432,22 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
         RunEnd::Fault { fault: Fault::Unmappable, pc, address } => {
             inconclusive(FindingKind::Fault, format!("at {} touched unmappable address {address:#x}", at(*pc)));
         }
+        RunEnd::Fault { fault: Fault::MemoryBudget, pc, address } => {
+            inconclusive(
+                FindingKind::Hang,
+                format!(
+                    "at {} wanted made-up memory at {address:#x} beyond the {} regions a run may have",
+                    at(*pc),
+                    crate::execute::x86_64::DEMAND_REGION_LIMIT
+                ),
+            );
+        }
         RunEnd::Fault { fault, pc, address } => {
             let what = match fault {
                 Fault::WriteIntoCode => format!("wrote into code at {address:#x}"),
                 Fault::WriteIntoData => format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data)),
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
-                Fault::Unmappable | Fault::Other => "faulted in the emulator".to_string(),
+                Fault::Unmappable | Fault::MemoryBudget | Fault::Other => "faulted in the emulator".to_string(),
             };
             out.findings.push(plain(FindingKind::Fault, format!("at {} {what}", at(*pc))));
         }

@@ -352,7 +352,9 @@ fn pick_code(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, span: &Ran
     // Leave room for data on the side the holes demand.
     let margin = span.start.unsigned_abs().min(4 * GIB).max(span.end.unsigned_abs().min(4 * GIB));
     match layout {
-        Layout::Low => USER_MIN + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
+        // Near zero, but above the reach of a small made-up integer plus a
+        // 16-bit offset (a stray pointer must not land on the code).
+        Layout::Low => MIB + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
         Layout::High => USER_END - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
         Layout::Compact => {
             // A page-aligned allocation plus the code of earlier uops in the trace.

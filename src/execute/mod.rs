@@ -56,6 +56,9 @@ pub enum ExitKind {
     Return,
     /// Execution ran off the end of the code.
     FallThrough,
+    /// A call was the last instruction (a noreturn callee, `Py_FatalError`):
+    /// only our stub returned, to just past the code.
+    AfterNoReturnCall,
 }
 
 /// How a run ended.
@@ -80,8 +83,11 @@ pub enum RunEnd {
 pub enum Fault {
     WriteIntoCode,
     WriteIntoData,
-    /// Access to an address that cannot be mapped (non-canonical).
+    /// Access to an address that cannot be mapped (non-canonical), or a
+    /// write to the padding beside the image (a made-up pointer strayed).
     Unmappable,
+    /// The run wanted more made-up memory than one run may have.
+    MemoryBudget,
     InvalidInstruction,
     /// Any other emulator error (named in `detail` of the finding).
     Other,

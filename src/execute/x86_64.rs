@@ -324,6 +324,8 @@ struct RunState {
     data: Range<u64>,
     /// Address of the access that faulted (write-protect, unmappable).
     fault_address: Option<u64>,
+    /// The run hit [`DEMAND_REGION_LIMIT`].
+    budget_hit: bool,
 }
 
 impl RunState {
@@ -363,6 +365,7 @@ impl UnicornX86 {
             per_site: Vec::new(),
             data: 0..0,
             fault_address: None,
+            budget_hit: false,
         };
         let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, state)
             .map_err(|e| format!("cannot start Unicorn x86-64: {e:?}"))?;
@@ -396,13 +399,17 @@ impl UnicornX86 {
     /// R-X before running it), pages shared by both once.
     fn map_image(&mut self, image: &Image) -> Result<(), String> {
         let mut pages: Vec<Range<u64>> = Vec::new();
-        for (addr, len) in [(image.code_addr, image.code.len() as u64), (image.data_addr, image.data.len() as u64)] {
+        // One guard page of int3 after the code: running off the end must be
+        // seen by the code hook, not fail inside Unicorn's translator (which
+        // then reports the block's start as the faulting PC).
+        let code_len = image.code.len() as u64 + PAGE;
+        for (addr, len) in [(image.code_addr, code_len), (image.data_addr, image.data.len() as u64)] {
             if len == 0 {
                 continue;
             }
             let start = addr & !(PAGE - 1);
             let end = (addr + len + PAGE - 1) & !(PAGE - 1);
-            pages.push(start..end);
+            pages.push(start..end.min(USER_END));
         }
         pages.sort_by_key(|r| r.start);
         let mut merged: Vec<Range<u64>> = Vec::new();
@@ -444,6 +451,7 @@ impl UnicornX86 {
         st.code = code;
         st.data = image.data_addr..image.data_addr + image.data.len() as u64;
         st.fault_address = None;
+        st.budget_hit = false;
         st.maybe_site = maybe_site;
         st.per_site = vec![0; stencil.relocations.len()];
         st.fields = fields;
@@ -500,10 +508,18 @@ impl Engine for UnicornX86 {
         trace.entry_sp = entry_sp;
         trace.entered_by_call = by_call;
         let mut pc = image.code_addr;
+        if debug_trace() {
+            for r in self.uc.mem_regions().unwrap_or_default() {
+                eprintln!("region {:#x}..={:#x} {:?}", r.begin, r.end, r.perms);
+            }
+        }
         let end = loop {
             let result = self.uc.emu_start(pc, u64::MAX, 0, 0);
             let st = self.uc.get_data();
             let here = self.uc.pc_read().unwrap_or(0);
+            if debug_trace() {
+                eprintln!("emu_start -> {result:?} pc={here:#x} left_to={:?}", st.left_to);
+            }
             if st.limit_hit {
                 break RunEnd::InstructionLimit { limit: st.limit, pc: here };
             }
@@ -521,7 +537,12 @@ impl Engine for UnicornX86 {
                         break RunEnd::CallLimit { pc: left_to };
                     }
                     match self.stub_return(&mut trace, last_pc, left_to) {
-                        Some(ret) => pc = ret,
+                        Some(ret) if self.uc.get_data().code.contains(&ret) => pc = ret,
+                        Some(ret) => {
+                            let sp = self.uc.reg_read(RegisterX86::RSP).unwrap_or(0);
+                            let kind = ExitKind::AfterNoReturnCall;
+                            break RunEnd::Exit { kind, from: last_pc, target: ret, sp, computed: false };
+                        }
                         None => break RunEnd::Fault { fault: Fault::Unmappable, pc: left_to, address: 0 },
                     }
                     let st = self.uc.get_data_mut();
@@ -601,8 +622,11 @@ impl UnicornX86 {
         let fault = match e {
             // Code and data are mapped read+execute only: any write there is the stencil's.
             uc_error::WRITE_PROT if st.data.contains(&address) => Fault::WriteIntoData,
-            uc_error::WRITE_PROT => Fault::WriteIntoCode,
+            uc_error::WRITE_PROT if st.code.contains(&address) => Fault::WriteIntoCode,
+            // Padding beside the image: a made-up pointer strayed there.
+            uc_error::WRITE_PROT => Fault::Unmappable,
             uc_error::INSN_INVALID => Fault::InvalidInstruction,
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
         };
@@ -705,8 +729,19 @@ fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
 /// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
 /// grows with the number of regions, so few large ones beat many pages.
 const DEMAND_CHUNK: u64 = 64 * 1024;
+/// Made-up regions one run may map. Correct stencils touch a handful; runs
+/// that walk made-up pointers further are inconclusive, and bounding them
+/// keeps every run cheap (each mapping costs more than the last).
+pub const DEMAND_REGION_LIMIT: usize = 24;
 
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
+    // Made-up integers are dereferenced as often as made-up pointers (a
+    // stencil cannot tell them apart without a type check we may fail), so
+    // the low pages are made up too: refusing them would end most runs early.
+    if uc.get_data().demand_pages.len() >= DEMAND_REGION_LIMIT {
+        uc.get_data_mut().budget_hit = true;
+        return false;
+    }
     if page >= USER_END {
         return false;
     }
