@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: setup, every unit/integration/property test, then the
+# real CPython 3.13 stencils verified end to end. This is what CI runs.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+scripts/setup.sh
+cargo test --release
+scripts/verify-cpython.sh
