@@ -21,6 +21,22 @@ pub struct Cli {
 pub enum Command {
     /// Place, patch, run and judge every stencil of a jit_stencils.h.
     Verify(VerifyArgs),
+    /// Measure each stage's throughput in stencil runs per second.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    pub input: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub placements: u32,
+    /// Repetitions; the best is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: u32,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -66,6 +82,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Verify(args) => verify(&args),
+        Command::Bench(args) => bench(&args),
     };
     match result {
         Ok(code) => code,
@@ -78,7 +95,7 @@ pub fn main() -> ExitCode {
 
 fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
     let set = load::load_path(&args.input)?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = args.threads.unwrap_or_else(default_threads);
     let options = pipeline::Options {
         seed: args.seed,
         placements: args.placements,
@@ -99,6 +116,21 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
     print!("{text}");
     let findings = outcome.results.iter().any(|r| !r.findings.is_empty());
     Ok(if findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn bench(args: &BenchArgs) -> Result<ExitCode, BadInput> {
+    let options = crate::bench::BenchOptions {
+        seed: args.seed,
+        placements: args.placements,
+        repeat: args.repeat,
+        threads: args.threads.unwrap_or_else(default_threads),
+    };
+    print!("{}", crate::bench::bench(&args.input, &options, &patch::Ports)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The replay command names every option that changes what a run does.

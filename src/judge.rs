@@ -454,6 +454,10 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
         RunEnd::InstructionLimit { limit, pc } => {
             inconclusive(FindingKind::Hang, format!("still running after {limit} instructions (at {})", at(*pc)));
         }
+        RunEnd::TimeLimit { pc } => {
+            let limit = crate::execute::RUN_TIME_LIMIT.as_secs();
+            inconclusive(FindingKind::Hang, format!("still running after {limit} s (at {})", at(*pc)));
+        }
         RunEnd::CallLimit { pc } => {
             inconclusive(FindingKind::Hang, format!("made more than {} calls (at {})", crate::execute::CALL_LIMIT, at(*pc)));
         }

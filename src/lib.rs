@@ -18,4 +18,5 @@ pub mod judge;
 pub mod report;
 
 pub mod pipeline;
+pub mod bench;
 pub mod cli;

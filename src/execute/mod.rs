@@ -21,6 +21,8 @@ pub use crate::place::HEAP_OBJECTS;
 /// Default instruction budget of one run. Generous: loops bounded by oparg
 /// (≤ 65535 iterations) stay well under it.
 pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 200_000;
+/// Wall-clock backstop for one run.
+pub const RUN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Calls a run may make before we call it a runaway.
 pub const CALL_LIMIT: usize = 4096;
 
@@ -76,6 +78,8 @@ pub enum RunEnd {
     InstructionLimit { limit: u64, pc: u64 },
     /// More than [`CALL_LIMIT`] calls.
     CallLimit { pc: u64 },
+    /// The run outlived [`RUN_TIME_LIMIT`].
+    TimeLimit { pc: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

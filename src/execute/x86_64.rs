@@ -326,6 +326,10 @@ struct RunState {
     fault_address: Option<u64>,
     /// The run hit [`DEMAND_REGION_LIMIT`].
     budget_hit: bool,
+    /// Wall-clock deadline of the run (a backstop: the instruction budget
+    /// normally ends runs first, deterministically).
+    deadline: std::time::Instant,
+    time_hit: bool,
 }
 
 impl RunState {
@@ -366,6 +370,8 @@ impl UnicornX86 {
             data: 0..0,
             fault_address: None,
             budget_hit: false,
+            deadline: std::time::Instant::now(),
+            time_hit: false,
         };
         let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, state)
             .map_err(|e| format!("cannot start Unicorn x86-64: {e:?}"))?;
@@ -452,6 +458,8 @@ impl UnicornX86 {
         st.data = image.data_addr..image.data_addr + image.data.len() as u64;
         st.fault_address = None;
         st.budget_hit = false;
+        st.time_hit = false;
+        st.deadline = std::time::Instant::now() + super::RUN_TIME_LIMIT;
         st.maybe_site = maybe_site;
         st.per_site = vec![0; stencil.relocations.len()];
         st.fields = fields;
@@ -522,6 +530,9 @@ impl Engine for UnicornX86 {
             }
             if st.limit_hit {
                 break RunEnd::InstructionLimit { limit: st.limit, pc: here };
+            }
+            if st.time_hit {
+                break RunEnd::TimeLimit { pc: here };
             }
             let left_to = match (st.left_to, &result) {
                 (Some(t), _) => t,
@@ -651,6 +662,11 @@ fn on_instruction(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
     st.instructions += 1;
     if st.instructions > st.limit {
         st.limit_hit = true;
+        let _ = uc.emu_stop();
+        return;
+    }
+    if st.instructions % 4096 == 0 && std::time::Instant::now() > st.deadline {
+        st.time_hit = true;
         let _ = uc.emu_stop();
         return;
     }
