@@ -161,14 +161,12 @@ pub fn human(
         }
     }
     let inconclusive: Vec<&StencilResult> = outcome.results.iter().filter(|r| r.inconclusive > 0).collect();
-    if !inconclusive.is_empty() {
+    if verbose && !inconclusive.is_empty() {
         let _ = writeln!(out, "\ninconclusive runs (made-up memory led nowhere; not findings, --strict makes them so):");
-        for r in inconclusive {
+        for r in &inconclusive {
             if let Some((p, why)) = &r.first_inconclusive {
                 let _ = writeln!(out, "  {} {}/{} runs, first: {why}", r.name, r.inconclusive, r.runs);
-                if verbose {
-                    let _ = writeln!(out, "    replay: {}", replay.command(&r.name, *p));
-                }
+                let _ = writeln!(out, "    replay: {}", replay.command(&r.name, *p));
             }
         }
     }
@@ -195,11 +193,13 @@ pub fn human(
     );
     let _ = writeln!(
         out,
-        "runs: {} in {:.1} s ({:.0} stencil runs/s), {} inconclusive; hole coverage {}/{} ({:.1}%)",
+        "runs: {} in {:.1} s ({:.0} stencil runs/s), {} inconclusive in {} stencils{}; hole coverage {}/{} ({:.1}%)",
         s.runs,
         secs,
         s.runs as f64 / secs,
         s.inconclusive_runs,
+        inconclusive.len(),
+        if verbose || inconclusive.is_empty() { "" } else { " (-v lists them)" },
         s.holes_covered,
         s.holes,
         100.0 * s.holes_covered as f64 / s.holes.max(1) as f64
