@@ -1,0 +1,260 @@
+//! The `stencilcheck` binary on the fixture headers: exit codes, the one-line
+//! error for bad input, replay commands that reproduce what they replay, and
+//! reports that depend on the seed and nothing else.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stencilcheck");
+
+/// Run the binary from the package root (fixture paths are relative to it,
+/// as the replay commands it prints are).
+fn stencilcheck(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run stencilcheck")
+}
+
+fn fixture(name: &str) -> String {
+    format!("tests/fixtures/{name}")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("exited, not killed")
+}
+
+fn verify(file: &str, extra: &[&str]) -> Output {
+    let f = fixture(file);
+    let mut args = vec!["verify", f.as_str()];
+    args.extend_from_slice(extra);
+    stencilcheck(&args)
+}
+
+/// Exit 2, nothing on stdout, exactly one line on stderr; returns that line.
+fn assert_bad_input(o: &Output) -> String {
+    let err = stderr(o);
+    assert_eq!(code(o), 2, "stdout:\n{}\nstderr:\n{err}", stdout(o));
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "{err}");
+    assert!(stdout(o).is_empty(), "{}", stdout(o));
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {err:?}");
+    assert!(err.ends_with('\n'));
+    lines[0].to_string()
+}
+
+/// `(FINDING line, replay command)` for every finding of a human report.
+fn findings_with_replays(report: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in report.lines() {
+        if line.starts_with("FINDING ") {
+            assert!(current.is_none(), "a finding without a replay line before `{line}`");
+            current = Some(line.to_string());
+        } else if let Some(cmd) = line.trim_start().strip_prefix("replay ") {
+            let finding = current.take().expect("a replay line outside a finding");
+            out.push((finding, cmd.trim().to_string()));
+        }
+    }
+    assert!(current.is_none(), "the last finding has no replay line");
+    out
+}
+
+// ---- exit codes ------------------------------------------------------------------
+
+#[test]
+fn good_header_exits_0() {
+    let o = verify("good.h", &["--placements", "64"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("5 stencils: 5 correct, 0 with findings (0 findings)"), "{out}");
+    assert!(!out.contains("FINDING"), "{out}");
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    // `emit_` prefixes are accepted by --stencil.
+    let o = verify("good.h", &["--placements", "8", "--stencil", "emit__FX_PUSH_ARGS", "--stencil", "trampoline"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("2 stencils: 2 correct"), "{}", stdout(&o));
+}
+
+#[test]
+fn equivalent_rewrite_exits_0() {
+    let o = verify("equivalent-rewrite.h", &["--placements", "32"]);
+    assert_eq!(code(&o), 0, "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn wrong_fixtures_exit_1_and_their_replays_reproduce() {
+    for (file, stencil) in [
+        ("wrong-addend.h", "_FX_CALL_HELPER"),
+        ("swapped-targets.h", "_FX_GUARD_TYPE"),
+        ("code-before-data.h", "_FX_GUARD_TYPE"),
+        ("wrong-patch-function.h", "_FX_PUSH_ARGS"),
+        ("dropped-data-patch.h", "_FX_CALL_HELPER"),
+        ("wrong-offset.h", "_FX_PUSH_ARGS"),
+    ] {
+        let o = verify(file, &["--placements", "32"]);
+        let out = stdout(&o);
+        assert_eq!(code(&o), 1, "{file}:\n{out}{}", stderr(&o));
+        assert!(stderr(&o).is_empty(), "{file}: {}", stderr(&o));
+        let found = findings_with_replays(&out);
+        assert!(!found.is_empty(), "{file}: no FINDING lines:\n{out}");
+        for (finding, _) in &found {
+            assert!(finding.starts_with(&format!("FINDING {stencil} [")), "{file}: {finding}");
+        }
+        // Replay a few (distinct) commands: each shows its finding again, alone.
+        let mut replays: Vec<&(String, String)> = Vec::new();
+        for f in &found {
+            if !replays.iter().any(|r| r.1 == f.1) {
+                replays.push(f);
+            }
+        }
+        for (finding, replay) in replays.into_iter().take(4) {
+            let words: Vec<&str> = replay.split_whitespace().collect();
+            assert_eq!(&words[..3], ["stencilcheck", "verify", fixture(file).as_str()], "{replay}");
+            assert!(words.windows(2).any(|w| w == ["--stencil", stencil]), "{replay}");
+            let again = stencilcheck(&words[1..]);
+            let text = stdout(&again);
+            assert_eq!(code(&again), 1, "`{replay}` exits {}:\n{text}{}", code(&again), stderr(&again));
+            assert!(text.contains(finding.as_str()), "`{replay}` does not show\n  {finding}\nit shows:\n{text}");
+            assert!(text.contains("1 stencils: 0 correct, 1 with findings"), "{text}");
+        }
+    }
+}
+
+// ---- bad input -----------------------------------------------------------------------
+
+/// 1-based line of the first line containing `needle` (not counting the BUG line).
+fn line_of(file: &str, needle: &str) -> usize {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(fixture(file))).unwrap();
+    text.lines().position(|l| l.contains(needle) && !l.starts_with("// BUG")).expect("needle") + 1
+}
+
+#[test]
+fn malformed_fixtures_exit_2_with_one_line_naming_file_and_line() {
+    let truncated = fixture("malformed-truncated.h");
+    let last = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(&truncated)).unwrap().lines().count();
+    for (file, line, what) in [
+        ("malformed-unknown-patch.h", line_of("malformed-unknown-patch.h", "patch_x86_64_32rz("), "patch_x86_64_32rz"),
+        ("malformed-garbage-expr.h", line_of("malformed-garbage-expr.h", ">> 3);"), "cannot parse patch value"),
+        ("malformed-truncated.h", last, "truncated"),
+    ] {
+        let o = verify(file, &[]);
+        let err = assert_bad_input(&o);
+        let prefix = format!("stencilcheck: error: {}:{line}: ", fixture(file));
+        assert!(err.starts_with(&prefix), "{file}: expected `{prefix}…`, got `{err}`");
+        assert!(err.contains(what), "{file}: {err}");
+    }
+}
+
+#[test]
+fn missing_file_exits_2_with_one_line() {
+    let o = verify("no-such-fixture.h", &[]);
+    let err = assert_bad_input(&o);
+    assert!(err.starts_with("stencilcheck: error: tests/fixtures/no-such-fixture.h: "), "{err}");
+}
+
+#[test]
+fn unknown_stencil_exits_2() {
+    let o = verify("good.h", &["--stencil", "NOPE"]);
+    let err = assert_bad_input(&o);
+    assert!(err.contains("tests/fixtures/good.h") && err.contains("NOPE"), "{err}");
+}
+
+// ---- determinism -------------------------------------------------------------------
+
+fn json(file: &str, seed: &str, threads: &str) -> String {
+    let o = verify(file, &["--placements", "16", "--format", "json", "--seed", seed, "--threads", threads]);
+    assert!(matches!(code(&o), 0 | 1), "{file}: {}", stderr(&o));
+    stdout(&o)
+}
+
+#[test]
+fn same_seed_gives_byte_identical_json() {
+    // (code-before-data and wrong-offset run on stale and made-up memory, and
+    // end in faults and wild exits: the most room for nondeterminism.)
+    for file in ["good.h", "code-before-data.h", "wrong-offset.h"] {
+        let a = json(file, "7", "2");
+        let b = json(file, "7", "2");
+        assert_eq!(a, b, "{file}: two runs differ");
+        let c = json(file, "7", "1");
+        assert_eq!(a, c, "{file}: --threads 1 and --threads 2 differ");
+        let v: serde_json::Value = serde_json::from_str(&a).expect("valid JSON");
+        assert_eq!(v["seed"], 7);
+        assert_eq!(v["input"], fixture(file));
+    }
+}
+
+#[test]
+fn json_findings_carry_replay_commands() {
+    let v: serde_json::Value = serde_json::from_str(&json("swapped-targets.h", "1", "2")).unwrap();
+    assert_eq!(v["summary"]["with_findings"], 1);
+    let guard = v["stencils"].as_array().unwrap().iter().find(|s| s["name"] == "_FX_GUARD_TYPE").unwrap();
+    for f in guard["findings"].as_array().unwrap() {
+        let replay = f["replay"].as_str().unwrap();
+        let placement = f["placement"].as_u64().unwrap();
+        assert_eq!(
+            replay,
+            format!("stencilcheck verify tests/fixtures/swapped-targets.h --seed 1 --stencil _FX_GUARD_TYPE --placement {placement}")
+        );
+    }
+}
+
+#[test]
+fn another_seed_gives_other_placements() {
+    let a: serde_json::Value = serde_json::from_str(&json("swapped-targets.h", "1", "2")).unwrap();
+    let b: serde_json::Value = serde_json::from_str(&json("swapped-targets.h", "2", "2")).unwrap();
+    let addresses = |v: &serde_json::Value| -> Vec<(u64, u64, u64)> {
+        let guard = v["stencils"].as_array().unwrap().iter().find(|s| s["name"] == "_FX_GUARD_TYPE").unwrap();
+        guard["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["site"]["address"].as_u64().unwrap(),
+                    f["expected"]["value"].as_u64().unwrap(),
+                    f["actual"]["value"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (x, y) = (addresses(&a), addresses(&b));
+    assert_eq!(x.len(), y.len(), "the same bug is found under both seeds");
+    for (p, q) in x.iter().zip(&y) {
+        assert_ne!(p.0, q.0, "site address did not move with the seed");
+        assert_ne!(p.1, q.1, "targets did not move with the seed");
+    }
+    // Not just the `seed` field: the per-stencil reports differ.
+    assert_ne!(a["stencils"], b["stencils"]);
+}
+
+// ---- known tool bugs (run with `cargo test -- --ignored` once fixed) ----------------
+
+/// With `--strict`, inconclusive runs (unmappable made-up pointers, budget)
+/// are findings; the replay command printed for them must keep `--strict`, or
+/// it shows the run as inconclusive instead of reproducing the finding.
+#[test]
+#[ignore = "tool bug: src/cli.rs replay_base() leaves --strict out of replay commands"]
+fn strict_findings_replay_with_strict() {
+    let o = verify("wrong-offset.h", &["--placements", "32", "--strict"]);
+    assert_eq!(code(&o), 1);
+    let strict_only: Vec<(String, String)> = findings_with_replays(&stdout(&o))
+        .into_iter()
+        .filter(|(f, _)| f.contains("touched unmappable address") || f.contains("[hang]"))
+        .collect();
+    assert!(!strict_only.is_empty(), "the fixture no longer has strict-only findings");
+    for (finding, replay) in strict_only {
+        let words: Vec<&str> = replay.split_whitespace().collect();
+        let again = stdout(&stencilcheck(&words[1..]));
+        assert!(again.contains(&finding), "`{replay}` does not reproduce\n  {finding}\nit shows:\n{again}");
+    }
+}
