@@ -139,6 +139,9 @@ fn replay_base(args: &VerifyArgs) -> String {
     if args.instruction_limit != crate::execute::DEFAULT_INSTRUCTION_LIMIT {
         base.push_str(&format!(" --instruction-limit {}", args.instruction_limit));
     }
+    if args.strict {
+        base.push_str(" --strict");
+    }
     base
 }
 

@@ -22,6 +22,9 @@ pub struct Finding {
     /// The relocation (index into `stencil.relocations`) it concerns, if any.
     #[serde(skip)]
     pub relocation: Option<usize>,
+    /// Code offset of the instruction that exited or faulted, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
     pub site: Option<Site>,
     pub expected: Option<Shown>,
     pub actual: Option<Shown>,
@@ -54,10 +57,13 @@ pub enum FindingKind {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Site {
     pub section: Section,
+    /// Offset of the relocated field (or data slot) in its section.
     pub offset: u64,
     pub address: u64,
-    /// The instruction now at the site (patched), formatted.
+    /// The instruction now at the site (patched), formatted, and its code offset.
     pub instruction: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instruction_offset: Option<u64>,
     /// The relocation line as objdump printed it, with its header line.
     pub relocation: Option<String>,
     pub relocation_line: Option<usize>,
@@ -74,14 +80,11 @@ pub struct Shown {
 }
 
 impl Finding {
-    /// Two findings are the same bug when these match.
-    pub fn key(&self) -> (FindingKind, Option<usize>, Option<u64>, String) {
+    /// Two findings are the same bug when these match: the kind and where
+    /// in the stencil (never addresses, which differ with every placement).
+    pub fn key(&self) -> (FindingKind, Option<usize>, Option<u64>, Option<u64>) {
         let offset = self.site.as_ref().map(|s| s.offset);
-        let label = match self.kind {
-            FindingKind::BadExit | FindingKind::Fault | FindingKind::Hang => self.message.clone(),
-            _ => String::new(),
-        };
-        (self.kind, self.relocation, offset, label)
+        (self.kind, self.relocation, offset, self.at)
     }
 }
 
@@ -183,6 +186,17 @@ fn check_site(
 
 /// Name the value if it is one of the placement's: makes swapped holes obvious.
 pub fn label(stencil: &Stencil, placement: &Placement, value: u64) -> String {
+    // The placement's own targets, whether or not a relocation still names
+    // them (CPython drops the final `jmp _JIT_CONTINUE`).
+    let own = [
+        (placement.continuation(stencil), Symbol::Continue),
+        (placement.jump_target, Symbol::JumpTarget),
+        (placement.error_target, Symbol::ErrorTarget),
+        (placement.top, Symbol::Top),
+    ];
+    if let Some((_, sym)) = own.iter().find(|(v, _)| *v == value) {
+        return sym.to_string();
+    }
     for sym in stencil.symbols() {
         if placement.symbol(&sym, stencil) == Some(value) {
             return sym.to_string();
@@ -226,6 +240,7 @@ fn site(
         offset: reloc.offset,
         address: placement.code + reloc.offset,
         instruction,
+        instruction_offset: Some(pc.wrapping_sub(placement.code)),
         relocation: Some(reloc.text.clone()),
         relocation_line: Some(reloc.line),
         hole: hole.map(hole_text),
@@ -256,6 +271,7 @@ pub fn judge_sites(
                     reloc.text, reloc.offset
                 ),
                 relocation: Some(obs.relocation),
+                at: None,
                 site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
                 expected: None,
                 actual: None,
@@ -277,6 +293,7 @@ pub fn judge_sites(
                     expected
                 ),
                 relocation: Some(obs.relocation),
+                at: None,
                 site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
                 expected: Some(exp),
                 actual: Some(act),
@@ -307,11 +324,13 @@ pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image)
                     comment.offset, comment.line
                 ),
                 relocation: None,
+                at: None,
                 site: Some(Site {
                     section: Section::Data,
                     offset: comment.offset,
                     address,
                     instruction: None,
+                    instruction_offset: None,
                     relocation: None,
                     relocation_line: None,
                     hole: hole.map(hole_text),
@@ -333,6 +352,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
         kind: FindingKind::PatchAssert,
         message: format!("{} (line {}): {}", hole_text(call), call.line, failure.assert.message),
         relocation,
+        at: None,
         site: Some(Site {
             section: call.section,
             offset: call.offset,
@@ -341,6 +361,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
                 Section::Data => placement.data + call.offset,
             },
             instruction: None,
+            instruction_offset: None,
             relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
             relocation_line: relocation.map(|i| stencil.relocations[i].line),
             hole: Some(hole_text(call)),
@@ -379,20 +400,23 @@ pub struct RunJudgement {
 /// `strict`, inconclusive runs are findings too.
 pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict: bool) -> RunJudgement {
     let mut out = RunJudgement::default();
-    let plain = |kind, message: String| Finding {
+    let offset = |pc: u64| pc.wrapping_sub(placement.code);
+    let plain = |kind, pc: Option<u64>, message: String| Finding {
         kind,
         message,
         relocation: None,
+        at: pc.map(offset),
         site: None,
         expected: None,
         actual: None,
     };
-    let at = |pc: u64| format!("code+{:#x}", pc.wrapping_sub(placement.code));
+    let at = |pc: u64| format!("code+{:#x}", offset(pc));
     for call in &trace.calls {
         // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
         if call.sp % 16 != 8 {
             out.findings.push(plain(
                 FindingKind::MisalignedCall,
+                Some(call.from),
                 format!("call at {} entered {:#x} with rsp = {:#x} (not 8 mod 16)", at(call.from), call.target, call.sp),
             ));
         }
@@ -400,7 +424,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
     let Some(end) = &trace.end else { return out };
     let mut inconclusive = |kind, message: String| {
         if strict {
-            out.findings.push(plain(kind, message));
+            out.findings.push(plain(kind, None, message));
         } else {
             out.inconclusive = Some(message);
         }
@@ -419,12 +443,14 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 let named = if l.is_empty() { String::new() } else { format!(" ({l})") };
                 out.findings.push(plain(
                     FindingKind::BadExit,
+                    Some(*from),
                     format!("{kind:?} at {} left for {target:#x}{named}, not an address any relocation allows", at(*from)),
                 ));
             }
             if *sp != trace.entry_sp && *kind != ExitKind::AfterNoReturnCall {
                 out.findings.push(plain(
                     FindingKind::StackImbalance,
+                    Some(*from),
                     format!("exit at {} with rsp {:+} bytes from entry", at(*from), sp.wrapping_sub(trace.entry_sp) as i64),
                 ));
             }
@@ -449,7 +475,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
                 Fault::Unmappable | Fault::MemoryBudget | Fault::Other => "faulted in the emulator".to_string(),
             };
-            out.findings.push(plain(FindingKind::Fault, format!("at {} {what}", at(*pc))));
+            out.findings.push(plain(FindingKind::Fault, Some(*pc), format!("at {} {what}", at(*pc))));
         }
         RunEnd::InstructionLimit { limit, pc } => {
             inconclusive(FindingKind::Hang, format!("still running after {limit} instructions (at {})", at(*pc)));

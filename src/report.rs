@@ -213,7 +213,8 @@ fn finding(out: &mut String, r: &StencilResult, seen: &Seen, replay: &Replay) {
     let _ = writeln!(out, "FINDING {} [{}]: {}", r.name, kind, f.message);
     if let Some(site) = &f.site {
         if let Some(insn) = &site.instruction {
-            let _ = writeln!(out, "  instruction  {insn}    (at {:#x}, {}+{:#x})", site.address, site.section, site.offset);
+            let at = site.instruction_offset.unwrap_or(site.offset);
+            let _ = writeln!(out, "  instruction  {insn}    (at code+{at:#x}; field at {:#x}, {}+{:#x})", site.address, site.section, site.offset);
         }
         if let (Some(rel), Some(line)) = (&site.relocation, site.relocation_line) {
             let _ = writeln!(out, "  relocation   {rel}    (line {line})");

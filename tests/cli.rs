@@ -243,7 +243,6 @@ fn another_seed_gives_other_placements() {
 /// are findings; the replay command printed for them must keep `--strict`, or
 /// it shows the run as inconclusive instead of reproducing the finding.
 #[test]
-#[ignore = "tool bug: src/cli.rs replay_base() leaves --strict out of replay commands"]
 fn strict_findings_replay_with_strict() {
     let o = verify("wrong-offset.h", &["--placements", "32", "--strict"]);
     assert_eq!(code(&o), 1);

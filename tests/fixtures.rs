@@ -416,7 +416,6 @@ fn malformed_fixtures_name_the_line() {
 /// displacement"), because `static_sites` cannot read the (outside) memory
 /// and turns the missing load value into "no effect".
 #[test]
-#[ignore = "tool bug: src/execute/x86_64.rs static_sites/site_effect report mangled_site for a displacement that points outside the image"]
 fn a_displacement_pointing_outside_the_image_is_not_mangled() {
     let (_, outcome) = run("wrong-offset.h");
     let seen = only_in(&outcome, "_FX_PUSH_ARGS");

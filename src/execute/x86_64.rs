@@ -157,6 +157,15 @@ fn hex_bytes(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
+/// What evaluating a site told us.
+enum Evaluation {
+    Known(Effect),
+    /// The field is not a displacement, branch or immediate of `insn`.
+    NotAnOperand,
+    /// It is, but its effect needs a register or memory we cannot read here.
+    Unknown,
+}
+
 /// What `insn` does with the field that starts `field` bytes into it.
 /// `reg` gives register values (None: unknown, e.g. statically); `mem` reads
 /// memory (None: unreadable).
@@ -166,27 +175,32 @@ fn site_effect(
     field: usize,
     mut reg: impl FnMut(Register) -> Option<u64>,
     mut mem: impl FnMut(u64, usize) -> Option<u64>,
-) -> Option<Effect> {
+) -> Evaluation {
+    use Evaluation::{Known, NotAnOperand, Unknown};
     let near_branch = matches!(insn.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32);
     let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory);
     let in_disp = offsets.has_displacement() && offsets.displacement_offset() == field;
     let in_imm = offsets.has_immediate() && offsets.immediate_offset() == field;
     if near_branch && (in_imm || in_disp || field + 4 == insn.len()) {
-        return Some(Effect::Transfer { target: insn.near_branch_target(), slot: None });
+        return Known(Effect::Transfer { target: insn.near_branch_target(), slot: None });
     }
     if in_disp {
-        let op = mem_op?;
+        let Some(op) = mem_op else { return NotAnOperand };
         let address = insn.virtual_address(op, 0, |r, _, _| match r {
             Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
             _ => reg(r),
-        })?;
+        });
+        let Some(address) = address else { return Unknown };
         let flow = insn.flow_control();
         if matches!(flow, FlowControl::IndirectBranch | FlowControl::IndirectCall) {
-            return Some(Effect::Transfer { target: mem(address, 8)?, slot: Some(address) });
+            return match mem(address, 8) {
+                Some(target) => Known(Effect::Transfer { target, slot: Some(address) }),
+                None => Unknown,
+            };
         }
         if insn.mnemonic() == Mnemonic::Lea {
             let bits = insn.op0_register().size() as u32 * 8;
-            return Some(Effect::Address { value: truncate(address, bits), bits });
+            return Known(Effect::Address { value: truncate(address, bits), bits });
         }
         let size = insn.memory_size().size().clamp(1, 8);
         let mut info = InstructionInfoFactory::new();
@@ -197,9 +211,12 @@ fn site_effect(
             .any(|m| matches!(m.access(), OpAccess::Read | OpAccess::CondRead));
         if reads {
             let bits = size as u32 * 8;
-            return Some(Effect::Load { address, value: mem(address, size)?, bits });
+            return match mem(address, size) {
+                Some(value) => Known(Effect::Load { address, value, bits }),
+                None => Unknown,
+            };
         }
-        return Some(Effect::MemoryOperand { address });
+        return Known(Effect::MemoryOperand { address });
     }
     if in_imm {
         let op = (0..insn.op_count()).find(|&i| {
@@ -212,15 +229,27 @@ fn site_effect(
                     | OpKind::Immediate8to64
                     | OpKind::Immediate8to32
             )
-        })?;
+        });
+        let Some(op) = op else { return NotAnOperand };
         let bits = match insn.op_kind(op) {
             OpKind::Immediate32 => 32,
             OpKind::Immediate16 => 16,
             _ => 64,
         };
-        return Some(Effect::Immediate { value: insn.immediate(op), bits });
+        return Known(Effect::Immediate { value: insn.immediate(op), bits });
     }
-    None
+    NotAnOperand
+}
+
+impl Evaluation {
+    /// As an observation: `None` for a mangled site, skipped when unknown.
+    fn observation(self) -> Option<Option<Effect>> {
+        match self {
+            Evaluation::Known(e) => Some(Some(e)),
+            Evaluation::NotAnOperand => Some(None),
+            Evaluation::Unknown => None,
+        }
+    }
 }
 
 fn truncate(v: u64, bits: u32) -> u64 {
@@ -273,21 +302,12 @@ pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
             continue;
         };
         let field = (field_addr - insn.ip()) as usize;
-        let mut unknown_register = false;
-        let effect = site_effect(
-            &insn,
-            &offsets,
-            field,
-            |_| {
-                unknown_register = true;
-                None
-            },
-            |a, n| image.read(a, n).map(le),
-        );
-        if effect.is_none() && unknown_register {
-            continue; // needs registers: only a run can tell
+        // Registers are unknown statically; memory outside the image too:
+        // such sites are left to the runs.
+        let evaluation = site_effect(&insn, &offsets, field, |_| None, |a, n| image.read(a, n).map(le));
+        if let Some(effect) = evaluation.observation() {
+            out.push(SiteObservation { relocation: i, pc: insn.ip(), len: insn.len() as u32, effect });
         }
-        out.push(SiteObservation { relocation: i, pc: insn.ip(), len: insn.len() as u32, effect });
     }
     out
 }
@@ -719,6 +739,8 @@ fn observe(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
                 uc.mem_read(a, &mut b).ok().map(|_| le(&b))
             })
         };
+        // Unreadable (unmappable) memory: the run's end will say so.
+        let Some(effect) = effect.observation() else { continue };
         let st = uc.get_data_mut();
         st.per_site[i] += 1;
         st.sites.push(SiteObservation { relocation: i, pc: addr, len: size, effect });
