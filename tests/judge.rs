@@ -1,0 +1,1187 @@
+//! Stage tests of the judge (`src/judge.rs`): a correct stencil passes at
+//! every layout, and every mutant — of the patched image, of the emit order,
+//! or of a run's trace — is caught with a finding that names the right
+//! relocation and the right labels.
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
+use stencilcheck::execute::{static_sites, CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
+use stencilcheck::judge::{coverage, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
+use stencilcheck::model::{
+    Arch, DataComment, DataCommentKind, Effect, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind,
+    Relocation, Section, Stencil, StencilSet, Symbol, Term, Value,
+};
+use stencilcheck::patch::{self, Image, Ports};
+use stencilcheck::place::{place, Layout, Placement};
+
+// ---------------------------------------------------------------------------
+// Building stencils
+// ---------------------------------------------------------------------------
+
+fn reloc(offset: u64, kind: RelocKind, symbol: &str, addend: i64, line: usize) -> Relocation {
+    Relocation {
+        offset,
+        kind,
+        symbol: Symbol::classify(symbol),
+        addend,
+        line,
+        // objdump's spelling: `_JIT_CONTINUE-0x4`, `PyObj+0x10`.
+        text: format!(
+            "{offset:016x}:  {kind} {symbol}{}{:#x}",
+            if addend < 0 { "-" } else { "+" },
+            addend.unsigned_abs()
+        ),
+    }
+}
+
+fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64, line: usize) -> EmitOp {
+    EmitOp::Patch(PatchCall {
+        func,
+        section,
+        offset,
+        value: Value::new(term, addend),
+        line,
+    })
+}
+
+fn slot(offset: u64, term: Term, line: usize) -> DataComment {
+    DataComment {
+        offset,
+        kind: DataCommentKind::Slot(Value::new(term, 0)),
+        line,
+    }
+}
+
+fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
+    let mut out = Vec::new();
+    let mut d = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut f = GasFormatter::new();
+    while d.can_decode() {
+        let insn = d.decode();
+        let at = insn.ip() as usize;
+        let mut text = String::new();
+        f.format(&insn, &mut text);
+        out.push(ObjdumpInstruction {
+            offset: at as u64,
+            bytes: code[at..at + insn.len()].to_vec(),
+            text,
+            line: 0,
+        });
+    }
+    out
+}
+
+// Relocation indices of `uop()`.
+const R_DATA: usize = 0;
+const R_OPARG: usize = 1;
+const R_STR: usize = 2;
+const R_FUNC: usize = 3;
+const R_ERROR: usize = 4;
+const R_CONTINUE: usize = 5;
+
+/// A uop in 3.13's shape:
+///
+/// ```text
+///  0: 53               push rbx
+///  1: 48 8b 05 ..      mov rax, [rip+slot]   @4  REX_GOTPCRELX PyData-4          (slot data+8)
+///  8: 0f b7 0d ..      movzwl ecx, [rip+slot] @11 GOTPCREL _JIT_OPARG-4          (slot data+16)
+/// 15: 48 8d 15 ..      lea rdx, [rip+.L.str] @18 PC32 .L.str-4                   (data+0)
+/// 22: ff 15 ..         call *[rip+slot]      @24 GOTPCRELX PyFunc-4              (slot data+24)
+/// 28: 5b               pop rbx
+/// 29: 48 85 c0         test rax, rax
+/// 32: 75 06            jne 40
+/// 34: ff 25 ..         jmp *[rip+slot]       @36 GOTPCRELX _JIT_ERROR_TARGET-4   (slot data+32)
+/// 40: ff 25 ..         jmp *[rip+slot]       @42 GOTPCRELX _JIT_CONTINUE-4       (slot data+40)
+/// ```
+/// Holes in emit order: data+8, +16, +24, +32, +40 (0..=4), then code+4,
+/// +11, +18, +24, +36, +42 (5..=10).
+fn uop() -> Stencil {
+    let mut code = vec![0x53];
+    code.extend([0x48, 0x8b, 0x05, 0, 0, 0, 0]);
+    code.extend([0x0f, 0xb7, 0x0d, 0, 0, 0, 0]);
+    code.extend([0x48, 0x8d, 0x15, 0, 0, 0, 0]);
+    code.extend([0xff, 0x15, 0, 0, 0, 0]);
+    code.extend([0x5b, 0x48, 0x85, 0xc0, 0x75, 0x06]);
+    code.extend([0xff, 0x25, 0, 0, 0, 0]);
+    code.extend([0xff, 0x25, 0, 0, 0, 0]);
+    assert_eq!(code.len(), 46);
+    let mut data = b"hi!\0\0\0\0\0".to_vec();
+    data.resize(48, 0);
+    let sym = |n: &str| Term::Symbol(n.into());
+    Stencil {
+        name: "_UOP".into(),
+        line: 100,
+        instructions: listing(&code),
+        code,
+        data,
+        relocations: vec![
+            reloc(4, RelocKind::X86_64_REX_GOTPCRELX, "PyData", -4, 110),
+            reloc(11, RelocKind::X86_64_GOTPCREL, "_JIT_OPARG", -4, 111),
+            reloc(18, RelocKind::X86_64_PC32, ".L.str", -4, 112),
+            reloc(24, RelocKind::X86_64_GOTPCRELX, "PyFunc", -4, 113),
+            reloc(36, RelocKind::X86_64_GOTPCRELX, "_JIT_ERROR_TARGET", -4, 114),
+            reloc(42, RelocKind::X86_64_GOTPCRELX, "_JIT_CONTINUE", -4, 115),
+        ],
+        data_comments: vec![
+            DataComment {
+                offset: 0,
+                kind: DataCommentKind::Bytes,
+                line: 120,
+            },
+            slot(8, sym("PyData"), 121),
+            slot(16, Term::Oparg, 122),
+            slot(24, sym("PyFunc"), 123),
+            slot(32, Term::ErrorTarget, 124),
+            slot(40, Term::Continue, 125),
+        ],
+        emit: vec![
+            EmitOp::CopyData { line: 130 },
+            hole(PatchFn::P64, Section::Data, 8, sym("PyData"), 0, 131),
+            hole(PatchFn::P64, Section::Data, 16, Term::Oparg, 0, 132),
+            hole(PatchFn::P64, Section::Data, 24, sym("PyFunc"), 0, 133),
+            hole(PatchFn::P64, Section::Data, 32, Term::ErrorTarget, 0, 134),
+            hole(PatchFn::P64, Section::Data, 40, Term::Continue, 0, 135),
+            EmitOp::CopyCode { line: 136 },
+            hole(PatchFn::X86_64_32rx, Section::Code, 4, Term::Data, 8 - 4, 137),
+            hole(PatchFn::X86_64_32rx, Section::Code, 11, Term::Data, 16 - 4, 138),
+            hole(PatchFn::P32r, Section::Code, 18, Term::Data, -4, 139),
+            hole(PatchFn::X86_64_32rx, Section::Code, 24, Term::Data, 24 - 4, 140),
+            hole(PatchFn::X86_64_32rx, Section::Code, 36, Term::Data, 32 - 4, 141),
+            hole(PatchFn::X86_64_32rx, Section::Code, 42, Term::Data, 40 - 4, 142),
+        ],
+    }
+}
+
+/// `jmp *[rip]` → `_JIT_CONTINUE` (always relaxed: the continuation is next door).
+fn jmp_continue() -> Stencil {
+    let code = vec![0xff, 0x25, 0, 0, 0, 0];
+    Stencil {
+        name: "_JMP".into(),
+        line: 1,
+        instructions: listing(&code),
+        code,
+        data: vec![0; 8],
+        relocations: vec![reloc(2, RelocKind::X86_64_GOTPCRELX, "_JIT_CONTINUE", -4, 2)],
+        data_comments: vec![slot(0, Term::Continue, 3)],
+        emit: vec![
+            EmitOp::CopyData { line: 4 },
+            hole(PatchFn::P64, Section::Data, 0, Term::Continue, 0, 5),
+            EmitOp::CopyCode { line: 6 },
+            hole(PatchFn::X86_64_32rx, Section::Code, 2, Term::Data, -4, 7),
+        ],
+    }
+}
+
+fn engine() -> UnicornX86 {
+    let set = StencilSet {
+        path: PathBuf::from("test.h"),
+        arch: Arch::X86_64,
+        stencils: vec![],
+    };
+    UnicornX86::new(convention(&set), 100_000).unwrap()
+}
+
+fn placement_of(s: &Stencil, seed: u64, layout: Layout) -> Placement {
+    (0..8)
+        .map(|i| place(s, seed, i).unwrap())
+        .find(|p| p.layout == layout)
+        .unwrap()
+}
+
+/// Everything the pipeline judges for one image: static sites, data slots,
+/// the run's sites and the run itself (not strict).
+struct Judged {
+    static_findings: Vec<Finding>,
+    slot_findings: Vec<Finding>,
+    dynamic_findings: Vec<Finding>,
+    run_findings: Vec<Finding>,
+    inconclusive: Option<String>,
+    trace: Trace,
+}
+
+impl Judged {
+    fn all(&self) -> Vec<&Finding> {
+        self.static_findings
+            .iter()
+            .chain(&self.slot_findings)
+            .chain(&self.dynamic_findings)
+            .chain(&self.run_findings)
+            .collect()
+    }
+}
+
+fn judge(e: &mut UnicornX86, s: &Stencil, p: &Placement, image: &Image) -> Judged {
+    let st = static_sites(Arch::X86_64, s, image);
+    let trace = e.run(s, p, image);
+    let run = judge_run(s, p, &trace, false);
+    Judged {
+        static_findings: judge_sites(Arch::X86_64, s, p, image, &st),
+        slot_findings: judge_data_slots(s, p, image),
+        dynamic_findings: judge_sites(Arch::X86_64, s, p, image, &trace.sites),
+        run_findings: run.findings,
+        inconclusive: run.inconclusive,
+        trace,
+    }
+}
+
+fn write_u32(image: &mut Image, addr: u64, v: u32) {
+    image.write(addr, &v.to_le_bytes()).unwrap();
+}
+
+fn write_u64(image: &mut Image, addr: u64, v: u64) {
+    image.write(addr, &v.to_le_bytes()).unwrap();
+}
+
+fn exit_target(t: &Trace) -> u64 {
+    match t.end {
+        Some(RunEnd::Exit { target, .. }) => target,
+        ref other => panic!("{other:?}"),
+    }
+}
+
+/// The one WrongValue finding among `fs`, checked against relocation `r` and the expected label.
+fn wrong_value<'a>(fs: &'a [Finding], s: &Stencil, r: usize, expected_label: &str) -> &'a Finding {
+    let hits: Vec<&Finding> = fs.iter().filter(|f| f.kind == FindingKind::WrongValue).collect();
+    assert_eq!(hits.len(), 1, "want one WrongValue, got {fs:#?}");
+    let f = hits[0];
+    assert_eq!(f.relocation, Some(r), "{f:#?}");
+    assert_eq!(f.expected.as_ref().unwrap().label, expected_label, "{f:#?}");
+    let site = f.site.as_ref().unwrap();
+    assert_eq!(site.offset, s.relocations[r].offset);
+    assert_eq!(site.relocation.as_deref(), Some(s.relocations[r].text.as_str()));
+    assert_eq!(site.relocation_line, Some(s.relocations[r].line));
+    assert!(f.message.contains(s.relocations[r].kind.name()), "{}", f.message);
+    f
+}
+
+// ---------------------------------------------------------------------------
+// The correct stencil
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_correct_stencil_has_no_findings_at_any_layout() {
+    let s = uop();
+    let mut e = engine();
+    let (mut errors, mut continues, mut relaxed, mut unrelaxed) = (0, 0, 0, 0);
+    for seed in 0..8 {
+        for index in 0..8 {
+            let p = place(&s, seed, index).unwrap();
+            let image = patch::emit(&s, &p, &Ports).unwrap();
+            let j = judge(&mut e, &s, &p, &image);
+            let what = format!("seed {seed} {:?}", p.layout);
+            assert!(j.all().is_empty(), "{what}: {:#?}", j.all());
+            assert_eq!(j.inconclusive, None, "{what}");
+            // Every site before the branch ran, and at least one exit site.
+            let seen: BTreeSet<usize> = j.trace.sites.iter().map(|o| o.relocation).collect();
+            for r in [R_DATA, R_OPARG, R_STR, R_FUNC] {
+                assert!(seen.contains(&r), "{what}: site {r} not observed: {seen:?}");
+            }
+            assert_eq!(static_sites(Arch::X86_64, &s, &image).len(), 6, "{what}");
+            let t = exit_target(&j.trace);
+            if t == p.error_target {
+                errors += 1;
+            } else {
+                assert_eq!(t, p.continuation(&s));
+                continues += 1;
+            }
+            if image.code[2] == 0x8d {
+                relaxed += 1
+            } else {
+                unrelaxed += 1
+            }
+            // Strict judging of a clean run finds nothing either.
+            let strict = judge_run(&s, &p, &j.trace, true);
+            assert!(
+                strict.findings.is_empty() && strict.inconclusive.is_none(),
+                "{what}"
+            );
+        }
+    }
+    // Both exits and both forms of the GOT load were exercised.
+    assert!(
+        errors > 0 && continues > 0,
+        "error exits {errors}, continues {continues}"
+    );
+    assert!(
+        relaxed > 0 && unrelaxed > 0,
+        "relaxed {relaxed}, unrelaxed {unrelaxed}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Mutants of the patched image
+// ---------------------------------------------------------------------------
+
+#[test]
+fn mutant_relaxed_jmp_off_by_8_is_caught() {
+    let s = jmp_continue();
+    let mut e = engine();
+    for index in 0..8 {
+        let p = place(&s, 1, index).unwrap();
+        let mut image = patch::emit(&s, &p, &Ports).unwrap();
+        assert_eq!(image.code[..2], [0x90, 0xe9]);
+        let rel = image.read_u32(p.code + 2).unwrap();
+        write_u32(&mut image, p.code + 2, rel.wrapping_add(8));
+        let j = judge(&mut e, &s, &p, &image);
+        let cont = p.continuation(&s);
+        for fs in [&j.static_findings, &j.dynamic_findings] {
+            let f = wrong_value(fs, &s, 0, "_JIT_CONTINUE");
+            assert_eq!(f.expected.as_ref().unwrap().value, cont);
+            assert_eq!(f.actual.as_ref().unwrap().value, cont + 8);
+            assert_eq!(
+                f.site.as_ref().unwrap().hole.as_deref(),
+                Some("patch_x86_64_32rx(code + 0x2, (uintptr_t)data + -0x4)")
+            );
+        }
+        // The run left for continuation+8: no relocation allows that.
+        assert_eq!(exit_target(&j.trace), cont + 8);
+        assert_eq!(j.run_findings.len(), 1, "{:#?}", j.run_findings);
+        assert_eq!(j.run_findings[0].kind, FindingKind::BadExit);
+        // The slot itself is fine.
+        assert!(j.slot_findings.is_empty());
+    }
+}
+
+#[test]
+fn mutant_relaxed_error_jump_off_by_8_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = placement_of(&s, 2, Layout::Compact);
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    assert_eq!(image.code[34..36], [0x90, 0xe9], "error jump relaxed");
+    let rel = image.read_u32(p.code + 36).unwrap();
+    write_u32(&mut image, p.code + 36, rel.wrapping_add(8));
+    let j = judge(&mut e, &s, &p, &image);
+    let f = wrong_value(&j.static_findings, &s, R_ERROR, "_JIT_ERROR_TARGET");
+    assert_eq!(f.actual.as_ref().unwrap().value, p.error_target + 8);
+    assert!(
+        f.message.contains("instead of _JIT_ERROR_TARGET"),
+        "{}",
+        f.message
+    );
+}
+
+/// LLVM JITLink #190968: relaxing `call *` wrote the ABSOLUTE address into the PC-relative `e8`.
+#[test]
+fn mutant_absolute_address_in_relaxed_call_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    for seed in 0..4 {
+        let p = placement_of(&s, seed, Layout::Compact);
+        let mut image = patch::emit(&s, &p, &Ports).unwrap();
+        assert_eq!(image.code[22..24], [0x90, 0xe8]);
+        let func = p.externs["PyFunc"];
+        write_u32(&mut image, p.code + 24, func as u32);
+        let j = judge(&mut e, &s, &p, &image);
+        let f = wrong_value(&j.static_findings, &s, R_FUNC, "PyFunc");
+        assert_eq!(f.expected.as_ref().unwrap().value, func);
+        assert_eq!(f.site.as_ref().unwrap().hole_line, Some(140));
+        // The run called somewhere else too.
+        wrong_value(&j.dynamic_findings, &s, R_FUNC, "PyFunc");
+        assert_ne!(j.trace.calls[0].target, func);
+    }
+}
+
+#[test]
+fn mutant_got_slot_redirected_to_the_error_target_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = placement_of(&s, 3, Layout::FarExterns);
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    assert_eq!(image.code[22..24], [0xff, 0x15], "far: the call stays indirect");
+    write_u64(&mut image, p.data + 24, p.error_target);
+    let j = judge(&mut e, &s, &p, &image);
+    for fs in [&j.static_findings, &j.dynamic_findings] {
+        let f = wrong_value(fs, &s, R_FUNC, "PyFunc");
+        assert_eq!(f.actual.as_ref().unwrap().value, p.error_target);
+        assert_eq!(f.actual.as_ref().unwrap().label, "_JIT_ERROR_TARGET");
+        assert!(f.message.contains("control went to"), "{}", f.message);
+    }
+    assert_eq!(j.trace.calls[0].target, p.error_target);
+    // The data slot check says the same, from the data side.
+    assert_eq!(j.slot_findings.len(), 1);
+    let f = &j.slot_findings[0];
+    assert_eq!(f.kind, FindingKind::DataSlot);
+    assert_eq!(
+        (
+            f.expected.as_ref().unwrap().label.as_str(),
+            f.actual.as_ref().unwrap().label.as_str()
+        ),
+        ("PyFunc", "_JIT_ERROR_TARGET")
+    );
+    assert_eq!(f.site.as_ref().unwrap().offset, 24);
+    assert_eq!(f.site.as_ref().unwrap().hole_line, Some(133));
+}
+
+#[test]
+fn mutant_relaxed_lea_turned_back_into_a_load_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let mut dynamic_caught = 0;
+    for seed in 0..8 {
+        let p = placement_of(&s, seed, Layout::Compact);
+        let mut image = patch::emit(&s, &p, &Ports).unwrap();
+        assert_eq!(image.code[2], 0x8d);
+        image.code[2] = 0x8b; // mov rax, [rip + PyData]: loads from S instead of forming it
+        let j = judge(&mut e, &s, &p, &image);
+        // Statically the load's memory is outside the image: the site cannot
+        // be evaluated and is reported as mangled (or, were it readable, wrong).
+        let f: Vec<&Finding> = j
+            .static_findings
+            .iter()
+            .filter(|f| f.relocation == Some(R_DATA))
+            .collect();
+        assert_eq!(f.len(), 1, "seed {seed}: {:#?}", j.static_findings);
+        assert!(
+            matches!(f[0].kind, FindingKind::MangledSite | FindingKind::WrongValue),
+            "{:?}",
+            f[0].kind
+        );
+        assert!(j.static_findings.iter().all(|f| f.relocation == Some(R_DATA)));
+        // The run loads made-up memory at S.
+        let loads = j
+            .trace
+            .sites
+            .iter()
+            .filter(|o| o.relocation == R_DATA)
+            .collect::<Vec<_>>();
+        assert!(
+            matches!(loads[0].effect, Some(Effect::Load { address, bits: 64, .. }) if address == p.externs["PyData"])
+        );
+        if j.dynamic_findings
+            .iter()
+            .any(|f| f.kind == FindingKind::WrongValue && f.relocation == Some(R_DATA))
+        {
+            dynamic_caught += 1;
+        }
+    }
+    assert!(
+        dynamic_caught >= 6,
+        "the run caught it in only {dynamic_caught} of 8 placements"
+    );
+}
+
+#[test]
+fn mutant_wrong_got_load_value_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = placement_of(&s, 4, Layout::FarExterns);
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    assert_eq!(image.code[2], 0x8b, "far: stays a GOT load");
+    let data = p.externs["PyData"];
+    write_u64(&mut image, p.data + 8, data + 8);
+    let j = judge(&mut e, &s, &p, &image);
+    for fs in [&j.static_findings, &j.dynamic_findings] {
+        let f = wrong_value(fs, &s, R_DATA, "PyData");
+        assert_eq!(f.actual.as_ref().unwrap().value, data + 8);
+        assert!(f.message.contains("loaded"), "{}", f.message);
+    }
+    assert_eq!(j.slot_findings.len(), 1);
+}
+
+#[test]
+fn mutant_oparg_slot_is_judged_at_the_width_the_instruction_loads() {
+    let s = uop();
+    let mut e = engine();
+    let p = place(&s, 5, 0).unwrap();
+    let image = patch::emit(&s, &p, &Ports).unwrap();
+    let oparg = p.oparg as u64;
+    // Low 16 bits wrong: movzwl loads a wrong oparg.
+    let mut low = image.clone();
+    write_u64(&mut low, p.data + 16, oparg ^ 1);
+    let j = judge(&mut e, &s, &p, &low);
+    for fs in [&j.static_findings, &j.dynamic_findings] {
+        wrong_value(fs, &s, R_OPARG, "_JIT_OPARG");
+    }
+    assert_eq!(j.slot_findings.len(), 1);
+    // Only bits above 16 wrong: the instruction cannot see it, the slot check can.
+    let mut high = image.clone();
+    write_u64(&mut high, p.data + 16, oparg | 0x1_0000);
+    let j = judge(&mut e, &s, &p, &high);
+    assert!(
+        j.static_findings.is_empty() && j.dynamic_findings.is_empty(),
+        "{:#?}",
+        j.static_findings
+    );
+    assert_eq!(j.slot_findings.len(), 1);
+    assert_eq!(j.slot_findings[0].expected.as_ref().unwrap().label, "_JIT_OPARG");
+}
+
+#[test]
+fn mutant_rodata_lea_outside_the_rodata_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = place(&s, 6, 1).unwrap();
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    // Within the 8 bytes of rodata: still fine (a string may be addressed mid-way).
+    let rel = image.read_u32(p.code + 18).unwrap();
+    write_u32(&mut image, p.code + 18, rel.wrapping_add(3));
+    assert!(judge(&mut e, &s, &p, &image).static_findings.is_empty());
+    // 8 bytes on: the first GOT slot, not rodata.
+    write_u32(&mut image, p.code + 18, rel.wrapping_add(8));
+    let j = judge(&mut e, &s, &p, &image);
+    for fs in [&j.static_findings, &j.dynamic_findings] {
+        let f = wrong_value(fs, &s, R_STR, "data+0x0");
+        assert_eq!(f.expected.as_ref().unwrap().value, p.data);
+        assert_eq!(f.actual.as_ref().unwrap().label, "data+0x8");
+    }
+}
+
+/// The order bug of DOMAIN §7: code patched before data relaxes against
+/// stale slot contents. Wherever that leaves a site using something other
+/// than S, the judge must say so, for that site, and nowhere else.
+#[test]
+fn mutant_code_patched_before_data_is_caught() {
+    let good = uop();
+    let mut swapped = uop();
+    let code_ops = swapped.emit.split_off(6);
+    swapped.emit = [code_ops, swapped.emit].concat();
+    let mut e = engine();
+    let (mut broken, mut differing) = (0, 0);
+    for seed in 0..6 {
+        for index in 0..8 {
+            let p = place(&good, seed, index).unwrap();
+            let right = patch::emit(&good, &p, &Ports).unwrap();
+            let wrong = patch::emit(&swapped, &p, &Ports).unwrap();
+            if wrong != right {
+                differing += 1;
+            }
+            let j = judge(&mut e, &good, &p, &wrong);
+            // Independent oracle: decode each relaxable GOT site by hand.
+            // (relocation, displacement offset, instruction end, S)
+            let sites = [
+                (R_DATA, 4u64, 8u64, p.externs["PyData"]),
+                (R_FUNC, 24, 28, p.externs["PyFunc"]),
+                (R_ERROR, 36, 40, p.error_target),
+                (R_CONTINUE, 42, 46, p.continuation(&good)),
+            ];
+            for (r, off, end, s_val) in sites {
+                let disp = wrong.read_u32(p.code + off).unwrap() as i32 as i64 as u64;
+                let refers = (p.code + end).wrapping_add(disp);
+                let relaxed = matches!(wrong.code[off as usize - 2], 0x8d | 0x90);
+                let uses = if relaxed {
+                    refers
+                } else {
+                    wrong.read_u64(refers).unwrap()
+                };
+                let flagged: Vec<&Finding> = j
+                    .static_findings
+                    .iter()
+                    .filter(|f| f.relocation == Some(r))
+                    .collect();
+                let what = format!("seed {seed} index {index} relocation {r}");
+                if uses == s_val {
+                    assert!(flagged.is_empty(), "{what}: correct site flagged: {flagged:#?}");
+                } else {
+                    broken += 1;
+                    assert_eq!(
+                        flagged.len(),
+                        1,
+                        "{what}: uses {uses:#x} instead of {s_val:#x}, not caught"
+                    );
+                    assert_eq!(flagged[0].kind, FindingKind::WrongValue);
+                    assert_eq!(
+                        flagged[0].expected.as_ref().unwrap().label,
+                        good.relocations[r].symbol.to_string()
+                    );
+                    assert_eq!(flagged[0].actual.as_ref().unwrap().value, uses);
+                }
+            }
+            // Nothing else is ever flagged: the other sites are not relaxable.
+            for f in &j.static_findings {
+                assert!(
+                    [R_DATA, R_FUNC, R_ERROR, R_CONTINUE].contains(&f.relocation.unwrap()),
+                    "{f:#?}"
+                );
+            }
+            // The data ends up right either way.
+            assert!(j.slot_findings.is_empty());
+        }
+    }
+    assert!(differing > 10, "only {differing} of 48 swapped images differ");
+    assert!(broken > 10, "only {broken} broken sites in 48 swapped images");
+}
+
+// ---------------------------------------------------------------------------
+// Mutants of the trace
+// ---------------------------------------------------------------------------
+
+/// A clean run of `jmp_continue` and its placement.
+fn clean_run() -> (Stencil, Placement, Trace) {
+    let s = jmp_continue();
+    let p = place(&s, 7, 0).unwrap();
+    let image = patch::emit(&s, &p, &Ports).unwrap();
+    let trace = engine().run(&s, &p, &image);
+    let j = judge_run(&s, &p, &trace, true);
+    assert!(
+        j.findings.is_empty() && j.inconclusive.is_none(),
+        "{:#?}",
+        j.findings
+    );
+    (s, p, trace)
+}
+
+fn with_end(t: &Trace, f: impl FnOnce(&mut RunEnd)) -> Trace {
+    let mut t = t.clone();
+    f(t.end.as_mut().unwrap());
+    t
+}
+
+fn kinds(fs: &[Finding]) -> Vec<FindingKind> {
+    fs.iter().map(|f| f.kind).collect()
+}
+
+#[test]
+fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
+    let (s, p, trace) = clean_run();
+    let random = p.code.wrapping_add(0x1234_5678);
+    let t = with_end(&trace, |e| {
+        if let RunEnd::Exit { target, .. } = e {
+            *target = random;
+        }
+    });
+    let j = judge_run(&s, &p, &t, false);
+    assert_eq!(kinds(&j.findings), [FindingKind::BadExit]);
+    assert!(
+        j.findings[0].message.contains(&format!("{random:#x}")),
+        "{}",
+        j.findings[0].message
+    );
+    // The same target computed at run time is not the relocations' business.
+    let t = with_end(&t, |e| {
+        if let RunEnd::Exit { computed, .. } = e {
+            *computed = true;
+        }
+    });
+    let j = judge_run(&s, &p, &t, true);
+    assert!(j.findings.is_empty(), "{:#?}", j.findings);
+    // Exits to a target the stencil does not name are bad too (jmp_continue names no error target).
+    let t = with_end(&trace, |e| {
+        if let RunEnd::Exit { target, .. } = e {
+            *target = p.error_target;
+        }
+    });
+    assert_eq!(
+        kinds(&judge_run(&s, &p, &t, false).findings),
+        [FindingKind::BadExit]
+    );
+}
+
+#[test]
+fn trace_mutant_exit_targets_the_uop_may_take_are_allowed() {
+    let s = uop();
+    let p = place(&s, 8, 0).unwrap();
+    let image = patch::emit(&s, &p, &Ports).unwrap();
+    let trace = engine().run(&s, &p, &image);
+    for ok in [p.continuation(&s), p.error_target, p.externs["PyFunc"]] {
+        let t = with_end(&trace, |e| {
+            if let RunEnd::Exit { target, .. } = e {
+                *target = ok;
+            }
+        });
+        assert!(judge_run(&s, &p, &t, true).findings.is_empty(), "{ok:#x}");
+    }
+    for bad in [p.jump_target, p.top, p.code, p.data + 8] {
+        let t = with_end(&trace, |e| {
+            if let RunEnd::Exit { target, .. } = e {
+                *target = bad;
+            }
+        });
+        assert_eq!(
+            kinds(&judge_run(&s, &p, &t, false).findings),
+            [FindingKind::BadExit],
+            "{bad:#x}"
+        );
+    }
+}
+
+#[test]
+fn trace_mutant_stack_off_by_8_is_a_stack_imbalance() {
+    let (s, p, trace) = clean_run();
+    for delta in [8u64, 8u64.wrapping_neg(), 16] {
+        let t = with_end(&trace, |e| {
+            if let RunEnd::Exit { sp, .. } = e {
+                *sp = sp.wrapping_add(delta);
+            }
+        });
+        let j = judge_run(&s, &p, &t, false);
+        assert_eq!(kinds(&j.findings), [FindingKind::StackImbalance], "{delta:#x}");
+        assert!(
+            j.findings[0].message.contains(&format!("{:+}", delta as i64)),
+            "{}",
+            j.findings[0].message
+        );
+    }
+    // A noreturn call's exit carries the stub's stack: not judged for balance.
+    let t = with_end(&trace, |e| {
+        if let RunEnd::Exit { sp, kind, .. } = e {
+            *sp += 8;
+            *kind = ExitKind::AfterNoReturnCall;
+        }
+    });
+    assert!(judge_run(&s, &p, &t, true).findings.is_empty());
+}
+
+#[test]
+fn trace_mutant_return_anywhere_but_the_sentinel_is_a_bad_exit() {
+    let (s, p, trace) = clean_run();
+    let ret = |to: u64| {
+        with_end(&trace, |e| {
+            if let RunEnd::Exit { kind, target, .. } = e {
+                *kind = ExitKind::Return;
+                *target = to;
+            }
+        })
+    };
+    assert!(judge_run(&s, &p, &ret(RETURN_SENTINEL), true).findings.is_empty());
+    // Even to the continuation: a `ret` that lands there popped a wrong address.
+    for to in [p.continuation(&s), RETURN_SENTINEL + 8, 0] {
+        assert_eq!(
+            kinds(&judge_run(&s, &p, &ret(to), false).findings),
+            [FindingKind::BadExit],
+            "{to:#x}"
+        );
+    }
+}
+
+#[test]
+fn trace_mutant_instruction_limit_is_inconclusive_unless_strict() {
+    let (s, p, trace) = clean_run();
+    let mut t = trace.clone();
+    t.end = Some(RunEnd::InstructionLimit {
+        limit: 1000,
+        pc: p.code,
+    });
+    let j = judge_run(&s, &p, &t, false);
+    assert!(j.findings.is_empty());
+    assert!(
+        j.inconclusive.as_deref().unwrap().contains("1000"),
+        "{:?}",
+        j.inconclusive
+    );
+    let j = judge_run(&s, &p, &t, true);
+    assert_eq!(kinds(&j.findings), [FindingKind::Hang]);
+    assert_eq!(j.inconclusive, None);
+    // Same for the call budget.
+    t.end = Some(RunEnd::CallLimit { pc: p.code });
+    assert!(judge_run(&s, &p, &t, false).inconclusive.is_some());
+    assert_eq!(kinds(&judge_run(&s, &p, &t, true).findings), [FindingKind::Hang]);
+}
+
+#[test]
+fn trace_mutant_misaligned_call_is_caught() {
+    let (s, p, trace) = clean_run();
+    let mut t = trace.clone();
+    let call = |sp: u64| CallRecord {
+        from: p.code,
+        target: 0x7000_0000,
+        sp,
+        returned: 0,
+    };
+    // entry_sp ≡ 8 mod 16 (entered as if by call); one push and the call's
+    // return address later, the callee sees entry_sp − 16 ≡ 8 mod 16: aligned.
+    assert_eq!(trace.entry_sp % 16, 8);
+    t.calls = vec![call(trace.entry_sp - 16)];
+    assert!(judge_run(&s, &p, &t, true).findings.is_empty());
+    t.calls = vec![
+        call(trace.entry_sp - 8),
+        call(trace.entry_sp - 16),
+        call(trace.entry_sp - 12),
+    ];
+    let j = judge_run(&s, &p, &t, false);
+    assert_eq!(
+        kinds(&j.findings),
+        [FindingKind::MisalignedCall, FindingKind::MisalignedCall]
+    );
+    // A real run without the push before the call: the engine's record is misaligned.
+    let mut s2 = uop();
+    s2.code[0] = 0x90; // no push
+    s2.code[28] = 0x90; // no pop
+    let p2 = place(&s2, 9, 0).unwrap();
+    let image = patch::emit(&s2, &p2, &Ports).unwrap();
+    let t2 = engine().run(&s2, &p2, &image);
+    assert_eq!(t2.calls.len(), 1);
+    let j = judge_run(&s2, &p2, &t2, false);
+    assert_eq!(kinds(&j.findings), [FindingKind::MisalignedCall]);
+}
+
+#[test]
+fn a_fault_is_always_a_finding() {
+    let (s, p, trace) = clean_run();
+    use stencilcheck::execute::Fault;
+    for (fault, finding) in [
+        (Fault::WriteIntoCode, Some(FindingKind::Fault)),
+        (Fault::WriteIntoData, Some(FindingKind::Fault)),
+        (Fault::InvalidInstruction, Some(FindingKind::Fault)),
+        (Fault::Other, Some(FindingKind::Fault)),
+        (Fault::Unmappable, None),
+        (Fault::MemoryBudget, None),
+    ] {
+        let mut t = trace.clone();
+        t.end = Some(RunEnd::Fault {
+            fault,
+            pc: p.code,
+            address: p.data,
+        });
+        let j = judge_run(&s, &p, &t, false);
+        match finding {
+            Some(k) => assert_eq!(kinds(&j.findings), [k], "{fault:?}"),
+            None => {
+                assert!(j.findings.is_empty() && j.inconclusive.is_some(), "{fault:?}");
+                assert!(
+                    !judge_run(&s, &p, &t, true).findings.is_empty(),
+                    "{fault:?} strict"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data slots
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_continue_slot_holding_the_error_target_is_a_data_slot_finding() {
+    let s = uop();
+    for index in 0..8 {
+        let p = place(&s, 10, index).unwrap();
+        let mut image = patch::emit(&s, &p, &Ports).unwrap();
+        assert!(judge_data_slots(&s, &p, &image).is_empty());
+        write_u64(&mut image, p.data + 40, p.error_target);
+        let fs = judge_data_slots(&s, &p, &image);
+        assert_eq!(fs.len(), 1, "{fs:#?}");
+        let f = &fs[0];
+        assert_eq!(f.kind, FindingKind::DataSlot);
+        assert_eq!(f.relocation, None);
+        let (exp, act) = (f.expected.as_ref().unwrap(), f.actual.as_ref().unwrap());
+        assert_eq!(
+            (exp.value, exp.label.as_str()),
+            (p.continuation(&s), "_JIT_CONTINUE")
+        );
+        assert_eq!(
+            (act.value, act.label.as_str()),
+            (p.error_target, "_JIT_ERROR_TARGET")
+        );
+        let site = f.site.as_ref().unwrap();
+        assert_eq!(
+            (site.section, site.offset, site.address),
+            (Section::Data, 40, p.data + 40)
+        );
+        assert_eq!(
+            site.hole.as_deref(),
+            Some("patch_64(data + 0x28, (uintptr_t)code + sizeof(code_body))")
+        );
+        assert!(
+            f.message.contains("data+0x28") && f.message.contains("line 125"),
+            "{}",
+            f.message
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Coverage
+// ---------------------------------------------------------------------------
+
+fn obs(relocation: usize, pc: u64, len: u32, effect: Effect) -> SiteObservation {
+    SiteObservation {
+        relocation,
+        pc,
+        len,
+        effect: Some(effect),
+    }
+}
+
+#[test]
+fn coverage_marks_exactly_the_holes_a_trace_touched() {
+    let s = uop();
+    let p = place(&s, 11, 0).unwrap();
+    let trace = |sites: Vec<SiteObservation>| Trace {
+        sites,
+        ..Trace::default()
+    };
+    let cov = |sites| coverage(&s, &p, &trace(sites)).into_iter().collect::<Vec<_>>();
+    assert_eq!(cov(vec![]), Vec::<usize>::new());
+    // The lea at code+1..8 covers code hole code+4 (hole 5) only: it forms an address.
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 1,
+            7,
+            Effect::Address { value: 1, bits: 64 }
+        )]),
+        [5]
+    );
+    // A load from the PyFunc slot, at an instruction covering no code hole: data hole 2.
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 29,
+            3,
+            Effect::Load {
+                address: p.data + 24,
+                value: 0,
+                bits: 64
+            }
+        )]),
+        [2]
+    );
+    // ...also through the middle of the slot, and a transfer through the CONTINUE slot: data hole 4.
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 29,
+            3,
+            Effect::Load {
+                address: p.data + 28,
+                value: 0,
+                bits: 32
+            }
+        )]),
+        [2]
+    );
+    assert_eq!(
+        cov(vec![obs(
+            R_CONTINUE,
+            p.code + 29,
+            3,
+            Effect::Transfer {
+                target: 0,
+                slot: Some(p.data + 40)
+            }
+        )]),
+        [4]
+    );
+    // Forming the slot's address, or a direct transfer, reads no slot.
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 29,
+            3,
+            Effect::Address {
+                value: p.data + 8,
+                bits: 64
+            }
+        )]),
+        Vec::<usize>::new()
+    );
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 29,
+            3,
+            Effect::MemoryOperand { address: p.data + 8 }
+        )]),
+        Vec::<usize>::new()
+    );
+    // The unrelaxed GOT load at code+8..15 covers code hole 6 and reads the OPARG slot (hole 1).
+    assert_eq!(
+        cov(vec![obs(
+            R_OPARG,
+            p.code + 8,
+            7,
+            Effect::Load {
+                address: p.data + 16,
+                value: 0,
+                bits: 16
+            }
+        )]),
+        [1, 6]
+    );
+    // Outside the code: nothing.
+    assert_eq!(
+        cov(vec![obs(
+            R_DATA,
+            p.code + 46,
+            6,
+            Effect::Address { value: 0, bits: 64 }
+        )]),
+        Vec::<usize>::new()
+    );
+}
+
+#[test]
+fn coverage_of_real_runs_includes_every_hole_over_a_few_placements() {
+    let s = uop();
+    let mut e = engine();
+    let mut all = BTreeSet::new();
+    for index in 0..16 {
+        let p = place(&s, 12, index).unwrap();
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let t = e.run(&s, &p, &image);
+        let c = coverage(&s, &p, &t);
+        // Sites before the branch always run.
+        for h in [5, 6, 7, 8] {
+            assert!(c.contains(&h), "index {index}: hole {h} not covered: {c:?}");
+        }
+        all.extend(c);
+    }
+    // Code holes all ran; data holes are read only by unrelaxed GOT sites.
+    for h in [1, 5, 6, 7, 8, 9, 10] {
+        assert!(all.contains(&h), "hole {h} never covered: {all:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Expectation rules (DOMAIN §6)
+// ---------------------------------------------------------------------------
+
+/// `lea rax, [rip + PyObj]` with `R_X86_64_PC32 PyObj-0x4` at 3.
+fn lea_pc32() -> Stencil {
+    let code = vec![0x48, 0x8d, 0x05, 0, 0, 0, 0];
+    Stencil {
+        name: "_LEA".into(),
+        line: 1,
+        instructions: listing(&code),
+        code,
+        data: vec![],
+        relocations: vec![reloc(3, RelocKind::X86_64_PC32, "PyObj", -4, 2)],
+        data_comments: vec![],
+        emit: vec![
+            EmitOp::CopyCode { line: 3 },
+            hole(
+                PatchFn::P32r,
+                Section::Code,
+                3,
+                Term::Symbol("PyObj".into()),
+                -4,
+                4,
+            ),
+        ],
+    }
+}
+
+#[test]
+fn pc32_with_addend_minus_4_on_lea_expects_s() {
+    let s = lea_pc32();
+    let mut e = engine();
+    for index in 0..8 {
+        let p = place(&s, 13, index).unwrap();
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let st = static_sites(Arch::X86_64, &s, &image);
+        assert_eq!(
+            st[0].effect,
+            Some(Effect::Address {
+                value: p.externs["PyObj"],
+                bits: 64
+            })
+        );
+        let j = judge(&mut e, &s, &p, &image);
+        assert!(j.all().is_empty(), "{:?}: {:#?}", p.layout, j.all());
+        // Off by one either way: caught, expected S.
+        for delta in [1u32, u32::MAX] {
+            let mut m = image.clone();
+            let rel = m.read_u32(p.code + 3).unwrap();
+            write_u32(&mut m, p.code + 3, rel.wrapping_add(delta));
+            let j = judge(&mut e, &s, &p, &m);
+            for fs in [&j.static_findings, &j.dynamic_findings] {
+                let f = wrong_value(fs, &s, 0, "PyObj");
+                assert_eq!(f.expected.as_ref().unwrap().value, p.externs["PyObj"]);
+                assert!(f.message.contains("referred to"), "{}", f.message);
+            }
+        }
+    }
+    // The addend is part of the rule: with `PyObj+0x10-0x4` the lea must form S+0x10.
+    let mut s2 = s.clone();
+    s2.relocations[0].addend = 0xc;
+    let p = place(&s2, 13, 0).unwrap();
+    let image = patch::emit(&s, &p, &Ports).unwrap(); // patched for S, not S+0x10
+    let j = judge(&mut e, &s2, &p, &image);
+    let f = wrong_value(&j.static_findings, &s2, 0, "");
+    assert_eq!(f.expected.as_ref().unwrap().value, p.externs["PyObj"] + 0x10);
+}
+
+/// `movabs rax, PyObj+0x10` with `R_X86_64_64 PyObj+0x10` at 2, then `ret`-free fall through.
+fn movabs() -> Stencil {
+    let code = vec![0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0];
+    Stencil {
+        name: "_MOVABS".into(),
+        line: 1,
+        instructions: listing(&code),
+        code,
+        data: vec![],
+        relocations: vec![reloc(2, RelocKind::X86_64_64, "PyObj", 0x10, 2)],
+        data_comments: vec![],
+        emit: vec![
+            EmitOp::CopyCode { line: 3 },
+            hole(
+                PatchFn::P64,
+                Section::Code,
+                2,
+                Term::Symbol("PyObj".into()),
+                0x10,
+                4,
+            ),
+        ],
+    }
+}
+
+#[test]
+fn r_x86_64_64_on_movabs_expects_the_immediate_s_plus_a() {
+    let s = movabs();
+    let mut e = engine();
+    for index in 0..8 {
+        let p = place(&s, 14, index).unwrap();
+        let want = p.externs["PyObj"] + 0x10;
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let st = static_sites(Arch::X86_64, &s, &image);
+        assert_eq!(
+            st[0].effect,
+            Some(Effect::Immediate {
+                value: want,
+                bits: 64
+            })
+        );
+        let j = judge(&mut e, &s, &p, &image);
+        assert!(j.all().is_empty(), "{:#?}", j.all());
+        assert_eq!(j.trace.sites.len(), 1);
+        // Off by one: caught, with S+A expected.
+        let mut m = image.clone();
+        write_u64(&mut m, p.code + 2, want + 1);
+        let j = judge(&mut e, &s, &p, &m);
+        for fs in [&j.static_findings, &j.dynamic_findings] {
+            let f = wrong_value(fs, &s, 0, "");
+            assert_eq!(
+                (
+                    f.expected.as_ref().unwrap().value,
+                    f.actual.as_ref().unwrap().value
+                ),
+                (want, want + 1)
+            );
+            assert!(
+                f.message.contains("immediate") || f.message.contains("held"),
+                "{}",
+                f.message
+            );
+        }
+        // S without the addend: caught too, and labelled as the symbol.
+        let mut m = image.clone();
+        write_u64(&mut m, p.code + 2, want - 0x10);
+        let j = judge(&mut e, &s, &p, &m);
+        let f = wrong_value(&j.static_findings, &s, 0, "");
+        assert_eq!(f.actual.as_ref().unwrap().label, "PyObj");
+    }
+}
+
+/// `mov rax, [rip + PyObj]` with `R_X86_64_PC32 PyObj-0x4`: a correct
+/// PC-relative LOAD of an extern (what `-mcmodel=medium` or a hidden symbol
+/// gives). Statically the loaded memory is outside the image, so
+/// `site_effect` returns None and `static_sites` records `effect: None`,
+/// which the judge reports as a MangledSite on correct code. The run judges
+/// it right (the address is what PC32 constrains).
+#[test]
+#[ignore = "src bug: static_sites turns an unreadable RIP-relative load into effect None → MangledSite (see report)"]
+fn a_correct_pc32_load_of_an_extern_passes_statically() {
+    let mut s = lea_pc32();
+    s.code[1] = 0x8b;
+    s.instructions = listing(&s.code);
+    let mut e = engine();
+    let p = place(&s, 15, 0).unwrap();
+    let image = patch::emit(&s, &p, &Ports).unwrap();
+    let j = judge(&mut e, &s, &p, &image);
+    assert!(j.dynamic_findings.is_empty(), "{:#?}", j.dynamic_findings);
+    assert!(j.static_findings.is_empty(), "{:#?}", j.static_findings);
+}
