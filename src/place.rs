@@ -168,7 +168,12 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
             ),
         ));
     }
-    let code = pick_code(&mut rng, layout, stencil, &span);
+    let mut code = pick_code(&mut rng, layout, stencil, &span);
+    if data_window(stencil, code, &span).is_empty() {
+        // Low/High put the code where its holes' data window leaves user
+        // space: fall back to anywhere the window fits.
+        code = pick_code(&mut rng, Layout::Scattered, stencil, &span);
+    }
     let data = pick_data(&mut rng, layout, stencil, code, &span);
     let mut taken = Taken::default();
     taken.reserve(code, stencil.code_size().max(1));
@@ -280,11 +285,11 @@ impl<'a> Constraints<'a> {
                 hi = hi.min(r.end + offset as i64 - value.addend);
             }
         }
-        // Data must also fit beside the code without overlapping it: that
-        // needs room for either data before code or data after it.
+        // Data must also fit beside the code without overlapping it: some
+        // legal offset must be at or before -data_size or at or after code_size.
         let before = -(stencil.data_size() as i64);
         let after = stencil.code_size() as i64;
-        if hi <= before.min(after) && lo > before {
+        if hi <= after && lo > before {
             return 0..0;
         }
         lo..hi
@@ -365,12 +370,17 @@ fn pick_code(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, span: &Ran
     }
 }
 
+/// Legal offsets `data - code` for code at `code`, clipped to user space.
+fn data_window(stencil: &Stencil, code: u64, span: &Range<i64>) -> Range<i64> {
+    let lo = span.start.max(USER_MIN as i64 - code as i64);
+    let hi = span.end.min((USER_END - stencil.data_size() - PAGE) as i64 - code as i64);
+    lo..hi
+}
+
 fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64, span: &Range<i64>) -> u64 {
     let code_end = code + stencil.code_size();
     let data_len = stencil.data_size();
-    // Legal offsets data - code, clipped to user space and to not overlapping code.
-    let lo = span.start.max(USER_MIN as i64 - code as i64);
-    let hi = span.end.min((USER_END - data_len - PAGE) as i64 - code as i64);
+    let Range { start: lo, end: hi } = data_window(stencil, code, span);
     let fits = |d: i64| {
         let a = code.wrapping_add(d as u64);
         d >= lo && d < hi && (a >= code_end || a + data_len <= code)
@@ -383,7 +393,8 @@ fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64,
         Layout::RelativeEdge => {
             if rng.gen_bool(0.5) { lo } else { hi - 1 }
         }
-        _ => rng.gen_range(lo..hi),
+        _ if lo < hi => rng.gen_range(lo..hi),
+        _ => lo,
     };
     if fits(candidate) {
         return code.wrapping_add(candidate as u64);
@@ -394,7 +405,7 @@ fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64,
             return code.wrapping_add(d as u64);
         }
     }
-    for _ in 0..256 {
+    for _ in 0..if lo < hi { 256 } else { 0 } {
         let d = rng.gen_range(lo..hi);
         if fits(d) {
             return code.wrapping_add(d as u64);

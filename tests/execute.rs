@@ -1053,7 +1053,6 @@ fn a_runaway_call_loop_hits_the_call_limit() {
 /// conditional branch is always a `Jump`, even when it was not taken and the
 /// run simply ran off the end (the `FlowControl::Next` arm never sees it).
 #[test]
-#[ignore = "src bug: not-taken jcc at the end is reported as ExitKind::Jump (see report)"]
 fn a_not_taken_conditional_jump_at_the_end_falls_through() {
     // xor eax, eax (ZF=1); jne +0x100: never taken, runs off the end.
     let s = raw(

@@ -427,19 +427,12 @@ fn mutant_relaxed_lea_turned_back_into_a_load_is_caught() {
         image.code[2] = 0x8b; // mov rax, [rip + PyData]: loads from S instead of forming it
         let j = judge(&mut e, &s, &p, &image);
         // Statically the load's memory is outside the image: the site cannot
-        // be evaluated and is reported as mangled (or, were it readable, wrong).
-        let f: Vec<&Finding> = j
-            .static_findings
-            .iter()
-            .filter(|f| f.relocation == Some(R_DATA))
-            .collect();
-        assert_eq!(f.len(), 1, "seed {seed}: {:#?}", j.static_findings);
+        // be evaluated (it is no mangled site either), so only the run judges it.
         assert!(
-            matches!(f[0].kind, FindingKind::MangledSite | FindingKind::WrongValue),
-            "{:?}",
-            f[0].kind
+            j.static_findings.iter().all(|f| f.relocation == Some(R_DATA) && f.kind == FindingKind::WrongValue),
+            "seed {seed}: {:#?}",
+            j.static_findings
         );
-        assert!(j.static_findings.iter().all(|f| f.relocation == Some(R_DATA)));
         // The run loads made-up memory at S.
         let loads = j
             .trace
@@ -1173,7 +1166,6 @@ fn r_x86_64_64_on_movabs_expects_the_immediate_s_plus_a() {
 /// which the judge reports as a MangledSite on correct code. The run judges
 /// it right (the address is what PC32 constrains).
 #[test]
-#[ignore = "src bug: static_sites turns an unreadable RIP-relative load into effect None → MangledSite (see report)"]
 fn a_correct_pc32_load_of_an_extern_passes_statically() {
     let mut s = lea_pc32();
     s.code[1] = 0x8b;

@@ -560,7 +560,6 @@ fn holes_that_force_data_before_the_code_are_placed_legally_in_every_layout() {
 /// below lies outside user space (High likewise for one above), and
 /// `pick_data` then calls `gen_range` on an empty range and panics.
 #[test]
-#[ignore = "src bug: place() panics in pick_data for Low/High layouts (see report)"]
 fn a_narrow_window_far_below_the_code_does_not_panic() {
     let mut panicked = Vec::new();
     // Window 2 GiB below the code, then 2 GiB above it.
@@ -595,7 +594,6 @@ const LAYOUTS_BY_INDEX: [Layout; 8] = [
 /// always overlap 16 bytes of code: no placement exists. `place` should say so
 /// (bad input, like the 5 GiB case); it returns a placement that breaks a hole.
 #[test]
-#[ignore = "src bug: place.rs data_offsets' overlap check can never fire (see report)"]
 fn holes_that_only_fit_with_data_over_the_code_are_an_impossible_placement() {
     // Hole 0 (code+0, addend 2^31 - 16 below): data − code ∈ [−16, 2^32 − 16).
     // Hole 1 (code+4, addend a0 + apart):       data − code ∈ [−2^32 + 8, 8).

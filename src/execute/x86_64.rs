@@ -621,7 +621,10 @@ impl UnicornX86 {
         match insn.flow_control() {
             FlowControl::Call | FlowControl::IndirectCall => Transfer::Call,
             FlowControl::Return => Transfer::Exit(ExitKind::Return, false),
-            FlowControl::Next if target == insn.next_ip() => Transfer::Exit(ExitKind::FallThrough, false),
+            // Running on past the last instruction, a not-taken branch included.
+            FlowControl::Next | FlowControl::ConditionalBranch if target == insn.next_ip() => {
+                Transfer::Exit(ExitKind::FallThrough, false)
+            }
             FlowControl::IndirectBranch => Transfer::Exit(ExitKind::Jump, !at_site),
             _ => Transfer::Exit(ExitKind::Jump, false),
         }
