@@ -2,75 +2,22 @@
 //! ends, calls, faults and site observations, and the static site decoder,
 //! on hand-built stencils patched with the ports.
 
-use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
 use stencilcheck::execute::{static_sites, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace};
 use stencilcheck::model::{
-    Arch, DataComment, DataCommentKind, Effect, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind,
-    Relocation, Section, Stencil, StencilSet, Symbol, Term, Value,
+    Arch, DataComment, Effect, EmitOp, PatchFn, RelocKind,
+    Relocation, Section, Stencil, StencilSet, Term,
 };
 use stencilcheck::patch::{self, Image, Ports};
 use stencilcheck::place::{place, Layout, Placement, PAGE};
+mod common;
+use common::{hole, listing, reloc, slot};
 
 // ---------------------------------------------------------------------------
 // Building stencils
 // ---------------------------------------------------------------------------
-
-fn reloc(offset: u64, kind: RelocKind, symbol: &str, addend: i64) -> Relocation {
-    Relocation {
-        offset,
-        kind,
-        symbol: Symbol::classify(symbol),
-        addend,
-        line: 0,
-        // objdump's spelling: `_JIT_CONTINUE-0x4`, `PyObj+0x10`.
-        text: format!(
-            "{offset:016x}:  {kind} {symbol}{}{:#x}",
-            if addend < 0 { "-" } else { "+" },
-            addend.unsigned_abs()
-        ),
-    }
-}
-
-fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
-    EmitOp::Patch(PatchCall {
-        func,
-        section,
-        offset,
-        value: Value::new(term, addend),
-        line: 0,
-    })
-}
-
-fn slot(offset: u64, term: Term) -> DataComment {
-    DataComment {
-        offset,
-        kind: DataCommentKind::Slot(Value::new(term, 0)),
-        line: 0,
-    }
-}
-
-/// The objdump listing of `code`, as the header would print it.
-fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
-    let mut out = Vec::new();
-    let mut d = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let mut f = GasFormatter::new();
-    while d.can_decode() {
-        let insn = d.decode();
-        let at = insn.ip() as usize;
-        let mut text = String::new();
-        f.format(&insn, &mut text);
-        out.push(ObjdumpInstruction {
-            offset: at as u64,
-            bytes: code[at..at + insn.len()].to_vec(),
-            text,
-            line: 0,
-        });
-    }
-    out
-}
 
 fn stencil(
     name: &str,

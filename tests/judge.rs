@@ -3,75 +3,22 @@
 //! or of a run's trace — is caught with a finding that names the right
 //! relocation and the right labels.
 
-use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
 use stencilcheck::execute::{static_sites, CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
 use stencilcheck::judge::{coverage, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
 use stencilcheck::model::{
-    Arch, DataComment, DataCommentKind, Effect, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind,
-    Relocation, Section, Stencil, StencilSet, Symbol, Term, Value,
+    Arch, DataComment, DataCommentKind, Effect, EmitOp, PatchFn, RelocKind, Section, Stencil, StencilSet, Term,
 };
 use stencilcheck::patch::{self, Image, Ports};
 use stencilcheck::place::{place, Layout, Placement};
+mod common;
+use common::{hole_at as hole, listing, reloc_at as reloc, slot_at as slot};
 
 // ---------------------------------------------------------------------------
 // Building stencils
 // ---------------------------------------------------------------------------
-
-fn reloc(offset: u64, kind: RelocKind, symbol: &str, addend: i64, line: usize) -> Relocation {
-    Relocation {
-        offset,
-        kind,
-        symbol: Symbol::classify(symbol),
-        addend,
-        line,
-        // objdump's spelling: `_JIT_CONTINUE-0x4`, `PyObj+0x10`.
-        text: format!(
-            "{offset:016x}:  {kind} {symbol}{}{:#x}",
-            if addend < 0 { "-" } else { "+" },
-            addend.unsigned_abs()
-        ),
-    }
-}
-
-fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64, line: usize) -> EmitOp {
-    EmitOp::Patch(PatchCall {
-        func,
-        section,
-        offset,
-        value: Value::new(term, addend),
-        line,
-    })
-}
-
-fn slot(offset: u64, term: Term, line: usize) -> DataComment {
-    DataComment {
-        offset,
-        kind: DataCommentKind::Slot(Value::new(term, 0)),
-        line,
-    }
-}
-
-fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
-    let mut out = Vec::new();
-    let mut d = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
-    let mut f = GasFormatter::new();
-    while d.can_decode() {
-        let insn = d.decode();
-        let at = insn.ip() as usize;
-        let mut text = String::new();
-        f.format(&insn, &mut text);
-        out.push(ObjdumpInstruction {
-            offset: at as u64,
-            bytes: code[at..at + insn.len()].to_vec(),
-            text,
-            line: 0,
-        });
-    }
-    out
-}
 
 // Relocation indices of `uop()`.
 const R_DATA: usize = 0;

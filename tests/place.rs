@@ -7,49 +7,16 @@
 
 use std::collections::BTreeSet;
 use stencilcheck::model::{
-    DataComment, DataCommentKind, EmitOp, PatchCall, PatchFn, RelocKind, Relocation, Section, Stencil,
-    Symbol, Term, Value,
+    DataComment, DataCommentKind, EmitOp, PatchFn, RelocKind, Section, Stencil, Term,
 };
 use stencilcheck::patch::{self, Ports};
 use stencilcheck::place::{place, placements, Layout, Placement, PAGE, USER_END, USER_MIN};
+mod common;
+use common::{hole, reloc, slot};
 
 const REACH: i64 = 1 << 31;
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-
-fn reloc(offset: u64, kind: RelocKind, symbol: &str, addend: i64) -> Relocation {
-    Relocation {
-        offset,
-        kind,
-        symbol: Symbol::classify(symbol),
-        addend,
-        line: 0,
-        // objdump's spelling: `_JIT_CONTINUE-0x4`, `PyObj+0x10`.
-        text: format!(
-            "{offset:016x}:  {kind} {symbol}{}{:#x}",
-            if addend < 0 { "-" } else { "+" },
-            addend.unsigned_abs()
-        ),
-    }
-}
-
-fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
-    EmitOp::Patch(PatchCall {
-        func,
-        section,
-        offset,
-        value: Value::new(term, addend),
-        line: 0,
-    })
-}
-
-fn slot(offset: u64, term: Term) -> DataComment {
-    DataComment {
-        offset,
-        kind: DataCommentKind::Slot(Value::new(term, 0)),
-        line: 0,
-    }
-}
 
 /// A uop with several relative data holes (three GOT loads, a rodata `lea`,
 /// a GOT jump), one extern reached directly by a PC32 hole, and targets:

@@ -1,0 +1,60 @@
+//! Builders shared by the stage tests: stencils are made by hand, field by
+//! field, the way a loader would fill the model.
+#![allow(dead_code)]
+
+use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
+use stencilcheck::model::{
+    DataComment, DataCommentKind, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind, Relocation, Section,
+    Symbol, Term, Value,
+};
+
+/// A relocation line as objdump spells it (`_JIT_CONTINUE-0x4`), from header line `line`.
+pub fn reloc_at(offset: u64, kind: RelocKind, symbol: &str, addend: i64, line: usize) -> Relocation {
+    Relocation {
+        offset,
+        kind,
+        symbol: Symbol::classify(symbol),
+        addend,
+        line,
+        text: format!(
+            "{offset:016x}:  {kind} {symbol}{}{:#x}",
+            if addend < 0 { "-" } else { "+" },
+            addend.unsigned_abs()
+        ),
+    }
+}
+
+pub fn reloc(offset: u64, kind: RelocKind, symbol: &str, addend: i64) -> Relocation {
+    reloc_at(offset, kind, symbol, addend, 0)
+}
+
+pub fn hole_at(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64, line: usize) -> EmitOp {
+    EmitOp::Patch(PatchCall { func, section, offset, value: Value::new(term, addend), line })
+}
+
+pub fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
+    hole_at(func, section, offset, term, addend, 0)
+}
+
+pub fn slot_at(offset: u64, term: Term, line: usize) -> DataComment {
+    DataComment { offset, kind: DataCommentKind::Slot(Value::new(term, 0)), line }
+}
+
+pub fn slot(offset: u64, term: Term) -> DataComment {
+    slot_at(offset, term, 0)
+}
+
+/// The objdump listing of `code`, as the header would print it.
+pub fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
+    let mut out = Vec::new();
+    let mut d = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut f = GasFormatter::new();
+    while d.can_decode() {
+        let insn = d.decode();
+        let at = insn.ip() as usize;
+        let mut text = String::new();
+        f.format(&insn, &mut text);
+        out.push(ObjdumpInstruction { offset: at as u64, bytes: code[at..at + insn.len()].to_vec(), text, line: 0 });
+    }
+    out
+}
