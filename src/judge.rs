@@ -376,8 +376,14 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
 /// relocation names, and the continuation.
 fn allowed_exits(stencil: &Stencil, placement: &Placement) -> Vec<(u64, String)> {
     let mut out = vec![(placement.continuation(stencil), Symbol::Continue.to_string())];
+    // An extern is a place to go only where a jump or call names it (a data
+    // extern such as `_PyRuntime` never is); the trace's own targets always are.
+    let transfers = |offset: u64| {
+        stencil.instruction_at(offset).is_some_and(|i| i.text.starts_with("jmp") || i.text.starts_with("call"))
+    };
     for r in &stencil.relocations {
-        if r.symbol.is_control_target() {
+        let extern_transfer = matches!(r.symbol, Symbol::External(_)) && transfers(r.offset);
+        if r.symbol.is_control_target() && (extern_transfer || !matches!(r.symbol, Symbol::External(_))) {
             if let Some(v) = placement.symbol(&r.symbol, stencil) {
                 out.push((v, r.symbol.to_string()));
             }
