@@ -116,7 +116,7 @@ impl Placement {
             Symbol::Target => self.target as u64,
             Symbol::ExitIndex => self.exit_index as u64,
             Symbol::External(name) => *self.externs.get(name)?,
-            Symbol::Local(_) => return None,
+            Symbol::Local(name) => self.data.wrapping_add(*stencil.locals.get(name)?),
         })
     }
 }

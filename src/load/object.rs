@@ -1,0 +1,331 @@
+//! Objects → stencils, independently of CPython's Python code.
+//!
+//! Each object format has a small reader (`elf.rs` today; Mach-O and COFF
+//! can follow) that produces a [`RawObject`]: the sections worth copying,
+//! the symbols they define and the relocations against them, with explicit
+//! addends (implicit ones already read from the bytes). [`build`] turns a
+//! `RawObject` into a [`Stencil`] the way `_PyJIT_Compile` needs it:
+//!
+//! * **data part**: every read-only (non-code, allocated) section's bytes,
+//!   concatenated in section order; then padding to 8; then one 8-byte slot
+//!   per distinct symbol some GOT-style relocation names, in the order those
+//!   relocations are first met (code sections first, in section order).
+//! * **emit**: `CopyData`, the data holes (GOT slots and relocations inside
+//!   read-only data) by offset, `CopyCode`, the code holes by offset.
+//! * **relocations** (the oracle): every relocation in code, exact addend.
+//!
+//! Deliberate transformations, the same as CPython's `Tools/jit`:
+//! * x86-64: a final `jmp *_JIT_CONTINUE@GOTPCREL(%rip)` (`ff 25` + zeros,
+//!   the very last bytes of the code) is dropped and the code shrinks by its
+//!   6 bytes: the next uop starts right there. The jump and its relocation
+//!   leave the oracle too (as the header loader drops them from objdump's
+//!   listing): nothing is left to check there.
+//! * aarch64: a final `b _JIT_CONTINUE` (`00 00 00 14`) is dropped likewise,
+//!   and code is padded to 8 bytes.
+//!
+//! Not done (CPython does it, aarch64 only): `CALL26`/`JUMP26` to an extern
+//! get an inline `movz/movk/br` trampoline in CPython; here they stay a plain
+//! `patch_aarch64_26r` of the extern. `ADR_GOT_PAGE`+`LD64_GOT_LO12_NC` pairs
+//! are not folded into `patch_aarch64_33rx`.
+
+use crate::error::BadInput;
+use crate::model::{
+    Arch, DataComment, DataCommentKind, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind,
+    Relocation, Section, Stencil, Symbol, Term, Value,
+};
+use std::collections::BTreeMap;
+
+/// What kind of bytes a section holds, as far as stencils care.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawKind {
+    Code,
+    Data,
+}
+
+#[derive(Clone, Debug)]
+pub struct RawSection {
+    /// The format's own section index (relocations refer to it).
+    pub index: usize,
+    pub name: String,
+    pub kind: RawKind,
+    pub bytes: Vec<u8>,
+    /// Symbols defined in this section: name → offset in the section.
+    pub symbols: Vec<(String, u64)>,
+}
+
+/// Where a relocation's symbol is defined.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawTarget {
+    /// Defined in a copied section (`index`) at `offset` in it.
+    Defined { section: usize, offset: u64 },
+    /// Undefined here: `_JIT_*` or an extern of CPython.
+    Undefined,
+}
+
+#[derive(Clone, Debug)]
+pub struct RawReloc {
+    /// Index of the section the relocation patches.
+    pub section: usize,
+    /// Offset in that section.
+    pub offset: u64,
+    pub kind: RelocKind,
+    /// The symbol's name (a section symbol is named after its section).
+    pub symbol: String,
+    pub target: RawTarget,
+    pub addend: i64,
+}
+
+/// The common intermediate every object reader produces.
+#[derive(Clone, Debug)]
+pub struct RawObject {
+    pub arch: Arch,
+    /// Copied sections, in section order.
+    pub sections: Vec<RawSection>,
+    /// Relocations against copied sections, in file order.
+    pub relocs: Vec<RawReloc>,
+}
+
+/// Where a copied section ended up: code or data part, and at which offset.
+fn layout(raw: &RawObject) -> (Vec<u8>, Vec<u8>, BTreeMap<usize, (RawKind, u64)>) {
+    let (mut code, mut data) = (Vec::new(), Vec::new());
+    let mut base = BTreeMap::new();
+    for s in &raw.sections {
+        let part = if s.kind == RawKind::Code { &mut code } else { &mut data };
+        base.insert(s.index, (s.kind, part.len() as u64));
+        part.extend_from_slice(&s.bytes);
+    }
+    (code, data, base)
+}
+
+/// The term a `_JIT_*` name stands for (`None` for any other name).
+fn jit_term(name: &str) -> Option<Term> {
+    Some(match Symbol::classify(name) {
+        Symbol::Continue => Term::Continue,
+        Symbol::JumpTarget => Term::JumpTarget,
+        Symbol::ErrorTarget => Term::ErrorTarget,
+        Symbol::Top => Term::Top,
+        Symbol::Executor => Term::Executor,
+        Symbol::Oparg => Term::Oparg,
+        Symbol::Operand(n) => Term::Operand(n),
+        Symbol::Target => Term::Target,
+        Symbol::ExitIndex => Term::ExitIndex,
+        Symbol::Entry => Term::Code,
+        _ => return None,
+    })
+}
+
+/// What the address of `r`'s symbol is at run time, as a patch value (no addend).
+fn symbol_value(r: &RawReloc, base: &BTreeMap<usize, (RawKind, u64)>) -> Value {
+    match &r.target {
+        RawTarget::Defined { section, offset } => match base.get(section) {
+            Some((RawKind::Code, b)) => Value::new(Term::Code, (b + offset) as i64),
+            Some((RawKind::Data, b)) => Value::new(Term::Data, (b + offset) as i64),
+            None => Value::new(Term::Symbol(r.symbol.clone()), 0),
+        },
+        RawTarget::Undefined => match jit_term(&r.symbol) {
+            Some(t) => Value::new(t, 0),
+            None => Value::new(Term::Symbol(r.symbol.clone()), 0),
+        },
+    }
+}
+
+/// The patch function CPython's `Python/jit.c` uses for a relocation kind.
+pub fn patch_fn(kind: RelocKind) -> PatchFn {
+    use RelocKind::*;
+    match kind {
+        X86_64_64 | Aarch64_ABS64 => PatchFn::P64,
+        X86_64_32 | X86_64_32S => PatchFn::P32,
+        X86_64_PC32 | X86_64_PLT32 | X86_64_GOTPCREL => PatchFn::P32r,
+        X86_64_GOTPCRELX | X86_64_REX_GOTPCRELX => PatchFn::X86_64_32rx,
+        Aarch64_ADR_GOT_PAGE => PatchFn::Aarch64_21rx,
+        Aarch64_LD64_GOT_LO12_NC => PatchFn::Aarch64_12x,
+        Aarch64_ADR_PREL_PG_HI21 => PatchFn::Aarch64_21r,
+        Aarch64_ADD_ABS_LO12_NC
+        | Aarch64_LDST8_ABS_LO12_NC
+        | Aarch64_LDST16_ABS_LO12_NC
+        | Aarch64_LDST32_ABS_LO12_NC
+        | Aarch64_LDST64_ABS_LO12_NC
+        | Aarch64_LDST128_ABS_LO12_NC => PatchFn::Aarch64_12,
+        Aarch64_JUMP26 | Aarch64_CALL26 => PatchFn::Aarch64_26r,
+        Aarch64_MOVW_UABS_G0_NC => PatchFn::Aarch64_16a,
+        Aarch64_MOVW_UABS_G1_NC => PatchFn::Aarch64_16b,
+        Aarch64_MOVW_UABS_G2_NC => PatchFn::Aarch64_16c,
+        Aarch64_MOVW_UABS_G3 => PatchFn::Aarch64_16d,
+    }
+}
+
+/// `_JIT_CONTINUE-0x4`, `.rodata.str1.1+0x2`, `_Py_Dealloc`: how objdump prints S+A.
+pub fn symbol_text(symbol: &str, addend: i64) -> String {
+    match addend {
+        0 => symbol.to_string(),
+        a if a < 0 => format!("{symbol}-{:#x}", a.unsigned_abs()),
+        a => format!("{symbol}+{a:#x}"),
+    }
+}
+
+/// A relocation line as llvm-objdump prints it.
+pub fn relocation_text(offset: u64, kind: RelocKind, symbol: &str, addend: i64) -> String {
+    format!("{offset:016x}:  {:<20} {}", kind.name(), symbol_text(symbol, addend))
+}
+
+/// Index (in `holes`) of a final continuation jump that CPython drops, if the
+/// code ends with it.
+fn final_continue_jump(arch: Arch, code: &[u8], relocs: &[(u64, &RawReloc)]) -> Option<(usize, u64)> {
+    let (i, (off, r)) = relocs.iter().enumerate().max_by_key(|(_, (off, _))| *off)?;
+    if r.target != RawTarget::Undefined || r.symbol != "_JIT_CONTINUE" {
+        return None;
+    }
+    let (start, jump): (u64, &[u8]) = match (arch, r.kind) {
+        (Arch::X86_64, RelocKind::X86_64_GOTPCRELX) if r.addend == -4 => {
+            (off.checked_sub(2)?, &[0xff, 0x25, 0, 0, 0, 0])
+        }
+        (Arch::Aarch64, RelocKind::Aarch64_JUMP26) if r.addend == 0 => (*off, &[0, 0, 0, 0x14]),
+        _ => return None,
+    };
+    let align = if arch == Arch::Aarch64 { 8 } else { 1 };
+    (code.get(start as usize..) == Some(jump) && start % align == 0).then_some((i, start))
+}
+
+/// Build the stencil `name` from `raw`.
+pub fn build(name: &str, raw: &RawObject) -> Stencil {
+    let (mut code, mut data, base) = layout(raw);
+    // Relocations in code and in data, with their offsets in the part.
+    let mut code_relocs: Vec<(u64, &RawReloc)> = Vec::new();
+    let mut data_relocs: Vec<(u64, &RawReloc)> = Vec::new();
+    for r in &raw.relocs {
+        match base.get(&r.section) {
+            Some((RawKind::Code, b)) => code_relocs.push((b + r.offset, r)),
+            Some((RawKind::Data, b)) => data_relocs.push((b + r.offset, r)),
+            None => {}
+        }
+    }
+    let mut oracle: Vec<Relocation> = code_relocs
+        .iter()
+        .map(|(off, r)| Relocation {
+            offset: *off,
+            kind: r.kind,
+            symbol: oracle_symbol(r),
+            addend: r.addend,
+            line: 0,
+            text: relocation_text(*off, r.kind, &r.symbol, r.addend),
+        })
+        .collect();
+    oracle.sort_by_key(|r| r.offset);
+
+    let mut holes_in_code = code_relocs.clone();
+    if let Some((i, start)) = final_continue_jump(raw.arch, &code, &holes_in_code) {
+        code.truncate(start as usize);
+        let dropped = holes_in_code.remove(i).0;
+        oracle.retain(|r| r.offset != dropped);
+    }
+    if raw.arch == Arch::Aarch64 {
+        code.resize(code.len().next_multiple_of(8), 0);
+    }
+    let rodata_len = data.len();
+    data.resize(data.len().next_multiple_of(8), 0);
+
+    // One slot per distinct GOT-referenced symbol, in first-met order.
+    let mut got: Vec<(String, Value)> = Vec::new();
+    let got_start = data.len() as u64;
+    let mut slot_of = |r: &RawReloc| -> u64 {
+        let pos = got.iter().position(|(n, _)| *n == r.symbol).unwrap_or_else(|| {
+            got.push((r.symbol.clone(), symbol_value(r, &base)));
+            got.len() - 1
+        });
+        got_start + 8 * pos as u64
+    };
+    let mut code_holes = Vec::new();
+    let mut data_holes = Vec::new();
+    for (list, section, out) in
+        [(&holes_in_code, Section::Code, &mut code_holes), (&data_relocs, Section::Data, &mut data_holes)]
+    {
+        for (off, r) in list.iter() {
+            let value = if r.kind.is_got() {
+                Value::new(Term::Data, slot_of(r) as i64 + r.addend)
+            } else {
+                let v = symbol_value(r, &base);
+                Value::new(v.term, v.addend + r.addend)
+            };
+            out.push(PatchCall { func: patch_fn(r.kind), section, offset: *off, value, line: 0 });
+        }
+    }
+    let mut data_comments = Vec::new();
+    if rodata_len > 0 {
+        data_comments.push(DataComment { offset: 0, kind: DataCommentKind::Bytes, line: 0 });
+    }
+    for (i, (_, value)) in got.iter().enumerate() {
+        let offset = got_start + 8 * i as u64;
+        data_holes.push(PatchCall { func: PatchFn::P64, section: Section::Data, offset, value: value.clone(), line: 0 });
+        data_comments.push(DataComment { offset, kind: DataCommentKind::Slot(value.clone()), line: 0 });
+        data.extend_from_slice(&[0; 8]);
+    }
+    data_holes.sort_by_key(|h| h.offset);
+    code_holes.sort_by_key(|h| h.offset);
+    let mut emit = vec![EmitOp::CopyData { line: 0 }];
+    emit.extend(data_holes.into_iter().map(EmitOp::Patch));
+    emit.push(EmitOp::CopyCode { line: 0 });
+    emit.extend(code_holes.into_iter().map(EmitOp::Patch));
+
+    let mut locals = BTreeMap::new();
+    for s in raw.sections.iter().filter(|s| s.kind == RawKind::Data) {
+        let b = base[&s.index].1;
+        locals.insert(s.name.clone(), b);
+        for (n, o) in &s.symbols {
+            locals.insert(n.clone(), b + o);
+        }
+    }
+    Stencil {
+        name: name.to_string(),
+        line: 0,
+        instructions: decode(raw.arch, &code),
+        code,
+        data,
+        relocations: oracle,
+        data_comments,
+        emit,
+        locals,
+    }
+}
+
+/// The oracle's symbol: `Symbol::classify`, except that a name defined in the
+/// object's read-only data is local whatever it is called.
+fn oracle_symbol(r: &RawReloc) -> Symbol {
+    let s = Symbol::classify(&r.symbol);
+    match (&r.target, s) {
+        (RawTarget::Defined { .. }, Symbol::External(n)) if n != "_JIT_ENTRY" => Symbol::Local(n),
+        (_, s) => s,
+    }
+}
+
+/// Instructions of `code` (x86-64 only: iced-x86, AT&T like objdump; aarch64: one per 4 bytes).
+pub fn decode(arch: Arch, code: &[u8]) -> Vec<ObjdumpInstruction> {
+    match arch {
+        Arch::X86_64 => {
+            use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
+            let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+            let mut fmt = GasFormatter::new();
+            fmt.options_mut().set_gas_show_mnemonic_size_suffix(true);
+            fmt.options_mut().set_space_after_operand_separator(true);
+            let mut out = Vec::new();
+            while decoder.can_decode() {
+                let insn = decoder.decode();
+                let offset = insn.ip();
+                let end = (offset as usize + insn.len()).min(code.len());
+                let mut text = String::new();
+                fmt.format(&insn, &mut text);
+                out.push(ObjdumpInstruction { offset, bytes: code[offset as usize..end].to_vec(), text, line: 0 });
+            }
+            out
+        }
+        Arch::Aarch64 => code
+            .chunks(4)
+            .enumerate()
+            .map(|(i, b)| ObjdumpInstruction { offset: 4 * i as u64, bytes: b.to_vec(), text: String::new(), line: 0 })
+            .collect(),
+    }
+}
+
+/// Errors share one shape: `path: section+offset: message`.
+pub fn bad(path: &str, section: &str, offset: u64, msg: impl Into<String>) -> BadInput {
+    BadInput::at_offset(path, section, offset, msg)
+}
