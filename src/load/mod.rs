@@ -5,6 +5,7 @@
 //! arrays; object files are recognised by their magic numbers (ELF, Mach-O,
 //! COFF) so an object loader can slot in later without changing callers.
 
+pub mod crosscheck;
 pub mod elf;
 pub mod header;
 pub mod object;

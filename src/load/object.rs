@@ -10,8 +10,10 @@
 //!   concatenated in section order; then padding to 8; then one 8-byte slot
 //!   per distinct symbol some GOT-style relocation names, in the order those
 //!   relocations are first met (code sections first, in section order).
-//! * **emit**: `CopyData`, the data holes (GOT slots and relocations inside
-//!   read-only data) by offset, `CopyCode`, the code holes by offset.
+//! * **emit**: `CopyData` (left out when there is no data, as CPython's
+//!   writer does), the data holes (GOT slots and relocations inside
+//!   read-only data) by offset, `CopyCode` (left out when the code is
+//!   empty, e.g. `_NOP`), the code holes by offset.
 //! * **relocations** (the oracle): every relocation in code, exact addend.
 //!
 //! Deliberate transformations, the same as CPython's `Tools/jit`:
@@ -261,9 +263,15 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     }
     data_holes.sort_by_key(|h| h.offset);
     code_holes.sort_by_key(|h| h.offset);
-    let mut emit = vec![EmitOp::CopyData { line: 0 }];
+    // Like CPython's writer: no memcpy of an empty body.
+    let mut emit = Vec::new();
+    if !data.is_empty() {
+        emit.push(EmitOp::CopyData { line: 0 });
+    }
     emit.extend(data_holes.into_iter().map(EmitOp::Patch));
-    emit.push(EmitOp::CopyCode { line: 0 });
+    if !code.is_empty() {
+        emit.push(EmitOp::CopyCode { line: 0 });
+    }
     emit.extend(code_holes.into_iter().map(EmitOp::Patch));
 
     let mut locals = BTreeMap::new();
