@@ -2,7 +2,10 @@
  * Written for stencilcheck (not CPython's): the same shape as CPython's
  * Tools/jit/template.c, tiny bodies. preserve_none convention:
  * frame r12, stack_pointer r13, tstate r14 (DOMAIN.md section 5). */
-#include <stdint.h>
+/* No libc headers: cross-compiling needs no sysroot. */
+typedef __UINT16_TYPE__ uint16_t;
+typedef __UINT64_TYPE__ uint64_t;
+typedef __UINTPTR_TYPE__ uintptr_t;
 
 typedef struct frame frame;
 typedef struct tstate tstate;

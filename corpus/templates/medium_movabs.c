@@ -1,4 +1,4 @@
-// stencilcheck-flags: -fno-pic -mcmodel=medium
+// stencilcheck-flags(x86_64): -fno-pic -mcmodel=medium
 /* Medium code model without PIC, as later CPythons build some targets:
  * movabs of the oparg and of an extern's address (R_X86_64_64), and a final
  * jmp rel32 to the continuation (R_X86_64_PLT32), which stays. */

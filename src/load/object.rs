@@ -314,6 +314,7 @@ pub fn decode(arch: Arch, code: &[u8]) -> Vec<ObjdumpInstruction> {
             let mut fmt = GasFormatter::new();
             fmt.options_mut().set_gas_show_mnemonic_size_suffix(true);
             fmt.options_mut().set_space_after_operand_separator(true);
+            fmt.options_mut().set_rip_relative_addresses(true);
             let mut out = Vec::new();
             while decoder.can_decode() {
                 let insn = decoder.decode();
@@ -336,4 +337,171 @@ pub fn decode(arch: Arch, code: &[u8]) -> Vec<ObjdumpInstruction> {
 /// Errors share one shape: `path: section+offset: message`.
 pub fn bad(path: &str, section: &str, offset: u64, msg: impl Into<String>) -> BadInput {
     BadInput::at_offset(path, section, offset, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load::{elf, load_objects};
+    use std::path::{Path, PathBuf};
+
+    fn corpus_file(triple: &str, name: &str) -> (PathBuf, Vec<u8>) {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(triple).join(format!("{name}.o"));
+        let bytes = std::fs::read(&p).expect("corpus object");
+        (p, bytes)
+    }
+
+    fn x86(name: &str) -> Stencil {
+        let (p, bytes) = corpus_file("x86_64-unknown-linux-gnu", name);
+        load_objects(&p, &[(p.clone(), bytes)]).expect("loads").stencils.remove(0)
+    }
+
+    fn patch(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
+        EmitOp::Patch(PatchCall { func, section, offset, value: Value::new(term, addend), line: 0 })
+    }
+
+    #[test]
+    fn object_load_oparg_drops_the_final_jump_and_gets_one_slot() {
+        let s = x86("load_oparg");
+        assert_eq!(s.name, "load_oparg");
+        // movzwl (7) + movq (4) + addq (4); the 6-byte `jmp *_JIT_CONTINUE@GOTPCREL` is cut.
+        assert_eq!(s.code.len(), 15);
+        assert_eq!(s.data, vec![0; 8]);
+        assert_eq!(
+            s.emit,
+            vec![
+                EmitOp::CopyData { line: 0 },
+                patch(PatchFn::P64, Section::Data, 0, Term::Oparg, 0),
+                EmitOp::CopyCode { line: 0 },
+                patch(PatchFn::P32r, Section::Code, 3, Term::Data, -4),
+            ]
+        );
+        assert_eq!(s.relocations.len(), 1, "the cut jump's relocation goes with it");
+        assert_eq!(s.relocations[0].kind, RelocKind::X86_64_GOTPCREL);
+        assert_eq!(s.relocations[0].symbol, Symbol::Oparg);
+        assert_eq!(s.relocations[0].addend, -4);
+        assert_eq!(s.relocations[0].text, "0000000000000003:  R_X86_64_GOTPCREL    _JIT_OPARG-0x4");
+        assert_eq!(s.instructions.len(), 3);
+        assert_eq!(s.instructions[0].text, "movzwl (%rip), %eax");
+        assert!(s.locals.is_empty());
+        assert_eq!(s.rodata_len(), 0);
+    }
+
+    #[test]
+    fn object_local_string_goes_first_then_slots_in_first_use_order() {
+        let s = x86("pc32_string");
+        let string = b"stencilcheck: a local string\0";
+        assert_eq!(&s.data[..string.len()], string);
+        assert_eq!(s.locals.get(".L.str"), Some(&0));
+        // 29 bytes of string, padded to 32, then ext_message, _JIT_CONTINUE, _JIT_ERROR_TARGET.
+        assert_eq!(s.data.len(), 32 + 3 * 8);
+        assert_eq!(s.rodata_len(), 32);
+        let data_patches: Vec<_> = s.holes().filter(|h| h.section == Section::Data).map(|h| (h.offset, h.value.term.clone())).collect();
+        assert_eq!(
+            data_patches,
+            vec![(32, Term::Symbol("ext_message".into())), (40, Term::Continue), (48, Term::ErrorTarget)]
+        );
+        let lea = s.holes().find(|h| h.offset == 8).expect("hole at the lea");
+        assert_eq!((lea.func, lea.value.clone()), (PatchFn::P32r, Value::new(Term::Data, -4)));
+        let call = s.holes().find(|h| h.offset == 0xe).expect("hole at the call");
+        assert_eq!((call.func, call.value.clone()), (PatchFn::X86_64_32rx, Value::new(Term::Data, 32 - 4)));
+        assert_eq!(s.relocations[0].symbol, Symbol::Local(".L.str".into()));
+        // The final jump goes to the error target, not the continuation: nothing is cut.
+        assert_eq!(s.relocations.len(), 4);
+        assert_eq!(s.code.len(), 0x25);
+    }
+
+    #[test]
+    fn object_medium_model_absolute_holes_and_no_data() {
+        let s = x86("medium_movabs");
+        assert!(s.data.is_empty());
+        assert_eq!(
+            s.emit,
+            vec![
+                EmitOp::CopyCode { line: 0 },
+                patch(PatchFn::P64, Section::Code, 2, Term::Oparg, 0),
+                patch(PatchFn::P64, Section::Code, 0xf, Term::Symbol("ext_table".into()), 0),
+                patch(PatchFn::P32r, Section::Code, 0x25, Term::Continue, -4),
+            ]
+        );
+        assert_eq!(s.code.len(), 0x29, "a jmp rel32 to _JIT_CONTINUE is not cut (CPython only cuts the GOT jump on ELF)");
+    }
+
+    #[test]
+    fn object_plt32_call_patches_the_extern_directly() {
+        let s = x86("plt_call");
+        let call = s.holes().find(|h| h.offset == 0xd).expect("hole at the call");
+        assert_eq!((call.func, call.value.clone()), (PatchFn::P32r, Value::new(Term::Symbol("ext_hidden".into()), -4)));
+        assert_eq!(s.relocations.iter().find(|r| r.offset == 0xd).map(|r| r.kind), Some(RelocKind::X86_64_PLT32));
+    }
+
+    #[test]
+    fn object_local_symbols_resolve_in_placements() {
+        let s = x86("pc32_string");
+        let p = crate::place::place(&s, 7, 0).expect("placement");
+        assert_eq!(p.symbol(&Symbol::Local(".L.str".into()), &s), Some(p.data));
+        assert_eq!(p.symbol(&Symbol::Local(".L.nope".into()), &s), None);
+    }
+
+    #[test]
+    fn object_aarch64_loads_with_got_pairs_and_page_relocations() {
+        let (p, bytes) = corpus_file("aarch64-unknown-linux-gnu", "pc32_string");
+        let set = load_objects(&p, &[(p.clone(), bytes)]).expect("aarch64 object loads");
+        assert_eq!(set.arch, Arch::Aarch64);
+        let s = &set.stencils[0];
+        assert_eq!(s.code.len() % 8, 0, "aarch64 code is padded to 8");
+        let funcs: Vec<PatchFn> = s.holes().filter(|h| h.section == Section::Code).map(|h| h.func).collect();
+        for f in [PatchFn::Aarch64_21rx, PatchFn::Aarch64_12x, PatchFn::Aarch64_21r, PatchFn::Aarch64_12, PatchFn::Aarch64_26r] {
+            assert!(funcs.contains(&f), "{f} missing from {funcs:?}");
+        }
+        assert_eq!(s.locals.get(".rodata.str1.1"), Some(&0));
+        let page = s.holes().find(|h| h.func == PatchFn::Aarch64_21r).expect("adrp of the string");
+        assert_eq!(page.value, Value::new(Term::Data, 0));
+    }
+
+    /// Byte offset in the file of relocation `k` of `.rela.text`.
+    fn rela_entry(bytes: &[u8], k: usize) -> usize {
+        use object::{Object, ObjectSection};
+        let file = object::File::parse(bytes).expect("parse");
+        let rela = file.section_by_name(".rela.text").expect(".rela.text");
+        rela.file_range().expect("in file").0 as usize + 24 * k
+    }
+
+    fn read(bytes: &[u8]) -> Result<RawObject, crate::error::BadInput> {
+        elf::read("t.o", bytes)
+    }
+
+    #[test]
+    fn object_bad_inputs_are_located_errors_not_panics() {
+        let (_, good) = corpus_file("x86_64-unknown-linux-gnu", "load_oparg");
+        assert!(read(&good).is_ok());
+
+        let mut unknown = good.clone();
+        let at = rela_entry(&unknown, 0) + 8; // r_info: low 32 bits are the type
+        unknown[at..at + 4].copy_from_slice(&250u32.to_le_bytes());
+        let e = read(&unknown).unwrap_err();
+        assert_eq!(e.to_string(), "t.o: .text+0x3: unknown relocation type 250");
+
+        let mut outside = good.clone();
+        let at = rela_entry(&outside, 1);
+        outside[at..at + 8].copy_from_slice(&0x1000u64.to_le_bytes());
+        let e = read(&outside).unwrap_err();
+        assert_eq!(e.to_string(), "t.o: .text+0x1000: R_X86_64_GOTPCRELX outside its section (0x15 bytes)");
+
+        for cut in [10, 64, 200, good.len() / 2, good.len() - 1] {
+            // Any prefix fails cleanly (or, if what is left still parses, loads).
+            let _ = read(&good[..cut]);
+        }
+        let e = read(&good[..good.len() / 2]).unwrap_err();
+        assert!(e.location.starts_with("t.o"), "{e}");
+        let e = read(&good[..40]).unwrap_err();
+        assert!(e.message.starts_with("bad ELF object"), "{e}");
+    }
+
+    #[test]
+    fn object_relocation_text_matches_objdump_spelling() {
+        assert_eq!(symbol_text("_JIT_OPARG", -4), "_JIT_OPARG-0x4");
+        assert_eq!(symbol_text(".rodata.str1.1", 0x1b), ".rodata.str1.1+0x1b");
+        assert_eq!(symbol_text("_Py_Dealloc", 0), "_Py_Dealloc");
+    }
 }

@@ -1,0 +1,93 @@
+//! The object loader end to end, through the binary: the embedded corpus,
+//! CPython's own objects (when built on this machine), diff and cross-check.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const CPYTHON: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu";
+
+fn stencilcheck(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stencilcheck")).args(args).output().expect("runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn verify_without_input_checks_the_embedded_corpus() {
+    let o = stencilcheck(&["verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("<embedded corpus/x86_64-unknown-linux-gnu> (x86_64, 8 stencils)"), "{t}");
+    assert!(t.contains("8 stencils: 8 correct"), "{t}");
+    assert!(t.contains("frame r12, stack_pointer r13, tstate r14 (trampoline)"), "{t}");
+}
+
+#[test]
+fn verify_reads_one_object_and_a_directory() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let one = dir.join("pc32_string.o");
+    let o = stencilcheck(&["verify", one.to_str().unwrap(), "--placements", "8"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("1 stencils: 1 correct") || text(&o).contains("1 stencil: 1 correct"), "{}", text(&o));
+    let o = stencilcheck(&["verify", dir.to_str().unwrap(), "--placements", "8"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+#[test]
+fn verify_refuses_a_truncated_object_with_exit_2() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let bytes = std::fs::read(dir.join("load_oparg.o")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let cut = tmp.path().join("cut.o");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let o = stencilcheck(&["verify", cut.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("cut.o"), "{err}");
+}
+
+#[test]
+fn cross_check_objdump_agrees_on_the_corpus() {
+    let o = stencilcheck(&["verify", "--cross-check-objdump", "--placements", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("loader and llvm-objdump") || t.contains("not on PATH: skipped"), "{t}");
+}
+
+#[test]
+fn cpython_objects_verify_and_match_the_header() {
+    let objs = Path::new(CPYTHON).join("objs");
+    let header = Path::new(CPYTHON).join("jit_stencils.h");
+    if !objs.is_dir() || !header.is_file() {
+        eprintln!("note: {CPYTHON} absent (scripts/verify-cpython.sh builds it): skipped");
+        return;
+    }
+    let o = stencilcheck(&["verify", objs.to_str().unwrap(), "--placements", "16", "--cross-check-objdump"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("235 stencils: 235 correct"), "{}", text(&o));
+    let o = stencilcheck(&["diff", header.to_str().unwrap(), objs.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("235 header stencils, 235 objects: 0 differences"), "{}", text(&o));
+}
+
+#[test]
+fn diff_lists_differences_with_offsets() {
+    // diff takes any two inputs; two directories holding different objects
+    // under the same name show what a difference looks like.
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::copy(corpus.join("load_oparg.o"), a.join("x.o")).unwrap();
+    std::fs::copy(corpus.join("load_operand.o"), b.join("x.o")).unwrap();
+    let o = stencilcheck(&["diff", a.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert!(t.contains("x: hole only in the header (line 0): patch_64(data + 0x0, instruction->oparg)"), "{t}");
+    assert!(t.contains("x: relocation only in the object: 0x3: R_X86_64_REX_GOTPCRELX _JIT_OPERAND-0x4"), "{t}");
+}
