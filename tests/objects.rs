@@ -91,3 +91,47 @@ fn diff_lists_differences_with_offsets() {
     assert!(t.contains("x: hole only in the header (line 0): patch_64(data + 0x0, instruction->oparg)"), "{t}");
     assert!(t.contains("x: relocation only in the object: 0x3: R_X86_64_REX_GOTPCRELX _JIT_OPERAND-0x4"), "{t}");
 }
+
+/// The oracle read from an object is independent of the holes derived from
+/// it: a derived hole made wrong on purpose is a finding.
+#[test]
+fn a_wrong_derived_hole_is_caught_by_the_object_oracle() {
+    use stencilcheck::model::{EmitOp, Term};
+    let mut set = stencilcheck::corpus::load().expect("corpus");
+    let s = set.stencils.iter_mut().find(|s| s.name == "call_extern").unwrap();
+    // Swap the continuation slot's value for the error target, in the holes
+    // and in the slot descriptions alike: only the relocations can tell.
+    for c in &mut s.data_comments {
+        if let stencilcheck::model::DataCommentKind::Slot(v) = &mut c.kind {
+            if v.term == Term::Continue {
+                v.term = Term::ErrorTarget;
+            }
+        }
+    }
+    for op in &mut s.emit {
+        if let EmitOp::Patch(p) = op {
+            if p.value.term == Term::Continue {
+                p.value.term = Term::ErrorTarget;
+            }
+        }
+    }
+    let options = stencilcheck::pipeline::Options {
+        seed: 1,
+        placements: 8,
+        stencils: vec!["call_extern".into()],
+        placement: None,
+        instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
+        threads: 1,
+        strict: false,
+        patcher: &stencilcheck::patch::Ports,
+    };
+    let outcome = stencilcheck::pipeline::verify(&set, &options).expect("runs");
+    let findings: Vec<_> = outcome.results.iter().flat_map(|r| r.findings.iter()).collect();
+    assert!(
+        findings.iter().any(|f| {
+            f.finding.kind != stencilcheck::judge::FindingKind::DataSlot
+                && f.finding.site.as_ref().and_then(|s| s.relocation.as_deref()).is_some_and(|r| r.contains("_JIT_CONTINUE"))
+        }),
+        "a swapped continuation went unnoticed by the relocation oracle: {findings:?}"
+    );
+}
