@@ -27,8 +27,9 @@
 //!
 //! Not done (CPython does it, aarch64 only): `CALL26`/`JUMP26` to an extern
 //! get an inline `movz/movk/br` trampoline in CPython; here they stay a plain
-//! `patch_aarch64_26r` of the extern. `ADR_GOT_PAGE`+`LD64_GOT_LO12_NC` pairs
-//! are not folded into `patch_aarch64_33rx`.
+//! `patch_aarch64_26r` of the extern (no 3.13.5 object has one).
+//! Adjacent `ADR_GOT_PAGE`+`LD64_GOT_LO12_NC` holes of one slot are folded
+//! into one `patch_aarch64_33rx`, as CPython's writer does.
 
 use crate::error::BadInput;
 use crate::model::{
@@ -263,6 +264,7 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     }
     data_holes.sort_by_key(|h| h.offset);
     code_holes.sort_by_key(|h| h.offset);
+    let code_holes = fold_got_pairs(code_holes);
     // Like CPython's writer: no memcpy of an empty body.
     let mut emit = Vec::new();
     if !data.is_empty() {
@@ -293,6 +295,28 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
         emit,
         locals,
     }
+}
+
+/// aarch64: an `adrp` (`patch_aarch64_21rx`) directly followed by the `ldr`
+/// (`patch_aarch64_12x`) of the same GOT slot is one `patch_aarch64_33rx`,
+/// which may relax the pair as a whole (as CPython's writer emits it).
+fn fold_got_pairs(holes: Vec<PatchCall>) -> Vec<PatchCall> {
+    let mut out: Vec<PatchCall> = Vec::with_capacity(holes.len());
+    let mut it = holes.into_iter().peekable();
+    while let Some(mut h) = it.next() {
+        if let Some(next) = it.peek() {
+            if h.func == PatchFn::Aarch64_21rx
+                && next.func == PatchFn::Aarch64_12x
+                && next.offset == h.offset + 4
+                && next.value == h.value
+            {
+                h.func = PatchFn::Aarch64_33rx;
+                it.next();
+            }
+        }
+        out.push(h);
+    }
+    out
 }
 
 /// The oracle's symbol: `Symbol::classify`, except that a name defined in the
@@ -457,6 +481,20 @@ mod tests {
         assert_eq!(s.locals.get(".rodata.str1.1"), Some(&0));
         let page = s.holes().find(|h| h.func == PatchFn::Aarch64_21r).expect("adrp of the string");
         assert_eq!(page.value, Value::new(Term::Data, 0));
+    }
+
+    #[test]
+    fn object_aarch64_adjacent_got_pair_folds_into_33rx() {
+        let (p, bytes) = corpus_file("aarch64-unknown-linux-gnu", "load_oparg");
+        let s = load_objects(&p, &[(p.clone(), bytes)]).expect("loads").stencils.remove(0);
+        let code: Vec<(PatchFn, u64)> = s.holes().filter(|h| h.section == Section::Code).map(|h| (h.func, h.offset)).collect();
+        assert_eq!(code[0], (PatchFn::Aarch64_33rx, 0), "{code:?}");
+        assert!(!code.iter().any(|(f, _)| *f == PatchFn::Aarch64_12x), "{code:?}");
+        assert_eq!(s.relocations.len(), 2, "the oracle keeps both relocations");
+        // Interleaved pairs (adrp, adrp, ldr, ldr) stay unfolded.
+        let (p, bytes) = corpus_file("aarch64-unknown-linux-gnu", "medium_movabs");
+        let s = load_objects(&p, &[(p.clone(), bytes)]).expect("loads").stencils.remove(0);
+        assert!(!s.holes().any(|h| h.func == PatchFn::Aarch64_33rx));
     }
 
     /// Byte offset in the file of relocation `k` of `.rela.text`.
