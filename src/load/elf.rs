@@ -12,6 +12,9 @@ use object::elf;
 use object::{Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionFlags, SymbolKind};
 use std::collections::BTreeMap;
 
+/// Largest `SHT_NOBITS` section accepted (16 MiB).
+const MAX_ZEROED: u64 = 16 << 20;
+
 /// The relocation kind of an ELF `r_type` on `arch`.
 pub fn reloc_kind(arch: Arch, r_type: u32) -> Option<RelocKind> {
     use RelocKind::*;
@@ -84,6 +87,10 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
         }
         let kind = if sh_flags & u64::from(elf::SHF_EXECINSTR) != 0 { RawKind::Code } else { RawKind::Data };
         let data = if s.kind() == object::SectionKind::UninitializedData {
+            // A stencil's data part is small; a huge size is a damaged header.
+            if s.size() > MAX_ZEROED {
+                return Err(bad(path, &name, 0, format!("{:#x} bytes of zeros is not a stencil's data", s.size())));
+            }
             vec![0; s.size() as usize]
         } else {
             let d = s.data().map_err(|e| bad(path, &name, 0, format!("truncated section: {e}")))?;
