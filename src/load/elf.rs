@@ -2,7 +2,9 @@
 //!
 //! Only the ELF-specific part lives here: which sections are code or data
 //! (`SHF_ALLOC`, `SHF_EXECINSTR`), relocation type numbers, and implicit
-//! addends of `SHT_REL` sections (read from the relocated bytes). Turning a
+//! addends of `SHT_REL` sections (read from the relocated bytes, which are
+//! then zeroed: the code looks as it would with explicit addends, so a final
+//! `jmp *_JIT_CONTINUE@GOTPCREL` is recognised either way). Turning a
 //! `RawObject` into a stencil is format-independent (`object.rs`).
 
 use super::object::{bad, RawKind, RawObject, RawReloc, RawSection, RawTarget};
@@ -113,8 +115,12 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
     }
 
     let mut relocs = Vec::new();
+    // Implicit addends read from the bytes: (section position, offset, width),
+    // zeroed afterwards so the bytes look as they would with explicit addends.
+    let mut implicit: Vec<(usize, usize, usize)> = Vec::new();
     for s in file.sections() {
-        let Some(copied) = sections.iter().find(|c| c.index == s.index().0) else { continue };
+        let Some(pos) = sections.iter().position(|c| c.index == s.index().0) else { continue };
+        let copied = &sections[pos];
         let sname = copied.name.clone();
         let size = copied.bytes.len() as u64;
         for (offset, rel) in s.relocations() {
@@ -139,12 +145,10 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
                     } else {
                         sym.name().unwrap_or("").to_string()
                     };
-                    let target = if sections.iter().any(|c| c.index == idx.0) {
-                        RawTarget::Defined { section: idx.0, offset: sym.address() }
-                    } else {
+                    if !sections.iter().any(|c| c.index == idx.0) {
                         return Err(bad(path, &sname, offset, format!("relocation against `{name}` in a section that is not copied")));
-                    };
-                    (name, target)
+                    }
+                    (name, RawTarget::Defined { section: idx.0, offset: sym.address() })
                 }
                 None => (sym.name().unwrap_or("").to_string(), RawTarget::Undefined),
             };
@@ -152,6 +156,7 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
                 let w = implicit_width(kind)
                     .ok_or_else(|| bad(path, &sname, offset, "implicit addend for this relocation type"))?;
                 let b = &copied.bytes[offset as usize..offset as usize + w];
+                implicit.push((pos, offset as usize, w));
                 if w == 8 {
                     i64::from_le_bytes(b.try_into().unwrap_or([0; 8]))
                 } else {
@@ -162,6 +167,9 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
             };
             relocs.push(RawReloc { section: copied.index, offset, kind, symbol, target, addend });
         }
+    }
+    for (pos, offset, w) in implicit {
+        sections[pos].bytes[offset..offset + w].fill(0);
     }
     Ok(RawObject { arch, sections, relocs })
 }

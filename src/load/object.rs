@@ -536,6 +536,56 @@ mod tests {
         assert!(e.message.starts_with("bad ELF object"), "{e}");
     }
 
+    /// The same object with its `.rela.text` rewritten as `SHT_REL`: each
+    /// addend moved into the relocated field.
+    fn as_rel(rela: &[u8]) -> Vec<u8> {
+        use object::{Object, ObjectSection};
+        let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap()) as usize;
+        let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        let file = object::File::parse(rela).unwrap();
+        let text_off = file.section_by_name(".text").unwrap().file_range().unwrap().0 as usize;
+        let sec = file.section_by_name(".rela.text").unwrap();
+        let (start, size) = sec.file_range().unwrap();
+        let shdr = u64_at(rela, 0x28) as usize + sec.index().0 * u16_at(rela, 0x3a);
+        let mut b = rela.to_vec();
+        let n = size as usize / 24;
+        for k in 0..n {
+            let e = start as usize + 24 * k;
+            let (off, info, addend) = (u64_at(rela, e), u64_at(rela, e + 8), u64_at(rela, e + 16) as i64);
+            let field = text_off + off as usize;
+            if info as u32 == object::elf::R_X86_64_64 {
+                b[field..field + 8].copy_from_slice(&addend.to_le_bytes());
+            } else {
+                b[field..field + 4].copy_from_slice(&(addend as i32).to_le_bytes());
+            }
+            let r = start as usize + 16 * k;
+            b[r..r + 8].copy_from_slice(&off.to_le_bytes());
+            b[r + 8..r + 16].copy_from_slice(&info.to_le_bytes());
+        }
+        b[shdr + 4..shdr + 8].copy_from_slice(&object::elf::SHT_REL.to_le_bytes());
+        b[shdr + 32..shdr + 40].copy_from_slice(&(16 * n as u64).to_le_bytes());
+        b[shdr + 56..shdr + 64].copy_from_slice(&16u64.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn object_implicit_addends_of_rel_sections_are_read_from_the_bytes() {
+        for name in ["load_oparg", "pc32_string", "medium_movabs", "plt_call"] {
+            let (_, rela) = corpus_file("x86_64-unknown-linux-gnu", name);
+            let rel = as_rel(&rela);
+            let (a, b) = (read(&rela).unwrap(), read(&rel).unwrap());
+            let key = |o: &RawObject| -> Vec<(u64, RelocKind, String, i64)> {
+                o.relocs.iter().map(|r| (r.offset, r.kind, r.symbol.clone(), r.addend)).collect()
+            };
+            assert!(!key(&a).is_empty());
+            assert_eq!(key(&a), key(&b), "{name}");
+            assert!(a.relocs.iter().any(|r| r.addend != 0), "{name}: a non-zero addend to move");
+            let holes = |o: &RawObject| build(name, o).holes().cloned().collect::<Vec<_>>();
+            assert_eq!(holes(&a), holes(&b), "{name}");
+            assert_eq!(build(name, &a).code, build(name, &b).code, "{name}: implicit addends are cleared from the code");
+        }
+    }
+
     /// Damaged objects never panic: every single-byte change of every corpus
     /// object either loads or is a located error.
     #[test]
