@@ -19,6 +19,7 @@ macro_rules! objects {
 /// (stencil name, object bytes), the trampoline first.
 pub const OBJECTS: &[(&str, &[u8])] = objects![
     "trampoline",
+    "abs32_oparg",
     "call_extern",
     "guard_jump",
     "load_oparg",
@@ -60,6 +61,8 @@ mod tests {
             RelocKind::X86_64_PC32,
             RelocKind::X86_64_PLT32,
             RelocKind::X86_64_64,
+            RelocKind::X86_64_32,
+            RelocKind::X86_64_32S,
         ] {
             assert!(kinds.contains(k.name()), "corpus lacks {k}: has {kinds:?}");
         }
