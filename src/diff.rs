@@ -85,6 +85,26 @@ fn stencil(h: &Stencil, o: &Stencil, out: &mut Vec<Difference>) {
     if common_h != common_o {
         say("emit order differs (same holes, another order)".to_string());
     }
+    let slots = |s: &Stencil| -> Vec<(u64, String, usize)> {
+        s.data_comments
+            .iter()
+            .filter_map(|c| match &c.kind {
+                crate::model::DataCommentKind::Slot(v) => Some((c.offset, v.to_string(), c.line)),
+                _ => None,
+            })
+            .collect()
+    };
+    let (hs, os) = (slots(h), slots(o));
+    for (off, v, line) in &hs {
+        if !os.iter().any(|(o2, v2, _)| o2 == off && v2 == v) {
+            say(format!("data slot only in the header (line {line}): data+{off:#x} = {v}"));
+        }
+    }
+    for (off, v, _) in &os {
+        if !hs.iter().any(|(o2, v2, _)| o2 == off && v2 == v) {
+            say(format!("data slot only in the object: data+{off:#x} = {v}"));
+        }
+    }
     let (hr, or): (Vec<String>, Vec<String>) =
         (h.relocations.iter().map(reloc).collect(), o.relocations.iter().map(reloc).collect());
     for (i, r) in hr.iter().enumerate() {
