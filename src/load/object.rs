@@ -88,8 +88,11 @@ pub struct RawObject {
     pub relocs: Vec<RawReloc>,
 }
 
+/// Section index → the part it landed in and its offset there.
+type Bases = BTreeMap<usize, (RawKind, u64)>;
+
 /// Where a copied section ended up: code or data part, and at which offset.
-fn layout(raw: &RawObject) -> (Vec<u8>, Vec<u8>, BTreeMap<usize, (RawKind, u64)>) {
+fn layout(raw: &RawObject) -> (Vec<u8>, Vec<u8>, Bases) {
     let (mut code, mut data) = (Vec::new(), Vec::new());
     let mut base = BTreeMap::new();
     for s in &raw.sections {
@@ -118,7 +121,7 @@ fn jit_term(name: &str) -> Option<Term> {
 }
 
 /// What the address of `r`'s symbol is at run time, as a patch value (no addend).
-fn symbol_value(r: &RawReloc, base: &BTreeMap<usize, (RawKind, u64)>) -> Value {
+fn symbol_value(r: &RawReloc, base: &Bases) -> Value {
     match &r.target {
         RawTarget::Defined { section, offset } => match base.get(section) {
             Some((RawKind::Code, b)) => Value::new(Term::Code, (b + offset) as i64),
