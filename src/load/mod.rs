@@ -3,7 +3,9 @@
 //! The format is decided by the file's *content*, never by its name: a
 //! `jit_stencils.h` is C text with `emit_…` functions holding `code_body`
 //! arrays; object files are recognised by their magic numbers (ELF, Mach-O,
-//! COFF) so an object loader can slot in later without changing callers.
+//! COFF). ELF objects load (`elf.rs` → `object.rs`); a directory means every
+//! `*.o` in it, one stencil each, named by file stem. Mach-O and COFF are
+//! refused for now (a reader producing `object::RawObject` is all they need).
 
 pub mod crosscheck;
 pub mod elf;
@@ -202,6 +204,29 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let e = load_path(dir.path()).unwrap_err();
         assert_eq!(e.message, "no object files (*.o)");
+    }
+
+    #[test]
+    fn load_directory_of_objects_names_stencils_by_stem() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let x86 = corpus.join("x86_64-unknown-linux-gnu");
+        std::fs::copy(x86.join("trampoline.o"), dir.path().join("trampoline.o")).unwrap();
+        std::fs::copy(x86.join("load_oparg.o"), dir.path().join("_LOAD_X.o")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not an object").unwrap();
+        let set = load_path(dir.path()).expect("loads");
+        let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["_LOAD_X", "trampoline"]);
+        assert_eq!(set.arch, crate::model::Arch::X86_64);
+
+        std::fs::copy(corpus.join("aarch64-unknown-linux-gnu/load_oparg.o"), dir.path().join("arm.o")).unwrap();
+        let e = load_path(dir.path()).unwrap_err();
+        assert!(e.message.contains("aarch64 object among x86_64 objects"), "{e}");
+        std::fs::remove_file(dir.path().join("arm.o")).unwrap();
+
+        std::fs::write(dir.path().join("bogus.o"), "text, not ELF").unwrap();
+        let e = load_path(dir.path()).unwrap_err();
+        assert!(e.location.ends_with("bogus.o") && e.message == "not an ELF object", "{e}");
     }
 
     #[test]
