@@ -25,6 +25,12 @@
 //! * aarch64: a final `b _JIT_CONTINUE` (`00 00 00 14`) is dropped likewise,
 //!   and code is padded to 8 bytes.
 //!
+//! Limit: `Stencil::locals` only holds symbols of the *data* part. A
+//! relocation against a symbol defined in code other than `_JIT_ENTRY` (a
+//! named static function, a `.text` section symbol; none in CPython 3.13)
+//! gets the right hole (`(uintptr_t)code + offset`), but the judge cannot
+//! place its S and falls back to "somewhere in the read-only data".
+//!
 //! Not done (CPython does it, aarch64 only): `CALL26`/`JUMP26` to an extern
 //! get an inline `movz/movk/br` trampoline in CPython; here they stay a plain
 //! `patch_aarch64_26r` of the extern (no 3.13.5 object has one).
