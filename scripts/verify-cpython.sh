@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Build CPython 3.13's real JIT stencils (x86-64 and aarch64 Linux) with
-# ../shared/cpython/make-stencils.sh, then verify the x86-64 header.
+# ../shared/cpython/make-stencils.sh, then verify the x86-64 header, the
+# objects it was generated from, and diff the two.
 #
 #   scripts/verify-cpython.sh [extra stencilcheck verify options]
 #
 # Env: STENCILS_DIR (default /tmp/cpython-stencils), SHARED_DIR (default:
 # the shared/ folder beside this checkout), PLACEMENTS (default 64).
-# Exit status is stencilcheck's: 0 all correct, 1 findings, 2 bad input.
+# Exit status is stencilcheck's (the first failing step): 0 all correct,
+# 1 findings or differences, 2 bad input.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 shared=${SHARED_DIR:-$here/../shared}
@@ -25,4 +27,10 @@ if [ -z "$header" ]; then
 fi
 cd "$here"
 cargo build --release --quiet
-exec ./target/release/stencilcheck verify "$header" --placements "${PLACEMENTS:-64}" "$@"
+bin=${CARGO_TARGET_DIR:-target}/release/stencilcheck
+objs=$(dirname "$header")/objs
+"$bin" verify "$header" --placements "${PLACEMENTS:-64}" "$@"
+if [ -d "$objs" ]; then
+  "$bin" verify "$objs" --placements "${PLACEMENTS:-64}" --cross-check-objdump "$@"
+  "$bin" diff "$header" "$objs"
+fi

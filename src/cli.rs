@@ -23,6 +23,17 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure each stage's throughput in stencil runs per second.
     Bench(BenchArgs),
+    /// Compare the holes CPython wrote (a jit_stencils.h) with the ones
+    /// derived from its objects (a directory of *.o); exit 1 on differences.
+    Diff(DiffArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// CPython's jit_stencils.h.
+    pub header: PathBuf,
+    /// The directory of objects it was generated from (or one object).
+    pub objects: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -41,8 +52,13 @@ pub struct BenchArgs {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// A jit_stencils.h (the format is decided by content).
-    pub input: PathBuf,
+    /// A jit_stencils.h, an ELF object or a directory of *.o (the format is
+    /// decided by content); none: the embedded corpus.
+    pub input: Option<PathBuf>,
+    /// Also run llvm-objdump (when on PATH) on each object and check its
+    /// relocation lines match what the loader read.
+    #[arg(long)]
+    pub cross_check_objdump: bool,
     /// Seed for placements and made-up memory: same seed, same report.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -83,6 +99,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(args) => verify(&args),
         Command::Bench(args) => bench(&args),
+        Command::Diff(args) => diff(&args),
     };
     match result {
         Ok(code) => code,
@@ -93,8 +110,23 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn diff(args: &DiffArgs) -> Result<ExitCode, BadInput> {
+    let header = load::load_path(&args.header)?;
+    let objects = load::load_path(&args.objects)?;
+    let diffs = crate::diff::diff(&header, &objects);
+    print!("{}", crate::diff::render(&header, &objects, &diffs));
+    Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
-    let set = load::load_path(&args.input)?;
+    let set = match &args.input {
+        Some(input) => load::load_path(input)?,
+        None => crate::corpus::load()?,
+    };
+    if args.cross_check_objdump {
+        let checked = crate::load::crosscheck::check(&set)?;
+        eprintln!("cross-check: {checked}");
+    }
     let threads = args.threads.unwrap_or_else(default_threads);
     let options = pipeline::Options {
         seed: args.seed,
@@ -135,7 +167,10 @@ fn default_threads() -> usize {
 
 /// The replay command names every option that changes what a run does.
 fn replay_base(args: &VerifyArgs) -> String {
-    let mut base = format!("stencilcheck verify {}", shell_word(&args.input.display().to_string()));
+    let mut base = match &args.input {
+        Some(input) => format!("stencilcheck verify {}", shell_word(&input.display().to_string())),
+        None => "stencilcheck verify".to_string(),
+    };
     if args.instruction_limit != crate::execute::DEFAULT_INSTRUCTION_LIMIT {
         base.push_str(&format!(" --instruction-limit {}", args.instruction_limit));
     }

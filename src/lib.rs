@@ -19,4 +19,6 @@ pub mod report;
 
 pub mod pipeline;
 pub mod bench;
+pub mod corpus;
+pub mod diff;
 pub mod cli;

@@ -56,6 +56,9 @@ pub struct Stencil {
     pub data_comments: Vec<DataComment>,
     /// The emit function's body, in order: memcpy's and patch calls.
     pub emit: Vec<EmitOp>,
+    /// Object-local symbols (`.L.str.3`, `.rodata.str1.1`) → offset in the
+    /// data part. Only the object loader knows them; empty for headers.
+    pub locals: std::collections::BTreeMap<String, u64>,
 }
 
 impl Stencil {

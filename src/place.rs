@@ -102,7 +102,9 @@ impl Placement {
     }
 
     /// What a relocation's symbol S stands for in this placement. `None` for
-    /// object-local symbols, whose place in the data part only the object knows.
+    /// object-local symbols the stencil has no offset for (`stencil.locals`
+    /// is filled by the object loader; a header does not say where
+    /// `.L.str.3` starts).
     pub fn symbol(&self, symbol: &Symbol, stencil: &Stencil) -> Option<u64> {
         Some(match symbol {
             Symbol::Entry => self.code,
@@ -116,7 +118,7 @@ impl Placement {
             Symbol::Target => self.target as u64,
             Symbol::ExitIndex => self.exit_index as u64,
             Symbol::External(name) => *self.externs.get(name)?,
-            Symbol::Local(_) => return None,
+            Symbol::Local(name) => self.data.wrapping_add(*stencil.locals.get(name)?),
         })
     }
 }

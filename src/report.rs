@@ -217,10 +217,13 @@ fn finding(out: &mut String, r: &StencilResult, seen: &Seen, replay: &Replay) {
             let _ = writeln!(out, "  instruction  {insn}    (at code+{at:#x}; field at {:#x}, {}+{:#x})", site.address, site.section, site.offset);
         }
         if let (Some(rel), Some(line)) = (&site.relocation, site.relocation_line) {
-            let _ = writeln!(out, "  relocation   {rel}    (line {line})");
+            // Line 0: read from an object, not a header; no line to name.
+            let at = if line == 0 { String::new() } else { format!("    (line {line})") };
+            let _ = writeln!(out, "  relocation   {rel}{at}");
         }
         if let (Some(hole), Some(line)) = (&site.hole, site.hole_line) {
-            let _ = writeln!(out, "  hole         {hole}    (line {line})");
+            let at = if line == 0 { " (derived from the object)".to_string() } else { format!("    (line {line})") };
+            let _ = writeln!(out, "  hole         {hole}{at}");
         }
     }
     for (name, v) in [("expected", &f.expected), ("actual", &f.actual)] {

@@ -312,6 +312,7 @@ impl<'a> Parser<'a> {
             relocations: disasm.relocations,
             data_comments,
             emit,
+            locals: Default::default(),
         })
     }
 

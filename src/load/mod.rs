@@ -3,9 +3,14 @@
 //! The format is decided by the file's *content*, never by its name: a
 //! `jit_stencils.h` is C text with `emit_…` functions holding `code_body`
 //! arrays; object files are recognised by their magic numbers (ELF, Mach-O,
-//! COFF) so an object loader can slot in later without changing callers.
+//! COFF). ELF objects load (`elf.rs` → `object.rs`); a directory means every
+//! `*.o` in it, one stencil each, named by file stem. Mach-O and COFF are
+//! refused for now (a reader producing `object::RawObject` is all they need).
 
+pub mod crosscheck;
+pub mod elf;
 pub mod header;
+pub mod object;
 
 use crate::error::BadInput;
 use crate::model::StencilSet;
@@ -66,7 +71,7 @@ fn looks_like_header(text: &str) -> bool {
 pub fn load_path(path: &Path) -> Result<StencilSet, BadInput> {
     let shown = path.display().to_string();
     if path.is_dir() {
-        return Err(BadInput::in_file(&shown, "directories of object files are not supported yet"));
+        return load_dir(path);
     }
     let bytes =
         std::fs::read(path).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
@@ -84,13 +89,72 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             set.path = path.to_path_buf();
             Ok(set)
         }
-        InputKind::Elf | InputKind::MachO | InputKind::Coff => {
-            Err(BadInput::in_file(&shown, "object files are not supported yet"))
+        InputKind::Elf => load_objects(path, &[(path.to_path_buf(), bytes.to_vec())]),
+        InputKind::MachO | InputKind::Coff => {
+            Err(BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet"))
         }
         InputKind::Unknown => {
             Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)"))
         }
     }
+}
+
+/// The stencil name of an object: its file stem (`trampoline.o` → `trampoline`).
+pub fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// One ELF object → one stencil named after the file.
+pub fn load_object(path: &Path, bytes: &[u8]) -> Result<crate::model::Stencil, BadInput> {
+    let shown = path.display().to_string();
+    match InputKind::sniff(bytes) {
+        InputKind::Elf => {
+            let raw = elf::read(&shown, bytes)?;
+            Ok(object::build(&stem(path), &raw))
+        }
+        _ => Err(BadInput::in_file(&shown, "not an ELF object")),
+    }
+}
+
+/// Several objects (already in memory) → one set; names from the paths.
+pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) -> Result<StencilSet, BadInput> {
+    let mut stencils = Vec::new();
+    let mut arch = None;
+    for (p, bytes) in objects {
+        let shown = p.display().to_string();
+        let raw = match InputKind::sniff(bytes) {
+            InputKind::Elf => elf::read(&shown, bytes)?,
+            _ => return Err(BadInput::in_file(&shown, "not an ELF object")),
+        };
+        match arch {
+            None => arch = Some(raw.arch),
+            Some(a) if a != raw.arch => {
+                return Err(BadInput::in_file(&shown, format!("{} object among {a} objects", raw.arch)))
+            }
+            _ => {}
+        }
+        stencils.push(object::build(&stem(p), &raw));
+    }
+    let arch = arch.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
+    Ok(StencilSet { path: set_path.to_path_buf(), arch, stencils })
+}
+
+/// A directory of `*.o`: one stencil per object, sorted by name.
+pub fn load_dir(dir: &Path) -> Result<StencilSet, BadInput> {
+    let shown = dir.display().to_string();
+    let entries = std::fs::read_dir(dir).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "o"))
+        .collect();
+    paths.sort();
+    let mut objects = Vec::new();
+    for p in paths {
+        let bytes = std::fs::read(&p)
+            .map_err(|e| BadInput::in_file(p.display(), format!("cannot read: {e}")))?;
+        objects.push((p, bytes));
+    }
+    load_objects(dir, &objects)
 }
 
 #[cfg(test)]
@@ -123,7 +187,7 @@ mod tests {
     fn load_rejects_objects_and_other_files() {
         let elf = write_temp(b"\x7fELF\x02\x01\x01\x00");
         let e = load_path(elf.path()).unwrap_err();
-        assert_eq!(e.message, "object files are not supported yet");
+        assert!(e.message.starts_with("bad ELF object"), "{e}");
         assert_eq!(e.location, elf.path().display().to_string());
 
         let other = write_temp(b"hello\nworld\n");
@@ -139,7 +203,30 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("temp dir");
         let e = load_path(dir.path()).unwrap_err();
-        assert!(e.message.contains("not supported yet"), "{e}");
+        assert_eq!(e.message, "no object files (*.o)");
+    }
+
+    #[test]
+    fn load_directory_of_objects_names_stencils_by_stem() {
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let x86 = corpus.join("x86_64-unknown-linux-gnu");
+        std::fs::copy(x86.join("trampoline.o"), dir.path().join("trampoline.o")).unwrap();
+        std::fs::copy(x86.join("load_oparg.o"), dir.path().join("_LOAD_X.o")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not an object").unwrap();
+        let set = load_path(dir.path()).expect("loads");
+        let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["_LOAD_X", "trampoline"]);
+        assert_eq!(set.arch, crate::model::Arch::X86_64);
+
+        std::fs::copy(corpus.join("aarch64-unknown-linux-gnu/load_oparg.o"), dir.path().join("arm.o")).unwrap();
+        let e = load_path(dir.path()).unwrap_err();
+        assert!(e.message.contains("aarch64 object among x86_64 objects"), "{e}");
+        std::fs::remove_file(dir.path().join("arm.o")).unwrap();
+
+        std::fs::write(dir.path().join("bogus.o"), "text, not ELF").unwrap();
+        let e = load_path(dir.path()).unwrap_err();
+        assert!(e.location.ends_with("bogus.o") && e.message == "not an ELF object", "{e}");
     }
 
     #[test]

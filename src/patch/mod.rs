@@ -567,6 +567,7 @@ mod tests {
             relocations: vec![],
             data_comments: vec![],
             emit,
+            locals: Default::default(),
         }
     }
 
