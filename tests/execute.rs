@@ -28,6 +28,7 @@ fn stencil(
     emit: Vec<EmitOp>,
 ) -> Stencil {
     Stencil {
+        locals: Default::default(),
         name: name.into(),
         line: 1,
         instructions: listing(&code),

@@ -58,6 +58,7 @@ fn uop() -> Stencil {
     data.resize(48, 0);
     let sym = |n: &str| Term::Symbol(n.into());
     Stencil {
+        locals: Default::default(),
         name: "_UOP".into(),
         line: 100,
         instructions: listing(&code),
@@ -105,6 +106,7 @@ fn uop() -> Stencil {
 fn jmp_continue() -> Stencil {
     let code = vec![0xff, 0x25, 0, 0, 0, 0];
     Stencil {
+        locals: Default::default(),
         name: "_JMP".into(),
         line: 1,
         instructions: listing(&code),
@@ -974,6 +976,7 @@ fn coverage_of_real_runs_includes_every_hole_over_a_few_placements() {
 fn lea_pc32() -> Stencil {
     let code = vec![0x48, 0x8d, 0x05, 0, 0, 0, 0];
     Stencil {
+        locals: Default::default(),
         name: "_LEA".into(),
         line: 1,
         instructions: listing(&code),
@@ -1039,6 +1042,7 @@ fn pc32_with_addend_minus_4_on_lea_expects_s() {
 fn movabs() -> Stencil {
     let code = vec![0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0];
     Stencil {
+        locals: Default::default(),
         name: "_MOVABS".into(),
         line: 1,
         instructions: listing(&code),

@@ -44,6 +44,7 @@ fn multi(name: &str) -> Stencil {
     let mut data = b"hello\0\0\0".to_vec();
     data.resize(48, 0);
     Stencil {
+        locals: Default::default(),
         name: name.into(),
         line: 1,
         code,
@@ -476,6 +477,7 @@ fn compact_puts_data_after_the_code() {
 /// Two `patch_32r` holes on `data` whose addends are `apart` bytes apart.
 fn two_data_holes(apart: i64, code_len: usize, data_len: usize, a0: i64) -> Stencil {
     Stencil {
+        locals: Default::default(),
         name: "_FAR_APART".into(),
         line: 77,
         code: vec![0x90; code_len],
