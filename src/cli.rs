@@ -70,6 +70,10 @@ pub struct VerifyArgs {
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Patch with the `patch_*` functions of this `Python/jit.c` (compiled
+    /// with the system C compiler) instead of stencilcheck's Rust ports.
+    #[arg(long = "jit-c", value_name = "PATH")]
+    pub jit_c: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -95,6 +99,18 @@ pub fn main() -> ExitCode {
 
 fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
     let set = load::load_path(&args.input)?;
+    let native = match &args.jit_c {
+        Some(path) => {
+            let native = patch::native::NativePatcher::from_path(path)?;
+            native.check_set(&set, path)?;
+            Some(native)
+        }
+        None => None,
+    };
+    let patcher: &(dyn patch::Patcher + Sync) = match &native {
+        Some(n) => n,
+        None => &patch::Ports,
+    };
     let threads = args.threads.unwrap_or_else(default_threads);
     let options = pipeline::Options {
         seed: args.seed,
@@ -104,7 +120,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         instruction_limit: args.instruction_limit,
         threads,
         strict: args.strict,
-        patcher: &patch::Ports,
+        patcher,
     };
     let started = Instant::now();
     let outcome = pipeline::verify(&set, &options)?;
@@ -138,6 +154,9 @@ fn replay_base(args: &VerifyArgs) -> String {
     let mut base = format!("stencilcheck verify {}", shell_word(&args.input.display().to_string()));
     if args.instruction_limit != crate::execute::DEFAULT_INSTRUCTION_LIMIT {
         base.push_str(&format!(" --instruction-limit {}", args.instruction_limit));
+    }
+    if let Some(jit_c) = &args.jit_c {
+        base.push_str(&format!(" --jit-c {}", shell_word(&jit_c.display().to_string())));
     }
     base
 }
