@@ -23,6 +23,24 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure each stage's throughput in stencil runs per second.
     Bench(BenchArgs),
+    /// Compare stencilcheck's patch ports with a jit.c's own patch functions
+    /// on random and boundary inputs (exit 1 on any difference).
+    DiffPatch(DiffPatchArgs),
+}
+
+#[derive(clap::Args)]
+pub struct DiffPatchArgs {
+    /// The `Python/jit.c` whose patch functions are compared.
+    #[arg(long = "jit-c", value_name = "PATH")]
+    pub jit_c: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Cases per patch function.
+    #[arg(long, default_value_t = 2000)]
+    pub cases: u64,
+    /// Differences printed per function.
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +105,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Verify(args) => verify(&args),
         Command::Bench(args) => bench(&args),
+        Command::DiffPatch(args) => diff_patch(&args),
     };
     match result {
         Ok(code) => code,
@@ -143,6 +162,13 @@ fn bench(args: &BenchArgs) -> Result<ExitCode, BadInput> {
     };
     print!("{}", crate::bench::bench(&args.input, &options, &patch::Ports)?);
     Ok(ExitCode::SUCCESS)
+}
+
+fn diff_patch(args: &DiffPatchArgs) -> Result<ExitCode, BadInput> {
+    let native = patch::native::NativePatcher::from_path(&args.jit_c)?;
+    let summary = crate::diffpatch::run(&native, args.seed, args.cases);
+    print!("{}", crate::diffpatch::report(&summary, patch::Patcher::name(&native), args.show));
+    Ok(if summary.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn default_threads() -> usize {

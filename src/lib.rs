@@ -19,4 +19,5 @@ pub mod report;
 
 pub mod pipeline;
 pub mod bench;
+pub mod diffpatch;
 pub mod cli;
