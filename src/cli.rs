@@ -102,13 +102,11 @@ pub enum Format {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Verify(args) => verify(&args),
-        Command::Bench(args) => bench(&args),
-        Command::DiffPatch(args) => diff_patch(&args),
-    };
+    let mut out = String::new();
+    let result = dispatch(cli.command, &mut out);
+    print!("{out}");
     match result {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("stencilcheck: error: {e}");
             ExitCode::from(2)
@@ -116,7 +114,34 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
+fn dispatch(command: Command, out: &mut String) -> Result<u8, BadInput> {
+    match command {
+        Command::Verify(args) => verify(&args, out),
+        Command::Bench(args) => bench(&args, out),
+        Command::DiffPatch(args) => diff_patch(&args, out),
+    }
+}
+
+/// Runs a command line in this process (what the tests use, so they do not
+/// depend on a binary another build may have replaced): exit code, stdout,
+/// stderr.
+pub fn run<I, T>(args: I) -> (u8, String, String)
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return (e.exit_code() as u8, String::new(), e.to_string()),
+    };
+    let mut out = String::new();
+    match dispatch(cli.command, &mut out) {
+        Ok(code) => (code, out, String::new()),
+        Err(e) => (2, out, format!("stencilcheck: error: {e}\n")),
+    }
+}
+
+fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
     let set = load::load_path(&args.input)?;
     let native = match &args.jit_c {
         Some(path) => {
@@ -148,27 +173,27 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         Format::Json => report::json(&set, &outcome, args.placements, &replay),
         Format::Human => report::human(&set, &outcome, args.placements, &replay, started.elapsed(), args.verbose),
     };
-    print!("{text}");
+    out.push_str(&text);
     let findings = outcome.results.iter().any(|r| !r.findings.is_empty());
-    Ok(if findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if findings { 1 } else { 0 })
 }
 
-fn bench(args: &BenchArgs) -> Result<ExitCode, BadInput> {
+fn bench(args: &BenchArgs, out: &mut String) -> Result<u8, BadInput> {
     let options = crate::bench::BenchOptions {
         seed: args.seed,
         placements: args.placements,
         repeat: args.repeat,
         threads: args.threads.unwrap_or_else(default_threads),
     };
-    print!("{}", crate::bench::bench(&args.input, &options, &patch::Ports)?);
-    Ok(ExitCode::SUCCESS)
+    out.push_str(&crate::bench::bench(&args.input, &options, &patch::Ports)?);
+    Ok(0)
 }
 
-fn diff_patch(args: &DiffPatchArgs) -> Result<ExitCode, BadInput> {
+fn diff_patch(args: &DiffPatchArgs, out: &mut String) -> Result<u8, BadInput> {
     let native = patch::native::NativePatcher::from_path(&args.jit_c)?;
     let summary = crate::diffpatch::run(&native, args.seed, args.cases);
-    print!("{}", crate::diffpatch::report(&summary, patch::Patcher::name(&native), args.show));
-    Ok(if summary.differences.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    out.push_str(&crate::diffpatch::report(&summary, patch::Patcher::name(&native), args.show));
+    Ok(if summary.differences.is_empty() { 0 } else { 1 })
 }
 
 fn default_threads() -> usize {
