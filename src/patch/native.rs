@@ -3,7 +3,8 @@
 //!
 //! 1. [`extract`] reads `jit.c` with a small C-aware scanner (comments,
 //!    strings, character literals, preprocessor lines, brace depth) and keeps
-//!    every top-level `patch_*` function definition plus, transitively, every
+//!    every top-level `patch_*(unsigned char *, uint64_t)` function
+//!    definition plus, transitively, every
 //!    function and `#define` they name (`get_bits`, `set_bits`,
 //!    `IS_AARCH64_*`, ...). Nothing else of `jit.c` is compiled (it needs
 //!    `Python.h`).
@@ -298,8 +299,11 @@ pub struct Extracted {
     pub entry_points: Vec<String>,
 }
 
-/// Every `patch_*` function definition plus the functions and macros they
-/// use, transitively.
+/// Every `patch_*(unsigned char *location, uint64_t value)` function
+/// definition plus the functions and macros they use, transitively.
+/// Functions with other signatures (main's `patch_aarch64_trampoline(location,
+/// ordinal, jit_state *)`, which needs the header's `symbols_map`) are left
+/// out unless a kept function calls them.
 pub fn extract(src: &str) -> Extracted {
     let all = scan(src);
     // The last definition of a name wins (like the compiler would complain
@@ -312,7 +316,11 @@ pub fn extract(src: &str) -> Extracted {
     let mut todo: Vec<usize> = all
         .iter()
         .enumerate()
-        .filter(|(_, it)| it.kind == ItemKind::Function && it.name.starts_with("patch_"))
+        .filter(|(_, it)| {
+            it.kind == ItemKind::Function
+                && it.name.starts_with("patch_")
+                && is_location_value(it.signature())
+        })
         .map(|(k, _)| k)
         .collect();
     while let Some(k) = todo.pop() {
@@ -763,6 +771,11 @@ patch_32(unsigned char *location, uint64_t value)
     /* } */ assert(IS_THING(get_bits(value, 0, 4)));
     *(uint32_t *)location = (uint32_t)value;
 }
+void
+patch_tramp(unsigned char *location, int ordinal, some_state *state)
+{
+    patch_32(location, (uintptr_t)table_from_the_header[ordinal] + state->x);
+}
 "#;
 
     #[test]
@@ -777,6 +790,7 @@ patch_32(unsigned char *location, uint64_t value)
                 (ItemKind::Macro, "UNUSED"),
                 (ItemKind::Function, "unused"),
                 (ItemKind::Function, "patch_32"),
+                (ItemKind::Function, "patch_tramp"),
             ]
         );
         assert_eq!(items[4].line, 15);
@@ -787,6 +801,8 @@ patch_32(unsigned char *location, uint64_t value)
     fn extract_keeps_what_the_patch_functions_use() {
         let ex = extract(SRC);
         let names: Vec<_> = ex.items.iter().map(|i| i.name.as_str()).collect();
+        // patch_tramp's signature is not (location, value): left out, with
+        // the header-only names it uses.
         assert_eq!(names, ["get_bits", "IS_THING", "patch_32"]);
         assert_eq!(ex.entry_points, ["patch_32"]);
         assert!(generate(&ex, "jit.c").contains("sc_call_patch_32("));
