@@ -283,3 +283,47 @@ fn mutant_aarch64_wrong_bit_field_is_caught_by_diff_patch() {
         assert!(out.contains(&format!("DIFFERENCE {func}(")), "{to}: {out}");
     }
 }
+
+/// A patcher whose every call finds its placement taken.
+struct Taken;
+
+impl Patcher for Taken {
+    fn patch(&self, func: PatchFn, _: &mut Image, location: u64, value: u64) -> Result<(), stencilcheck::patch::PatchAssert> {
+        Err(stencilcheck::patch::PatchAssert {
+            func,
+            location,
+            value,
+            message: format!("{}: test", native::UNUSABLE),
+        })
+    }
+    fn name(&self) -> &str {
+        "taken"
+    }
+}
+
+#[test]
+fn an_unusable_placement_is_inconclusive_not_a_finding() {
+    let Some((_, header)) = cpython() else { return };
+    let set = stencilcheck::load::load_path(&header).unwrap();
+    for strict in [false, true] {
+        let options = stencilcheck::pipeline::Options {
+            seed: 1,
+            placements: 3,
+            stencils: vec!["_BINARY_OP".into()],
+            placement: None,
+            instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
+            threads: 1,
+            strict,
+            patcher: &Taken,
+        };
+        let outcome = stencilcheck::pipeline::verify(&set, &options).unwrap();
+        let r = &outcome.results[0];
+        if strict {
+            assert_eq!(r.findings.len(), 1, "--strict counts it");
+        } else {
+            assert!(r.findings.is_empty());
+            assert_eq!(r.inconclusive, 3);
+            assert!(r.first_inconclusive.as_ref().unwrap().1.starts_with(native::UNUSABLE));
+        }
+    }
+}
