@@ -176,9 +176,18 @@ fn x86_case(rng: &mut ChaCha8Rng, func: PatchFn) -> Case {
         PatchFn::X86_64_32rx => {
             // value = slot - 4, the slot inside data; the slot holds S.
             let slot_off = rng.gen_range(0..(LEN as u64 - 8) / 8) * 8;
+            let unrelaxed_edge = rng.gen_bool(0.2);
+            if unrelaxed_edge {
+                // The slot itself at an edge of the unrelaxed displacement
+                // (value - location = slot - 4 - location = ±2^31 ± a few).
+                let edge = 1i64 << 31;
+                let d = if rng.gen_bool(0.5) { -edge + rng.gen_range(-2..=2) } else { edge + rng.gen_range(-3..=2) };
+                image.data_addr = (location as i64 + 4 + d) as u64 - slot_off;
+            }
             let slot = image.data_addr + slot_off;
             let d = distance(rng, 32);
             let s = match rng.gen_range(0..4) {
+                _ if unrelaxed_edge => (location as i64 + (1i64 << 40) + d) as u64, // never relaxed
                 0 => rng.gen::<u64>() & 0x7fff_ffff_ffff,
                 _ => (location as i64 + 4 + d) as u64,
             };

@@ -327,3 +327,23 @@ fn an_unusable_placement_is_inconclusive_not_a_finding() {
         }
     }
 }
+
+#[test]
+fn mutant_off_by_one_reach_checks_are_caught_by_diff_patch() {
+    let Some((src, _)) = cpython() else { return };
+    for (from, to, func) in [
+        // patch_32r's upper bound.
+        ("assert((int64_t)value < (1LL << 31));", "assert((int64_t)value <= (1LL << 31));", "patch_"),
+        // patch_x86_64_32rx's relaxation reach without its `+ 1`.
+        (
+            "(int64_t)relaxed - (int64_t)location + 1 < (1LL << 31)",
+            "(int64_t)relaxed - (int64_t)location < (1LL << 31)",
+            "patch_x86_64_32rx",
+        ),
+    ] {
+        let (_dir, path) = write_jit_c(&mutate(&src, from, to));
+        let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "2000"]);
+        assert_eq!(code, 1, "{to}: {out}{err}");
+        assert!(out.contains(&format!("DIFFERENCE {func}")), "{to}: {out}");
+    }
+}
