@@ -74,6 +74,11 @@ patch_x86_64_32rx(unsigned char *location, uint64_t value)
     patch_32r(location, relaxed);
 }
 void
+patch_32(unsigned char *location, uint64_t value)
+{
+    *(uint64_t *)location = value;  /* 4 bytes too many */
+}
+void
 patch_other(unsigned char *location, int ordinal, void *state)
 {
     (void)location; (void)ordinal; (void)state;
@@ -90,7 +95,7 @@ fn image() -> Image {
 fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
-    assert_eq!(native.entry_points, ["patch_64", "patch_32r", "patch_x86_64_32rx"]);
+    assert_eq!(native.entry_points, ["patch_64", "patch_32r", "patch_x86_64_32rx", "patch_32"]);
     assert!(native.name().contains("jit.c"));
 
     for (func, loc, value) in [
@@ -117,6 +122,18 @@ fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
     native.patch(PatchFn::P64, &mut im, CODE, 7).unwrap();
     assert_eq!(im.read_u64(CODE), Some(7));
 
+    // A write past the image (patch_32 writing 8 bytes at its last 4) is
+    // reported; the next image on the same pages, at another offset, is not
+    // confused by what the previous one left there.
+    let err = native.patch(PatchFn::P32, &mut image(), CODE + 28, 5).unwrap_err();
+    assert!(err.message.contains(&format!("wrote at {:#x}", CODE + 32)), "{}", err.message);
+    for shift in [0u64, 8, 0x100, 0] {
+        let mut im = Image::new(CODE + shift, vec![1; 32], CODE + shift + 0x40, vec![2; 32]);
+        native.patch(PatchFn::P64, &mut im, CODE + shift + 0x40, 9).unwrap();
+        native.patch(PatchFn::P32, &mut im, CODE + shift, 3).unwrap();
+        assert_eq!(im.read_u64(CODE + shift), Some(3));
+    }
+
     // A function the jit.c lacks.
     let err = native.patch(PatchFn::Aarch64_26r, &mut image(), CODE, 0).unwrap_err();
     assert!(err.message.contains("not defined"), "{}", err.message);
@@ -126,7 +143,7 @@ fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
 fn a_taken_address_range_is_reported_as_an_unusable_placement() {
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
-    let mine = vec![0u8; 64];
+    let mine = [0u8; 64];
     let addr = mine.as_ptr() as u64;
     let mut im = Image::new(addr, vec![0; 8], addr + 4096, vec![0; 8]);
     let err = native.patch(PatchFn::P64, &mut im, addr, 1).unwrap_err();

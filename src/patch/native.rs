@@ -22,11 +22,13 @@
 //!    a content hash of the generated C under `$XDG_CACHE_HOME/stencilcheck`
 //!    (else `~/.cache/stencilcheck`, else the temp dir) and loaded with
 //!    `libloading`.
-//! 4. Each patch call maps the pages covering the image's code and data AT
-//!    THEIR PLACED ADDRESSES in this process (`MAP_FIXED_NOREPLACE`), copies
-//!    the image in, calls the C function with the real `location` and
-//!    `value`, checks no byte outside code and data changed, copies the bytes
-//!    back and unmaps. Calls are serialised by a process-wide mutex.
+//! 4. Each patch call needs the pages covering the image's code and data
+//!    mapped AT THEIR PLACED ADDRESSES in this process (`MAP_FIXED_NOREPLACE`;
+//!    kept from the previous call when the pages are the same, so one emit
+//!    maps once), copies the image in, calls the C function with the real
+//!    `location` and `value`, copies the bytes back and checks that no byte
+//!    of those pages outside code and data changed (a stray write is a
+//!    finding). Calls are serialised by a process-wide mutex.
 //!
 //! When a placed address range is already taken in our own process (or lies
 //! below `vm.mmap_min_addr`), the call fails with a [`PatchAssert`] whose
@@ -551,8 +553,36 @@ pub struct NativePatcher {
 }
 
 /// One native patch at a time in the whole process: the mappings at placed
-/// addresses and the signal handlers are process-wide.
-static NATIVE: Mutex<()> = Mutex::new(());
+/// addresses and the signal handlers are process-wide. The mapping of the
+/// last call is kept: the calls of one emit function share their image's
+/// addresses, so one emit maps its pages once.
+static NATIVE: Mutex<Option<Mapping>> = Mutex::new(None);
+
+/// The parts of `ranges` outside the image's code and data.
+fn outside(ranges: &[(u64, u64)], image: &Image) -> Vec<(u64, u64)> {
+    let mut holes: Vec<(u64, u64)> = [(image.code_addr, image.code.len()), (image.data_addr, image.data.len())]
+        .into_iter()
+        .map(|(a, n)| (a, a + n as u64))
+        .collect();
+    holes.sort();
+    let mut out = Vec::new();
+    for &(s, e) in ranges {
+        let mut at = s;
+        for &(h0, h1) in &holes {
+            if h1 <= at || h0 >= e {
+                continue;
+            }
+            if h0 > at {
+                out.push((at, h0));
+            }
+            at = at.max(h1);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+    }
+    out
+}
 
 impl NativePatcher {
     /// Extracts, compiles (or reuses the cached library) and loads.
@@ -642,11 +672,14 @@ fn page_ranges(image: &Image) -> Vec<(u64, u64)> {
 /// Anonymous pages mapped at fixed addresses; unmapped on drop.
 struct Mapping {
     ranges: Vec<(u64, u64)>,
+    /// `(code_addr, code_len, data_addr, data_len)` of the image whose
+    /// outside bytes are known to be FILL.
+    geometry: Option<(u64, usize, u64, usize)>,
 }
 
 impl Mapping {
     fn new(ranges: &[(u64, u64)]) -> Result<Mapping, String> {
-        let mut m = Mapping { ranges: Vec::new() };
+        let mut m = Mapping { ranges: Vec::new(), geometry: None };
         for &(start, end) in ranges {
             let len = (end - start) as usize;
             // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
@@ -694,14 +727,27 @@ impl Patcher for NativePatcher {
         let Some(&wrapper) = self.funcs.get(&func) else {
             return Err(fail(format!("{func} is not defined in {}", self.name)));
         };
-        let _guard = NATIVE.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = NATIVE.lock().unwrap_or_else(|e| e.into_inner());
         let ranges = page_ranges(image);
-        let mapping = Mapping::new(&ranges).map_err(fail)?;
-        // SAFETY: every range below lies in `mapping`, mapped RW just now.
-        unsafe {
-            for &(s, e) in &mapping.ranges {
-                std::ptr::write_bytes(s as *mut u8, FILL, (e - s) as usize);
+        let geometry = (image.code_addr, image.code.len(), image.data_addr, image.data.len());
+        if kept.as_ref().is_none_or(|m| m.ranges != ranges) {
+            *kept = None; // unmaps the previous emit's pages first
+            *kept = Some(Mapping::new(&ranges).map_err(fail)?);
+        }
+        let mapping = kept.as_mut().expect("mapped above");
+        if mapping.geometry != Some(geometry) {
+            // New pages, or the same pages holding another image: every byte
+            // outside this image must be FILL.
+            // SAFETY: the ranges are mapped RW.
+            unsafe {
+                for &(s, e) in &mapping.ranges {
+                    std::ptr::write_bytes(s as *mut u8, FILL, (e - s) as usize);
+                }
             }
+            mapping.geometry = Some(geometry);
+        }
+        // SAFETY: code and data lie in the kept mapping (same ranges).
+        unsafe {
             std::ptr::copy_nonoverlapping(image.code.as_ptr(), image.code_addr as *mut u8, image.code.len());
             std::ptr::copy_nonoverlapping(image.data.as_ptr(), image.data_addr as *mut u8, image.data.len());
         }
@@ -715,19 +761,15 @@ impl Patcher for NativePatcher {
             std::ptr::copy_nonoverlapping(image.data_addr as *const u8, image.data.as_mut_ptr(), image.data.len());
         }
         let mut stray = None;
-        for &(s, e) in &mapping.ranges {
-            for a in s..e {
-                if image.contains(a, 1) {
-                    continue;
-                }
-                // SAFETY: mapped.
-                if unsafe { *(a as *const u8) } != FILL {
-                    stray = Some(a);
-                    break;
-                }
+        for (s, e) in outside(&ranges, image) {
+            // SAFETY: s..e lies in the kept mapping.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(s as *mut u8, (e - s) as usize) };
+            if let Some(k) = bytes.iter().position(|&b| b != FILL) {
+                stray.get_or_insert(s + k as u64);
+                bytes.fill(FILL); // clean for the next call
             }
         }
-        drop(mapping);
+        drop(kept);
         let text = {
             // SAFETY: the wrapper NUL-terminates within msglen.
             let c = unsafe { std::ffi::CStr::from_ptr(msg.as_ptr()) };
