@@ -38,9 +38,16 @@ pub struct DiffPatchArgs {
     /// Cases per patch function.
     #[arg(long, default_value_t = 2000)]
     pub cases: u64,
-    /// Differences printed per function.
+    /// Differences printed per function (and per header).
     #[arg(long, default_value_t = 5)]
     pub show: usize,
+    /// Also replay every emit function of this jit_stencils.h (any target,
+    /// aarch64 included) with both patchers and compare the images.
+    #[arg(long, value_name = "HEADER")]
+    pub header: Option<PathBuf>,
+    /// Placements per stencil for --header.
+    #[arg(long, default_value_t = 16)]
+    pub placements: u32,
 }
 
 #[derive(clap::Args)]
@@ -193,7 +200,28 @@ fn diff_patch(args: &DiffPatchArgs, out: &mut String) -> Result<u8, BadInput> {
     let native = patch::native::NativePatcher::from_path(&args.jit_c)?;
     let summary = crate::diffpatch::run(&native, args.seed, args.cases);
     out.push_str(&crate::diffpatch::report(&summary, patch::Patcher::name(&native), args.show));
-    Ok(if summary.differences.is_empty() { 0 } else { 1 })
+    let mut differ = !summary.differences.is_empty();
+    if let Some(header) = &args.header {
+        let set = load::load_path(header)?;
+        native.check_set(&set, &args.jit_c)?;
+        let emits = crate::diffpatch::compare_emits(&set, &native, args.seed, args.placements);
+        for d in emits.differences.iter().take(args.show) {
+            out.push_str(d);
+            out.push_str("\n\n");
+        }
+        if emits.differences.len() > args.show {
+            out.push_str(&format!("... {} more stencil run(s) differ\n", emits.differences.len() - args.show));
+        }
+        out.push_str(&format!(
+            "diff-patch: {}: {} stencil runs replayed with both, {} skipped (placement unusable), {}\n",
+            header.display(),
+            emits.runs,
+            emits.skipped,
+            if emits.differences.is_empty() { "no differences".to_string() } else { format!("{} differ", emits.differences.len()) }
+        ));
+        differ |= !emits.differences.is_empty();
+    }
+    Ok(if differ { 1 } else { 0 })
 }
 
 fn default_threads() -> usize {

@@ -355,3 +355,92 @@ pub fn report(s: &Summary, patcher: &str, limit: usize) -> String {
     }
     out
 }
+
+// ---------------------------------------------------------------------------
+// Whole emit functions of a header
+// ---------------------------------------------------------------------------
+
+/// Outcome of replaying a header's emit functions with both patchers.
+#[derive(Clone, Debug, Default)]
+pub struct EmitSummary {
+    pub runs: u64,
+    pub skipped: u64,
+    /// One line (plus detail lines) per differing stencil run.
+    pub differences: Vec<String>,
+}
+
+/// Replays every stencil of `set` at `placements` placements with the ports
+/// and with `native` (as `verify` would patch, without running anything):
+/// the images, or the failing call, must be the same. Works for headers
+/// stencilcheck cannot execute yet (aarch64).
+pub fn compare_emits(
+    set: &crate::model::StencilSet,
+    native: &NativePatcher,
+    seed: u64,
+    placements: u32,
+) -> EmitSummary {
+    use crate::model::Section;
+    let mut s = EmitSummary::default();
+    for st in &set.stencils {
+        if st.code.is_empty() {
+            continue;
+        }
+        for index in 0..placements {
+            let Ok(p) = crate::place::place(st, seed, index) else {
+                s.skipped += 1;
+                continue;
+            };
+            let theirs = patch::emit(st, &p, native);
+            if let Err(f) = &theirs {
+                if f.assert.message.starts_with(native::UNUSABLE) {
+                    s.skipped += 1;
+                    continue;
+                }
+            }
+            s.runs += 1;
+            let ours = patch::emit(st, &p, &patch::Ports);
+            let head = format!("DIFFERENCE {} placement {index} ({:?} layout, seed {seed})", st.name, p.layout);
+            match (&ours, &theirs) {
+                (Ok(a), Ok(b)) if a == b => {}
+                (Err(a), Err(b)) if a.call == b.call => {}
+                (Ok(a), Ok(b)) => {
+                    let mut first = None;
+                    for (section, x, y) in [(Section::Code, &a.code, &b.code), (Section::Data, &a.data, &b.data)] {
+                        if let Some(k) = x.iter().zip(y.iter()).position(|(u, v)| u != v) {
+                            first = Some((section, k as u64));
+                            break;
+                        }
+                    }
+                    let (section, off) = first.unwrap_or((Section::Code, 0));
+                    let call = st
+                        .holes()
+                        // x86 relaxation rewrites the two opcode bytes before the hole.
+                        .filter(|c| c.section == section && off + 2 >= c.offset && off < c.offset + c.func.width())
+                        .last();
+                    let (base, x) = a.region(section);
+                    let (_, y) = b.region(section);
+                    let from = (off as usize).saturating_sub(4);
+                    let to = (off as usize + 8).min(x.len());
+                    let mut text = format!(
+                        "{head}\n  first differing byte {section}+{off:#x} (at {:#x})\n  ports       {}\n  jit.c       {}",
+                        base + off,
+                        hex(&x[from..to]),
+                        hex(&y[from..to])
+                    );
+                    if let Some(c) = call {
+                        text.push_str(&format!("\n  hole        {}({} + {:#x}, {})    (line {})", c.func, c.section, c.offset, c.value, c.line));
+                    }
+                    s.differences.push(text);
+                }
+                _ => {
+                    let show = |r: &Result<Image, patch::EmitFailure>| match r {
+                        Ok(_) => "patched without an assert".to_string(),
+                        Err(f) => f.to_string(),
+                    };
+                    s.differences.push(format!("{head}\n  ports       {}\n  jit.c       {}", show(&ours), show(&theirs)));
+                }
+            }
+        }
+    }
+    s
+}

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 const JIT_C: &str = "/tmp/cpython-src/Python-3.13.5/Python/jit.c";
 const HEADER: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_stencils.h";
+const HEADER_A64: &str = "/tmp/cpython-stencils/3.13.5/aarch64-unknown-linux-gnu/jit_stencils.h";
 
 fn cpython() -> Option<(String, PathBuf)> {
     if !Path::new(JIT_C).exists() || !Path::new(HEADER).exists() {
@@ -363,4 +364,23 @@ fn mutant_off_by_one_reach_checks_are_caught_by_diff_patch() {
         assert_eq!(code, 1, "{to}: {out}{err}");
         assert!(out.contains(&format!("DIFFERENCE {func}")), "{to}: {out}");
     }
+}
+
+#[test]
+fn diff_patch_replays_the_aarch64_header_with_both_patchers() {
+    let Some((src, _)) = cpython() else { return };
+    if !Path::new(HEADER_A64).exists() {
+        eprintln!("note: {HEADER_A64} missing; skipped");
+        return;
+    }
+    let (code, out, err) = run(&["diff-patch", "--jit-c", JIT_C, "--cases", "10", "--header", HEADER_A64]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("stencil runs replayed with both, 0 skipped (placement unusable), no differences"), "{out}");
+
+    let m = mutate(&src, "set_bits(loc32, 29, value, 0, 2);", "set_bits(loc32, 28, value, 0, 2);");
+    let (_dir, path) = write_jit_c(&m);
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "10", "--header", HEADER_A64]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERENCE _") && out.contains("first differing byte code+0x"), "{out}");
+    assert!(out.contains("hole        patch_aarch64_21r"), "{out}");
 }
