@@ -199,6 +199,10 @@ pub fn scan(src: &str) -> Vec<Item> {
                     items.push(Item { kind: ItemKind::Macro, name, line: line_of(s), text: text.to_string() });
                 }
             }
+            if rest.strip_prefix("if").is_some_and(|r| r.trim() == "0") {
+                // `#if 0`: skip to its `#else`/`#elif`/`#endif`.
+                j = skip_if0(src, j);
+            }
             i = j;
             continue;
         }
@@ -257,6 +261,32 @@ pub fn scan(src: &str) -> Vec<Item> {
         }
     }
     items
+}
+
+/// From the end of an `#if 0` line: the offset of the line that ends its
+/// block (`#else`, `#elif` or `#endif` at the same nesting), which the
+/// scanner then reads as an ordinary directive.
+fn skip_if0(src: &str, from: usize) -> usize {
+    let mut depth = 0usize;
+    let mut pos = from;
+    for line in src[from..].split_inclusive('\n') {
+        let t = line.trim_start();
+        if let Some(d) = t.strip_prefix('#') {
+            let d = d.trim_start();
+            if d.starts_with("if") {
+                depth += 1;
+            } else if d.starts_with("endif") || d.starts_with("else") || d.starts_with("elif") {
+                if depth == 0 {
+                    return pos + (line.len() - t.len());
+                }
+                if d.starts_with("endif") {
+                    depth -= 1;
+                }
+            }
+        }
+        pos += line.len();
+    }
+    src.len()
 }
 
 fn strip_comments(text: &str) -> String {
@@ -807,6 +837,13 @@ static const char *s = "patch_str { ";
 #define UNUSED 3
 static int unused(void) { return '}'; }
 struct foo { int a; };
+#if 0
+void
+patch_32(unsigned char *location, uint64_t value) { old(); }
+#if 1
+#endif
+#else
+#endif
 void
 patch_32(unsigned char *location, uint64_t value)
 {
@@ -835,7 +872,7 @@ patch_tramp(unsigned char *location, int ordinal, some_state *state)
                 (ItemKind::Function, "patch_tramp"),
             ]
         );
-        assert_eq!(items[4].line, 15);
+        assert_eq!(items[4].line, 22);
         assert!(items[4].text.ends_with('}'));
     }
 
