@@ -17,6 +17,9 @@ const HEADER: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_
 const HEADER_A64: &str = "/tmp/cpython-stencils/3.13.5/aarch64-unknown-linux-gnu/jit_stencils.h";
 
 fn cpython() -> Option<(String, PathBuf)> {
+    if !have_cc() {
+        return None;
+    }
     if !Path::new(JIT_C).exists() || !Path::new(HEADER).exists() {
         eprintln!("note: {JIT_C} or {HEADER} missing; skipped (run scripts/verify-cpython.sh)");
         return None;
@@ -29,6 +32,16 @@ fn cpython() -> Option<(String, PathBuf)> {
 fn run(args: &[&str]) -> (i32, String, String) {
     let (code, out, err) = stencilcheck::cli::run(std::iter::once("stencilcheck").chain(args.iter().copied()));
     (code as i32, out, err)
+}
+
+/// The system C compiler `--jit-c` needs (`$CC`, else `cc`).
+fn have_cc() -> bool {
+    let cc = std::env::var("CC").ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "cc".into());
+    let ok = std::process::Command::new(&cc).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("note: no C compiler ({cc}); skipped");
+    }
+    ok
 }
 
 /// Writes `src` as `<tempdir>/Python/jit.c`.
@@ -94,6 +107,9 @@ fn image() -> Image {
 
 #[test]
 fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
+    if !have_cc() {
+        return;
+    }
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
     assert_eq!(native.entry_points, ["patch_64", "patch_32r", "patch_x86_64_32rx", "patch_32"]);
@@ -142,6 +158,9 @@ fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
 
 #[test]
 fn a_taken_address_range_is_reported_as_an_unusable_placement() {
+    if !have_cc() {
+        return;
+    }
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
     let mine = [0u8; 64];
@@ -153,6 +172,9 @@ fn a_taken_address_range_is_reported_as_an_unusable_placement() {
 
 #[test]
 fn native_patching_is_safe_from_several_threads() {
+    if !have_cc() {
+        return;
+    }
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
     std::thread::scope(|s| {
@@ -173,6 +195,9 @@ fn native_patching_is_safe_from_several_threads() {
 
 #[test]
 fn a_jit_c_that_does_not_compile_is_bad_input_with_the_first_error_line() {
+    if !have_cc() {
+        return;
+    }
     let broken = SYNTHETIC.replace("value -= (uintptr_t)location;", "value -= (uintptr_t)location");
     let (_dir, path) = write_jit_c(&broken);
     let (code, _, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "10"]);
@@ -191,6 +216,9 @@ fn a_jit_c_without_patch_functions_is_bad_input() {
 
 #[test]
 fn diff_patch_finds_the_synthetic_wild_read_and_agrees_elsewhere() {
+    if !have_cc() {
+        return;
+    }
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "300", "--seed", "3"]);
     assert_eq!(code, 1, "{out}{err}");
