@@ -26,6 +26,9 @@ pub enum Command {
     /// Compare the holes CPython wrote (a jit_stencils.h) with the ones
     /// derived from its objects (a directory of *.o); exit 1 on differences.
     Diff(DiffArgs),
+    /// Compare stencilcheck's patch ports with a jit.c's own patch functions
+    /// on random and boundary inputs (exit 1 on any difference).
+    DiffPatch(DiffPatchArgs),
 }
 
 #[derive(clap::Args)]
@@ -34,6 +37,28 @@ pub struct DiffArgs {
     pub header: PathBuf,
     /// The directory of objects it was generated from (or one object).
     pub objects: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct DiffPatchArgs {
+    /// The `Python/jit.c` whose patch functions are compared.
+    #[arg(long = "jit-c", value_name = "PATH")]
+    pub jit_c: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Cases per patch function.
+    #[arg(long, default_value_t = 2000)]
+    pub cases: u64,
+    /// Differences printed per function (and per header).
+    #[arg(long, default_value_t = 5)]
+    pub show: usize,
+    /// Also replay every emit function of this jit_stencils.h (any target,
+    /// aarch64 included) with both patchers and compare the images.
+    #[arg(long, value_name = "HEADER")]
+    pub header: Option<PathBuf>,
+    /// Placements per stencil for --header.
+    #[arg(long, default_value_t = 16)]
+    pub placements: u32,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +111,10 @@ pub struct VerifyArgs {
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
+    /// Patch with the `patch_*` functions of this `Python/jit.c` (compiled
+    /// with the system C compiler) instead of stencilcheck's Rust ports.
+    #[arg(long = "jit-c", value_name = "PATH")]
+    pub jit_c: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -96,13 +125,11 @@ pub enum Format {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Verify(args) => verify(&args),
-        Command::Bench(args) => bench(&args),
-        Command::Diff(args) => diff(&args),
-    };
+    let mut out = String::new();
+    let result = dispatch(cli.command, &mut out);
+    print!("{out}");
     match result {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("stencilcheck: error: {e}");
             ExitCode::from(2)
@@ -110,15 +137,42 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn diff(args: &DiffArgs) -> Result<ExitCode, BadInput> {
+fn dispatch(command: Command, out: &mut String) -> Result<u8, BadInput> {
+    match command {
+        Command::Verify(args) => verify(&args, out),
+        Command::Bench(args) => bench(&args, out),
+        Command::Diff(args) => diff(&args, out),
+        Command::DiffPatch(args) => diff_patch(&args, out),
+    }
+}
+/// Runs a command line in this process (what the tests use, so they do not
+/// depend on a binary another build may have replaced): exit code, stdout,
+/// stderr.
+pub fn run<I, T>(args: I) -> (u8, String, String)
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => return (e.exit_code() as u8, String::new(), e.to_string()),
+    };
+    let mut out = String::new();
+    match dispatch(cli.command, &mut out) {
+        Ok(code) => (code, out, String::new()),
+        Err(e) => (2, out, format!("stencilcheck: error: {e}\n")),
+    }
+}
+
+fn diff(args: &DiffArgs, out: &mut String) -> Result<u8, BadInput> {
     let header = load::load_path(&args.header)?;
     let objects = load::load_path(&args.objects)?;
     let diffs = crate::diff::diff(&header, &objects);
-    print!("{}", crate::diff::render(&header, &objects, &diffs));
-    Ok(if diffs.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    out.push_str(&crate::diff::render(&header, &objects, &diffs));
+    Ok(if diffs.is_empty() { 0 } else { 1 })
 }
 
-fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
+fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
     let set = match &args.input {
         Some(input) => load::load_path(input)?,
         None => crate::corpus::load()?,
@@ -127,6 +181,18 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         let checked = crate::load::crosscheck::check(&set)?;
         eprintln!("cross-check: {checked}");
     }
+    let native = match &args.jit_c {
+        Some(path) => {
+            let native = patch::native::NativePatcher::from_path(path)?;
+            native.check_set(&set, path)?;
+            Some(native)
+        }
+        None => None,
+    };
+    let patcher: &(dyn patch::Patcher + Sync) = match &native {
+        Some(n) => n,
+        None => &patch::Ports,
+    };
     let threads = args.threads.unwrap_or_else(default_threads);
     let options = pipeline::Options {
         seed: args.seed,
@@ -136,7 +202,7 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         instruction_limit: args.instruction_limit,
         threads,
         strict: args.strict,
-        patcher: &patch::Ports,
+        patcher,
     };
     let started = Instant::now();
     let outcome = pipeline::verify(&set, &options)?;
@@ -145,20 +211,48 @@ fn verify(args: &VerifyArgs) -> Result<ExitCode, BadInput> {
         Format::Json => report::json(&set, &outcome, args.placements, &replay),
         Format::Human => report::human(&set, &outcome, args.placements, &replay, started.elapsed(), args.verbose),
     };
-    print!("{text}");
+    out.push_str(&text);
     let findings = outcome.results.iter().any(|r| !r.findings.is_empty());
-    Ok(if findings { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if findings { 1 } else { 0 })
 }
 
-fn bench(args: &BenchArgs) -> Result<ExitCode, BadInput> {
+fn bench(args: &BenchArgs, out: &mut String) -> Result<u8, BadInput> {
     let options = crate::bench::BenchOptions {
         seed: args.seed,
         placements: args.placements,
         repeat: args.repeat,
         threads: args.threads.unwrap_or_else(default_threads),
     };
-    print!("{}", crate::bench::bench(&args.input, &options, &patch::Ports)?);
-    Ok(ExitCode::SUCCESS)
+    out.push_str(&crate::bench::bench(&args.input, &options, &patch::Ports)?);
+    Ok(0)
+}
+
+fn diff_patch(args: &DiffPatchArgs, out: &mut String) -> Result<u8, BadInput> {
+    let native = patch::native::NativePatcher::from_path(&args.jit_c)?;
+    let summary = crate::diffpatch::run(&native, args.seed, args.cases);
+    out.push_str(&crate::diffpatch::report(&summary, patch::Patcher::name(&native), args.show));
+    let mut differ = !summary.differences.is_empty();
+    if let Some(header) = &args.header {
+        let set = load::load_path(header)?;
+        native.check_set(&set, &args.jit_c)?;
+        let emits = crate::diffpatch::compare_emits(&set, &native, args.seed, args.placements);
+        for d in emits.differences.iter().take(args.show) {
+            out.push_str(d);
+            out.push_str("\n\n");
+        }
+        if emits.differences.len() > args.show {
+            out.push_str(&format!("... {} more stencil run(s) differ\n", emits.differences.len() - args.show));
+        }
+        out.push_str(&format!(
+            "diff-patch: {}: {} stencil runs replayed with both, {} skipped (placement unusable), {}\n",
+            header.display(),
+            emits.runs,
+            emits.skipped,
+            if emits.differences.is_empty() { "no differences".to_string() } else { format!("{} differ", emits.differences.len()) }
+        ));
+        differ |= !emits.differences.is_empty();
+    }
+    Ok(if differ { 1 } else { 0 })
 }
 
 fn default_threads() -> usize {
@@ -176,6 +270,9 @@ fn replay_base(args: &VerifyArgs) -> String {
     }
     if args.strict {
         base.push_str(" --strict");
+    }
+    if let Some(jit_c) = &args.jit_c {
+        base.push_str(&format!(" --jit-c {}", shell_word(&jit_c.display().to_string())));
     }
     base
 }

@@ -21,4 +21,5 @@ pub mod pipeline;
 pub mod bench;
 pub mod corpus;
 pub mod diff;
+pub mod diffpatch;
 pub mod cli;

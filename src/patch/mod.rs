@@ -20,6 +20,7 @@
 
 pub mod aarch64;
 pub mod x86_64;
+pub mod native;
 
 use crate::model::{hex_signed, EmitOp, PatchCall, PatchFn, Section, Stencil};
 use crate::place::Placement;

@@ -1,0 +1,414 @@
+//! The user's own `jit.c` as the patcher (`--jit-c`, `diff-patch`).
+//!
+//! The synthetic-jit.c tests always run. The CPython tests need CPython
+//! 3.13.5's source and stencils (`scripts/verify-cpython.sh` makes them):
+//! `/tmp/cpython-src/Python-3.13.5/Python/jit.c` and
+//! `/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_stencils.h`;
+//! without them they print a note and pass. The mutants are made here, at
+//! test time, from that file: no CPython code is kept in this repository.
+
+use stencilcheck::model::PatchFn;
+use stencilcheck::patch::native::{self, NativePatcher};
+use stencilcheck::patch::{Image, Patcher, Ports};
+use std::path::{Path, PathBuf};
+
+const JIT_C: &str = "/tmp/cpython-src/Python-3.13.5/Python/jit.c";
+const HEADER: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_stencils.h";
+const HEADER_A64: &str = "/tmp/cpython-stencils/3.13.5/aarch64-unknown-linux-gnu/jit_stencils.h";
+
+fn cpython() -> Option<(String, PathBuf)> {
+    if !have_cc() {
+        return None;
+    }
+    if !Path::new(JIT_C).exists() || !Path::new(HEADER).exists() {
+        eprintln!("note: {JIT_C} or {HEADER} missing; skipped (run scripts/verify-cpython.sh)");
+        return None;
+    }
+    Some((std::fs::read_to_string(JIT_C).unwrap(), PathBuf::from(HEADER)))
+}
+
+/// The command line, run in this process (`cli::run`): the shared target
+/// directory's binary may belong to another branch's build.
+fn run(args: &[&str]) -> (i32, String, String) {
+    let (code, out, err) = stencilcheck::cli::run(std::iter::once("stencilcheck").chain(args.iter().copied()));
+    (code as i32, out, err)
+}
+
+/// The system C compiler `--jit-c` needs (`$CC`, else `cc`).
+fn have_cc() -> bool {
+    let cc = std::env::var("CC").ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "cc".into());
+    let ok = std::process::Command::new(&cc).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("note: no C compiler ({cc}); skipped");
+    }
+    ok
+}
+
+/// Writes `src` as `<tempdir>/Python/jit.c`.
+fn write_jit_c(src: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("Python")).unwrap();
+    let path = dir.path().join("Python/jit.c");
+    std::fs::write(&path, src).unwrap();
+    (dir, path.display().to_string())
+}
+
+/// `src` with `from` replaced (exactly once) by `to`.
+fn mutate(src: &str, from: &str, to: &str) -> String {
+    assert_eq!(src.matches(from).count(), 1, "mutation site {from:?} not unique in jit.c");
+    src.replacen(from, to, 1)
+}
+
+// -- synthetic jit.c (always runs) --------------------------------------------
+
+/// Not CPython's code: a tiny jit.c-shaped file with a helper, a macro, an
+/// assert, a wild read and a function taking other arguments.
+const SYNTHETIC: &str = r#"
+#include "Python.h"   /* never compiled: only the patch functions are */
+static void not_needed(void) { PyErr_SetString(NULL, "x { }"); }
+#define IN_RANGE(V) ((int64_t)(V) >= -(1LL << 31) && (int64_t)(V) < (1LL << 31))
+static uint32_t low32(uint64_t v) { return (uint32_t)v; }  // helper
+void
+patch_64(unsigned char *location, uint64_t value)
+{
+    *(uint64_t *)location = value;
+}
+void
+patch_32r(unsigned char *location, uint64_t value)
+{
+    value -= (uintptr_t)location;
+    assert(IN_RANGE(value));
+    *(uint32_t *)location = low32(value);
+}
+void
+patch_x86_64_32rx(unsigned char *location, uint64_t value)
+{
+    /* a wild read: value is not an address */
+    uint64_t relaxed = *(uint64_t *)value;
+    patch_32r(location, relaxed);
+}
+void
+patch_32(unsigned char *location, uint64_t value)
+{
+    *(uint64_t *)location = value;  /* 4 bytes too many */
+}
+void
+patch_other(unsigned char *location, int ordinal, void *state)
+{
+    (void)location; (void)ordinal; (void)state;
+}
+"#;
+
+const CODE: u64 = 0x3456_7000_1000;
+
+fn image() -> Image {
+    Image::new(CODE, vec![0x90; 32], CODE + 0x40, vec![0; 32])
+}
+
+#[test]
+fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(SYNTHETIC);
+    let native = NativePatcher::from_path(Path::new(&path)).unwrap();
+    assert_eq!(native.entry_points, ["patch_64", "patch_32r", "patch_x86_64_32rx", "patch_32"]);
+    assert!(native.name().contains("jit.c"));
+
+    for (func, loc, value) in [
+        (PatchFn::P64, CODE + 0x48, 0x1122_3344_5566_7788u64),
+        (PatchFn::P32r, CODE + 4, CODE + 0x1000),
+        (PatchFn::P32r, CODE + 4, CODE - 0x7fff_0000),
+    ] {
+        let (mut a, mut b) = (image(), image());
+        Ports.patch(func, &mut a, loc, value).unwrap();
+        native.patch(func, &mut b, loc, value).unwrap();
+        assert_eq!(a, b, "{func} {loc:#x} {value:#x}");
+    }
+
+    // An assert: condition, function and jit.c line (16) are reported.
+    let mut im = image();
+    let err = native.patch(PatchFn::P32r, &mut im, CODE + 4, CODE + (1 << 32)).unwrap_err();
+    assert!(err.message.contains("assert(IN_RANGE(value)) failed in patch_32r (jit.c line 15)"), "{}", err.message);
+    assert_eq!(im, image(), "nothing written before the assert");
+
+    // A wild read: a finding, not a crash; and the process keeps working.
+    let err = native.patch(PatchFn::X86_64_32rx, &mut image(), CODE + 4, 0x10).unwrap_err();
+    assert!(err.message.contains("SIGSEGV") && err.message.contains("accessed 0x10"), "{}", err.message);
+    let mut im = image();
+    native.patch(PatchFn::P64, &mut im, CODE, 7).unwrap();
+    assert_eq!(im.read_u64(CODE), Some(7));
+
+    // A write past the image (patch_32 writing 8 bytes at its last 4) is
+    // reported; the next image on the same pages, at another offset, is not
+    // confused by what the previous one left there.
+    let err = native.patch(PatchFn::P32, &mut image(), CODE + 28, 5).unwrap_err();
+    assert!(err.message.contains(&format!("wrote at {:#x}", CODE + 32)), "{}", err.message);
+    for shift in [0u64, 8, 0x100, 0] {
+        let mut im = Image::new(CODE + shift, vec![1; 32], CODE + shift + 0x40, vec![2; 32]);
+        native.patch(PatchFn::P64, &mut im, CODE + shift + 0x40, 9).unwrap();
+        native.patch(PatchFn::P32, &mut im, CODE + shift, 3).unwrap();
+        assert_eq!(im.read_u64(CODE + shift), Some(3));
+    }
+
+    // A function the jit.c lacks.
+    let err = native.patch(PatchFn::Aarch64_26r, &mut image(), CODE, 0).unwrap_err();
+    assert!(err.message.contains("not defined"), "{}", err.message);
+}
+
+#[test]
+fn a_taken_address_range_is_reported_as_an_unusable_placement() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(SYNTHETIC);
+    let native = NativePatcher::from_path(Path::new(&path)).unwrap();
+    let mine = [0u8; 64];
+    let addr = mine.as_ptr() as u64;
+    let mut im = Image::new(addr, vec![0; 8], addr + 4096, vec![0; 8]);
+    let err = native.patch(PatchFn::P64, &mut im, addr, 1).unwrap_err();
+    assert!(err.message.starts_with(native::UNUSABLE), "{}", err.message);
+}
+
+#[test]
+fn native_patching_is_safe_from_several_threads() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(SYNTHETIC);
+    let native = NativePatcher::from_path(Path::new(&path)).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let native = &native;
+            s.spawn(move || {
+                for i in 0..200u64 {
+                    let code = CODE + (t << 24) + i * 0x2000;
+                    let mut im = Image::new(code, vec![0; 16], code + 16, vec![0; 16]);
+                    native.patch(PatchFn::P32r, &mut im, code + 4, code + 0x100).unwrap();
+                    assert_eq!(im.read_u32(code + 4), Some(0xfc));
+                    assert!(native.patch(PatchFn::X86_64_32rx, &mut im, code, 8).is_err());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_jit_c_that_does_not_compile_is_bad_input_with_the_first_error_line() {
+    if !have_cc() {
+        return;
+    }
+    let broken = SYNTHETIC.replace("value -= (uintptr_t)location;", "value -= (uintptr_t)location");
+    let (_dir, path) = write_jit_c(&broken);
+    let (code, _, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "10"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("do not compile") && err.contains("jit.c:14") && err.contains("error"), "{err}");
+}
+
+#[test]
+fn a_jit_c_without_patch_functions_is_bad_input() {
+    let (_dir, path) = write_jit_c("int main(void) { return 0; }\n");
+    let (code, _, err) = run(&["diff-patch", "--jit-c", &path]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no patch_* function"), "{err}");
+}
+
+#[test]
+fn diff_patch_finds_the_synthetic_wild_read_and_agrees_elsewhere() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(SYNTHETIC);
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "300", "--seed", "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERENCE patch_x86_64_32rx"), "{out}");
+    assert!(!out.contains("in patch_64") && !out.contains("DIFFERENCE patch_32r"), "{out}");
+    assert!(out.contains("patch_32r 300"), "{out}");
+}
+
+// -- CPython 3.13.5's jit.c ---------------------------------------------------
+
+#[test]
+fn cpython_313_jit_c_agrees_with_the_ports() {
+    let Some(_) = cpython() else { return };
+    let (code, out, err) = run(&["diff-patch", "--jit-c", JIT_C, "--cases", "3000"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no differences") && out.contains("patch_aarch64_33rx 3000"), "{out}");
+}
+
+#[test]
+fn cpython_313_header_verifies_with_its_own_jit_c() {
+    let Some(_) = cpython() else { return };
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", JIT_C, "--placements", "8"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("235 stencils: 235 correct"), "{out}");
+}
+
+#[test]
+fn a_header_patch_function_missing_from_jit_c_is_bad_input() {
+    let Some(_) = cpython() else { return };
+    let (_dir, path) = write_jit_c(SYNTHETIC.replace("patch_x86_64_32rx", "patch_renamed").as_str());
+    let (code, _, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("patch_x86_64_32rx") && err.contains("not defined"), "{err}");
+}
+
+/// Verifies the x86-64 header with a mutant; returns the report.
+fn verify_mutant(mutant: &str) -> String {
+    let (_dir, path) = write_jit_c(mutant);
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "8"]);
+    assert_eq!(code, 1, "mutant not caught:\n{out}{err}");
+    assert!(out.contains("FINDING _"), "{out}");
+    assert!(out.contains(&format!("--jit-c {path}")), "replay names the jit.c:\n{out}");
+    out
+}
+
+#[test]
+fn mutant_wrong_sign_in_the_relaxed_displacement_is_caught() {
+    let Some((src, _)) = cpython() else { return };
+    let m = mutate(
+        &src,
+        "loc8[-2] = 0x8D;\n            value = relaxed;",
+        "loc8[-2] = 0x8D;\n            value = 2 * (uint64_t)location - relaxed;",
+    );
+    let out = verify_mutant(&m);
+    assert!(out.contains("[wrong_value]") && out.contains("lea "), "{out}");
+    assert!(out.contains("hole         patch_x86_64_32rx(code + 0x"), "{out}");
+}
+
+#[test]
+fn mutant_relaxing_call_star_to_jmp_is_caught() {
+    let Some((src, _)) = cpython() else { return };
+    let m = mutate(&src, "loc8[-1] = 0xE8;", "loc8[-1] = 0xE9;");
+    // The judge sees the relaxed `jmp` reach S like the `call` would, so
+    // what shows is the missing return address: the stack at the exit.
+    let out = verify_mutant(&m);
+    assert!(out.contains("[stack_imbalance]") || out.contains("control went to"), "{out}");
+}
+
+#[test]
+fn mutant_missing_minus_4_is_caught() {
+    let Some((src, _)) = cpython() else { return };
+    let m = mutate(&src, "*(uint64_t *)(value + 4) - 4;", "*(uint64_t *)(value + 4);");
+    let out = verify_mutant(&m);
+    assert!(out.contains("[wrong_value]"), "{out}");
+    assert!(out.contains("hole         patch_x86_64_32rx(code + 0x"), "{out}");
+}
+
+#[test]
+fn mutant_without_range_checks_is_caught_at_far_placements() {
+    let Some((src, _)) = cpython() else { return };
+    // Always relax, and let patch_32r truncate silently.
+    let m = mutate(
+        &src,
+        "if ((int64_t)relaxed - (int64_t)location >= -(1LL << 31) &&\n        (int64_t)relaxed - (int64_t)location + 1 < (1LL << 31))",
+        "if (1)",
+    );
+    let m = mutate(
+        &m,
+        "    assert((int64_t)value >= -(1LL << 31));\n    assert((int64_t)value < (1LL << 31));\n    *loc32 = (uint32_t)value;",
+        "    *loc32 = (uint32_t)value;",
+    );
+    let out = verify_mutant(&m);
+    assert!(out.contains("FarExterns") || out.contains("Scattered"), "{out}");
+    assert!(!out.contains("[patch_assert]"), "no assert is left to fire:\n{out}");
+}
+
+#[test]
+fn mutant_aarch64_wrong_bit_field_is_caught_by_diff_patch() {
+    let Some((src, _)) = cpython() else { return };
+    for (from, to, func) in [
+        ("set_bits(loc32, 29, value, 0, 2);", "set_bits(loc32, 28, value, 0, 2);", "patch_aarch64_21r"),
+        ("set_bits(loc32, 5, value, 32, 16);", "set_bits(loc32, 5, value, 31, 16);", "patch_aarch64_16c"),
+        ("set_bits(loc32, 0, value, 2, 26);", "set_bits(loc32, 0, value, 1, 26);", "patch_aarch64_26r"),
+    ] {
+        let (_dir, path) = write_jit_c(&mutate(&src, from, to));
+        let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "500"]);
+        assert_eq!(code, 1, "{to}: {out}{err}");
+        assert!(out.contains(&format!("DIFFERENCE {func}(")), "{to}: {out}");
+    }
+}
+
+/// A patcher whose every call finds its placement taken.
+struct Taken;
+
+impl Patcher for Taken {
+    fn patch(&self, func: PatchFn, _: &mut Image, location: u64, value: u64) -> Result<(), stencilcheck::patch::PatchAssert> {
+        Err(stencilcheck::patch::PatchAssert {
+            func,
+            location,
+            value,
+            message: format!("{}: test", native::UNUSABLE),
+        })
+    }
+    fn name(&self) -> &str {
+        "taken"
+    }
+}
+
+#[test]
+fn an_unusable_placement_is_inconclusive_not_a_finding() {
+    let Some((_, header)) = cpython() else { return };
+    let set = stencilcheck::load::load_path(&header).unwrap();
+    for strict in [false, true] {
+        let options = stencilcheck::pipeline::Options {
+            seed: 1,
+            placements: 3,
+            stencils: vec!["_BINARY_OP".into()],
+            placement: None,
+            instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
+            threads: 1,
+            strict,
+            patcher: &Taken,
+        };
+        let outcome = stencilcheck::pipeline::verify(&set, &options).unwrap();
+        let r = &outcome.results[0];
+        if strict {
+            assert_eq!(r.findings.len(), 1, "--strict counts it");
+        } else {
+            assert!(r.findings.is_empty());
+            assert_eq!(r.inconclusive, 3);
+            assert!(r.first_inconclusive.as_ref().unwrap().1.starts_with(native::UNUSABLE));
+        }
+    }
+}
+
+#[test]
+fn mutant_off_by_one_reach_checks_are_caught_by_diff_patch() {
+    let Some((src, _)) = cpython() else { return };
+    for (from, to, func) in [
+        // patch_32r's upper bound.
+        ("assert((int64_t)value < (1LL << 31));", "assert((int64_t)value <= (1LL << 31));", "patch_"),
+        // patch_x86_64_32rx's relaxation reach without its `+ 1`.
+        (
+            "(int64_t)relaxed - (int64_t)location + 1 < (1LL << 31)",
+            "(int64_t)relaxed - (int64_t)location < (1LL << 31)",
+            "patch_x86_64_32rx",
+        ),
+    ] {
+        let (_dir, path) = write_jit_c(&mutate(&src, from, to));
+        let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "2000"]);
+        assert_eq!(code, 1, "{to}: {out}{err}");
+        assert!(out.contains(&format!("DIFFERENCE {func}")), "{to}: {out}");
+    }
+}
+
+#[test]
+fn diff_patch_replays_the_aarch64_header_with_both_patchers() {
+    let Some((src, _)) = cpython() else { return };
+    if !Path::new(HEADER_A64).exists() {
+        eprintln!("note: {HEADER_A64} missing; skipped");
+        return;
+    }
+    let (code, out, err) = run(&["diff-patch", "--jit-c", JIT_C, "--cases", "10", "--header", HEADER_A64]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("stencil runs replayed with both, 0 skipped (placement unusable), no differences"), "{out}");
+
+    let m = mutate(&src, "set_bits(loc32, 29, value, 0, 2);", "set_bits(loc32, 28, value, 0, 2);");
+    let (_dir, path) = write_jit_c(&m);
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "10", "--header", HEADER_A64]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERENCE _") && out.contains("first differing byte code+0x"), "{out}");
+    assert!(out.contains("hole        patch_aarch64_21r"), "{out}");
+}
