@@ -278,6 +278,10 @@ pub fn judge_sites(
             });
             continue;
         };
+        if let Some(finding) = changed_transfer(arch, stencil, placement, image, obs) {
+            out.push(finding);
+            continue;
+        }
         if let Some((expected, actual, what)) = check_site(stencil, placement, obs, effect) {
             let exp = shown(stencil, placement, expected);
             let act = shown(stencil, placement, actual);
@@ -301,6 +305,50 @@ pub fn judge_sites(
         }
     }
     out
+}
+
+/// A call must stay a call and a jump a jump, however the patch relaxed it
+/// (LLVM JITLink once relaxed `call *` into a `jmp`: right target, wrong kind).
+fn changed_transfer(
+    arch: crate::model::Arch,
+    stencil: &Stencil,
+    placement: &Placement,
+    image: &Image,
+    obs: &SiteObservation,
+) -> Option<Finding> {
+    use crate::execute::{transfer_class, TransferClass};
+    let reloc = &stencil.relocations[obs.relocation];
+    let original = stencil.instruction_at(reloc.offset)?;
+    let before = transfer_class(arch, &original.bytes, placement.code + original.offset);
+    let end = image.code_addr + image.code.len() as u64;
+    let patched = image.read(obs.pc, (end.saturating_sub(obs.pc)).min(15) as usize)?;
+    let after = transfer_class(arch, patched, obs.pc);
+    if before == after || (before == TransferClass::Other && after == TransferClass::Other) {
+        return None;
+    }
+    Some(Finding {
+        kind: FindingKind::MangledSite,
+        message: format!(
+            "the {} at code+{:#x} (`{}`) is now a {} after patching",
+            class_name(before),
+            original.offset,
+            original.text,
+            class_name(after)
+        ),
+        relocation: Some(obs.relocation),
+        at: None,
+        site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+        expected: None,
+        actual: None,
+    })
+}
+
+fn class_name(c: crate::execute::TransferClass) -> &'static str {
+    match c {
+        crate::execute::TransferClass::Call => "call",
+        crate::execute::TransferClass::Jump => "jump",
+        crate::execute::TransferClass::Other => "non-branch instruction",
+    }
 }
 
 /// Data slots must hold what the header's data comments say (`18: CONTINUE`).

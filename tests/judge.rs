@@ -333,6 +333,28 @@ fn mutant_absolute_address_in_relaxed_call_is_caught() {
     }
 }
 
+/// The other half of the JITLink bug family: `call *` relaxed into `jmp`
+/// (e9). The target is right, so only the kind of transfer gives it away.
+#[test]
+fn mutant_relaxed_call_turned_into_a_jump_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    for seed in 0..4 {
+        let p = placement_of(&s, seed, Layout::Compact);
+        let mut image = patch::emit(&s, &p, &Ports).unwrap();
+        assert_eq!(image.code[22..24], [0x90, 0xe8]);
+        // e9 with the same rel32 reaches PyFunc, but never comes back.
+        image.code[23] = 0xe9;
+        let j = judge(&mut e, &s, &p, &image);
+        for fs in [&j.static_findings, &j.dynamic_findings] {
+            let f: Vec<&Finding> = fs.iter().filter(|f| f.relocation == Some(R_FUNC)).collect();
+            assert_eq!(f.len(), 1, "seed {seed}: {fs:#?}");
+            assert_eq!(f[0].kind, FindingKind::MangledSite);
+            assert!(f[0].message.contains("call") && f[0].message.contains("now a jump"), "{}", f[0].message);
+        }
+    }
+}
+
 #[test]
 fn mutant_got_slot_redirected_to_the_error_target_is_caught() {
     let s = uop();

@@ -281,10 +281,11 @@ fn mutant_wrong_sign_in_the_relaxed_displacement_is_caught() {
 fn mutant_relaxing_call_star_to_jmp_is_caught() {
     let Some((src, _)) = cpython() else { return };
     let m = mutate(&src, "loc8[-1] = 0xE8;", "loc8[-1] = 0xE9;");
-    // The judge sees the relaxed `jmp` reach S like the `call` would, so
-    // what shows is the missing return address: the stack at the exit.
+    // The relaxed `jmp` reaches S like the `call` would; the site is named
+    // because a call must stay a call.
     let out = verify_mutant(&m);
-    assert!(out.contains("[stack_imbalance]") || out.contains("control went to"), "{out}");
+    assert!(out.contains("[mangled_site]") && out.contains("is now a jump after patching"), "{out}");
+    assert!(out.contains("hole         patch_x86_64_32rx(code + 0x"), "{out}");
 }
 
 #[test]

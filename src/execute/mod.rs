@@ -206,6 +206,22 @@ impl Contents<'_> {
     }
 }
 
+/// What kind of control transfer an instruction is: relaxation may rewrite
+/// an instruction, but a call must stay a call and a jump a jump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferClass {
+    Call,
+    Jump,
+    Other,
+}
+
+pub fn transfer_class(arch: Arch, bytes: &[u8], ip: u64) -> TransferClass {
+    match arch {
+        Arch::X86_64 => x86_64::transfer_class(bytes, ip),
+        Arch::Aarch64 => TransferClass::Other,
+    }
+}
+
 /// An instruction formatted for reports.
 pub fn format_instruction(arch: Arch, bytes: &[u8], ip: u64) -> String {
     match arch {

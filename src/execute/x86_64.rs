@@ -139,6 +139,16 @@ fn decode(bytes: &[u8], ip: u64) -> (Instruction, ConstantOffsets) {
     (insn, offsets)
 }
 
+pub fn transfer_class(bytes: &[u8], ip: u64) -> super::TransferClass {
+    use super::TransferClass;
+    let (insn, _) = decode(bytes, ip);
+    match insn.flow_control() {
+        FlowControl::Call | FlowControl::IndirectCall => TransferClass::Call,
+        FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => TransferClass::Jump,
+        _ => TransferClass::Other,
+    }
+}
+
 /// Format an instruction the way reports show it (Intel syntax, like iced's default).
 pub fn format_at(bytes: &[u8], ip: u64) -> String {
     use iced_x86::{Formatter, IntelFormatter};
