@@ -2,7 +2,7 @@
 //! (the header) against stencilcheck's own (the object loader), stencil by
 //! stencil: bytes, holes (patch calls, in emit order) and relocations.
 
-use crate::model::{EmitOp, PatchCall, Relocation, Stencil, StencilSet};
+use crate::model::{EmitOp, Relocation, Stencil, StencilSet};
 use std::collections::BTreeMap;
 
 /// One difference, already worded; `stencil` is empty for set-level ones.
@@ -10,10 +10,6 @@ use std::collections::BTreeMap;
 pub struct Difference {
     pub stencil: String,
     pub what: String,
-}
-
-fn call(p: &PatchCall) -> String {
-    format!("{}({} + {:#x}, {})", p.func, p.section, p.offset, p.value)
 }
 
 fn reloc(r: &Relocation) -> String {
@@ -57,7 +53,7 @@ fn stencil(h: &Stencil, o: &Stencil, out: &mut Vec<Difference>) {
             .map(|op| match op {
                 EmitOp::CopyData { .. } => "memcpy(data)".to_string(),
                 EmitOp::CopyCode { .. } => "memcpy(code)".to_string(),
-                EmitOp::Patch(p) => call(p),
+                EmitOp::Patch(p) => p.to_string(),
             })
             .collect()
     };

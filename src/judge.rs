@@ -243,13 +243,9 @@ fn site(
         instruction_offset: Some(pc.wrapping_sub(placement.code)),
         relocation: Some(reloc.text.clone()),
         relocation_line: Some(reloc.line),
-        hole: hole.map(hole_text),
+        hole: hole.map(PatchCall::to_string),
         hole_line: hole.map(|h| h.line),
     }
-}
-
-pub fn hole_text(h: &PatchCall) -> String {
-    format!("{}({} + {:#x}, {})", h.func, h.section, h.offset, h.value)
 }
 
 /// Judge the site observations (static or dynamic) of one placement.
@@ -381,7 +377,7 @@ pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image)
                     instruction_offset: None,
                     relocation: None,
                     relocation_line: None,
-                    hole: hole.map(hole_text),
+                    hole: hole.map(PatchCall::to_string),
                     hole_line: hole.map(|h| h.line),
                 }),
                 expected: Some(shown(stencil, placement, expected)),
@@ -398,7 +394,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
     let relocation = stencil.relocations.iter().position(|r| r.offset == call.offset && call.section == Section::Code);
     Finding {
         kind: FindingKind::PatchAssert,
-        message: format!("{} (line {}): {}", hole_text(call), call.line, failure.assert.message),
+        message: format!("{} (line {}): {}", call, call.line, failure.assert.message),
         relocation,
         at: None,
         site: Some(Site {
@@ -412,7 +408,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
             instruction_offset: None,
             relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
             relocation_line: relocation.map(|i| stencil.relocations[i].line),
-            hole: Some(hole_text(call)),
+            hole: Some(call.to_string()),
             hole_line: Some(call.line),
         }),
         expected: None,
@@ -488,7 +484,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
             let allowed = match kind {
                 // Back to whoever entered the trace (the trampoline's caller,
                 // or the trampoline for a uop that leaves the JIT).
-                ExitKind::Return => *target == crate::execute::x86_64::RETURN_SENTINEL,
+                ExitKind::Return => *target == crate::execute::RETURN_SENTINEL,
                 ExitKind::AfterNoReturnCall => true,
                 _ => *computed || allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
             };
@@ -518,7 +514,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 format!(
                     "at {} wanted made-up memory at {address:#x} beyond the {} regions a run may have",
                     at(*pc),
-                    crate::execute::x86_64::DEMAND_REGION_LIMIT
+                    crate::execute::DEMAND_REGION_LIMIT
                 ),
             );
         }

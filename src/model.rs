@@ -421,6 +421,13 @@ impl fmt::Display for PatchFn {
     }
 }
 
+impl fmt::Display for PatchCall {
+    /// As the header spells the call: `patch_32r(code + 0xc, (uintptr_t)data + -0x4)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({} + {:#x}, {})", self.func, self.section, self.offset, self.value)
+    }
+}
+
 /// A patch value: a term plus a constant, e.g. `(uintptr_t)data + -0x4`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Value {

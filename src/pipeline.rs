@@ -65,7 +65,7 @@ pub struct Outcome {
 /// Check every selected stencil of `set` under `options`.
 pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> {
     let selected = select(set, &options.stencils)?;
-    let convention = execute::x86_64::convention(set);
+    let convention = execute::convention(set);
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<StencilResult, BadInput>>>> =
         selected.iter().map(|_| Mutex::new(None)).collect();

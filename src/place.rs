@@ -159,7 +159,7 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, &stencil.name, index));
     let layout = LAYOUT_CYCLE[index as usize % LAYOUT_CYCLE.len()];
     let constraints = Constraints::of(stencil);
-    let span = constraints.data_offsets(stencil);
+    let span = constraints.data_offsets();
     if span.is_empty() {
         return Err(BadInput::at_line(
             "stencil",
@@ -277,7 +277,8 @@ impl<'a> Constraints<'a> {
     }
 
     /// Offsets `data - code` at which every relative hole on `data` reaches.
-    fn data_offsets(&self, stencil: &Stencil) -> Range<i64> {
+    fn data_offsets(&self) -> Range<i64> {
+        let stencil = self.stencil;
         let mut lo = i64::MIN;
         let mut hi = i64::MAX;
         for (offset, value, r) in self.relative_holes() {

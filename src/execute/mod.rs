@@ -21,6 +21,13 @@ pub use crate::place::HEAP_OBJECTS;
 /// Default instruction budget of one run. Generous: loops bounded by oparg
 /// (≤ 65535 iterations) stay well under it.
 pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 200_000;
+/// Where a `ret` to the trace's caller goes: in the first 64 KiB, never
+/// executable, distinct from every placed address.
+pub const RETURN_SENTINEL: u64 = 0xdea0;
+/// Made-up regions one run may map. Correct stencils touch a handful; runs
+/// that walk made-up pointers further are inconclusive, and bounding them
+/// keeps every run cheap (each mapping costs more than the last).
+pub const DEMAND_REGION_LIMIT: usize = 24;
 /// Wall-clock backstop for one run.
 pub const RUN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Calls a run may make before we call it a runaway.
@@ -140,10 +147,17 @@ pub fn static_sites(arch: Arch, stencil: &Stencil, image: &crate::patch::Image) 
     }
 }
 
+/// The registers frame, stack_pointer and tstate arrive in, for a set.
+pub fn convention(set: &StencilSet) -> Convention {
+    match set.arch {
+        Arch::X86_64 | Arch::Aarch64 => x86_64::convention(set),
+    }
+}
+
 /// The engine for a stencil set's architecture.
 pub fn engine_for(set: &StencilSet, limit: u64) -> Result<Box<dyn Engine>, String> {
     match set.arch {
-        Arch::X86_64 => Ok(Box::new(x86_64::UnicornX86::new(x86_64::convention(set), limit)?)),
+        Arch::X86_64 => Ok(Box::new(x86_64::UnicornX86::new(convention(set), limit)?)),
         Arch::Aarch64 => Err("executing aarch64 stencils is not supported yet".into()),
     }
 }

@@ -24,9 +24,7 @@ use std::ops::Range;
 use unicorn_engine::unicorn_const::{Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
-/// Where a `ret` from the trampoline goes: in the never-mapped first 64 KiB,
-/// distinct from every placed address.
-pub const RETURN_SENTINEL: u64 = 0xdea0;
+pub use super::{DEMAND_REGION_LIMIT, RETURN_SENTINEL};
 
 /// CPython 3.13 on x86-64 enters uops with GHC's convention (DOMAIN.md §5).
 const DEFAULT_CONVENTION: Convention =
@@ -717,9 +715,9 @@ fn on_instruction(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
 
 fn observe(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
     let end = addr + size as u64;
-    let hits: Vec<usize> = {
+    let hits: Vec<(usize, u64)> = {
         let st = uc.get_data();
-        st.fields.iter().filter(|(_, f)| (addr..end).contains(f)).map(|(i, _)| *i).collect()
+        st.fields.iter().filter(|(_, f)| (addr..end).contains(f)).copied().collect()
     };
     if hits.is_empty() {
         return;
@@ -729,11 +727,10 @@ fn observe(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
         return;
     }
     let (insn, offsets) = decode(&bytes, addr);
-    for i in hits {
+    for (i, field_addr) in hits {
         if uc.get_data().per_site[i] >= SITE_OBSERVATION_CAP {
             continue;
         }
-        let field_addr = uc.get_data().fields.iter().find(|f| f.0 == i).map(|f| f.1).unwrap_or(addr);
         let field = (field_addr - addr) as usize;
         let effect = {
             let regs = |r: Register| uc_register(r).and_then(|(reg, mask)| uc.reg_read(reg).ok().map(|v| v & mask));
@@ -780,10 +777,6 @@ fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
 /// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
 /// grows with the number of regions, so few large ones beat many pages.
 const DEMAND_CHUNK: u64 = 64 * 1024;
-/// Made-up regions one run may map. Correct stencils touch a handful; runs
-/// that walk made-up pointers further are inconclusive, and bounding them
-/// keeps every run cheap (each mapping costs more than the last).
-pub const DEMAND_REGION_LIMIT: usize = 24;
 
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     // Made-up integers are dereferenced as often as made-up pointers (a
