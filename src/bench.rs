@@ -82,11 +82,11 @@ fn place_and_patch(set: &StencilSet, o: &BenchOptions, patcher: &dyn Patcher, ju
     let mut runs = 0;
     for stencil in set.stencils.iter().filter(|s| !s.code.is_empty()) {
         for i in 0..o.placements {
-            let placement = place::place(stencil, o.seed, i)?;
+            let placement = place::place(set.target, stencil, o.seed, i)?;
             if let Ok(image) = patch::emit(stencil, &placement, patcher) {
                 if judge_too {
-                    let sites = execute::static_sites(set.arch, stencil, &image);
-                    std::hint::black_box(judge::judge_sites(set.arch, stencil, &placement, &image, &sites));
+                    let sites = set.target.info().static_sites(stencil, &image);
+                    std::hint::black_box(judge::judge_sites(set.target, stencil, &placement, &image, &sites));
                 }
                 std::hint::black_box(&image);
             }

@@ -386,7 +386,7 @@ pub fn compare_emits(
             continue;
         }
         for index in 0..placements {
-            let Ok(p) = crate::place::place(st, seed, index) else {
+            let Ok(p) = crate::place::place_within(set.target, &native.address_space(), st, seed, index) else {
                 s.skipped += 1;
                 continue;
             };

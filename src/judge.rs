@@ -6,7 +6,8 @@
 //! patch call is only named in a finding to show where the bug is.
 
 use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
-use crate::model::{DataCommentKind, Effect, PatchCall, RelocKind, Section, Stencil, Symbol};
+use crate::model::{DataCommentKind, Effect, PatchCall, Section, Stencil, Symbol};
+use crate::target::{RelExpr, Target};
 use crate::patch::{EmitFailure, Image};
 use crate::place::Placement;
 use serde::Serialize;
@@ -108,7 +109,7 @@ enum Expect {
     InRodata { start: u64, end: u64 },
 }
 
-fn expectation(stencil: &Stencil, placement: &Placement, kind: RelocKind, symbol: &Symbol, addend: i64) -> Expect {
+fn expectation(stencil: &Stencil, placement: &Placement, expr: RelExpr, symbol: &Symbol, addend: i64) -> Expect {
     let rodata = || Expect::InRodata {
         start: placement.data,
         end: placement.data + stencil.rodata_len(),
@@ -117,13 +118,10 @@ fn expectation(stencil: &Stencil, placement: &Placement, kind: RelocKind, symbol
         return rodata();
     };
     let s_plus_a = s.wrapping_add(addend as u64);
-    if kind.is_got() {
-        Expect::Uses(s)
-    } else {
-        match kind {
-            RelocKind::X86_64_PC32 | RelocKind::X86_64_PLT32 => Expect::Refers { s_plus_a },
-            _ => Expect::Absolute(s_plus_a),
-        }
+    match expr {
+        RelExpr::Got | RelExpr::GotPage | RelExpr::GotPageOffset => Expect::Uses(s),
+        RelExpr::PcRelative | RelExpr::Branch | RelExpr::Page | RelExpr::PageOffset => Expect::Refers { s_plus_a },
+        RelExpr::Absolute | RelExpr::AbsoluteChunk(_) => Expect::Absolute(s_plus_a),
     }
 }
 
@@ -137,6 +135,7 @@ fn truncate(v: u64, bits: u32) -> u64 {
 
 /// Compare one observation with its relocation. `Some((expected, actual))` on a mismatch.
 fn check_site(
+    target: Target,
     stencil: &Stencil,
     placement: &Placement,
     obs: &SiteObservation,
@@ -153,7 +152,11 @@ fn check_site(
         Effect::Address { value, .. } => Some(value),
         Effect::Immediate { .. } => None,
     };
-    match expectation(stencil, placement, reloc.kind, &reloc.symbol, reloc.addend) {
+    let Ok(expr) = target.expr(reloc.kind) else {
+        // The loader refuses kinds its target has no expression for.
+        return Some((0, 0, "has no relocation expression for"));
+    };
+    match expectation(stencil, placement, expr, &reloc.symbol, reloc.addend) {
         Expect::Uses(s) => {
             let (actual, bits, what) = match *effect {
                 Effect::Transfer { target, .. } => (target, 64, "control went to"),
@@ -166,7 +169,7 @@ fn check_site(
             (truncate(actual, bits) != truncate(s, bits)).then_some((truncate(s, bits), actual, what))
         }
         Expect::Refers { s_plus_a } => {
-            let expected = s_plus_a.wrapping_add(next_pc.wrapping_sub(p));
+            let expected = target.info().pc_relative_referent(s_plus_a, p, obs.pc, next_pc);
             let actual = referred.unwrap_or(0);
             (actual != expected).then_some((expected, actual, "referred to"))
         }
@@ -229,12 +232,13 @@ fn site(
     image: &Image,
     relocation: usize,
     pc: u64,
-    arch: crate::model::Arch,
+    target: Target,
 ) -> Site {
     let reloc = &stencil.relocations[relocation];
     let hole = hole_at(stencil, Section::Code, reloc.offset);
-    let instruction = image.read(pc, 15.min((image.code_addr + image.code.len() as u64 - pc) as usize))
-        .map(|b| crate::execute::format_instruction(arch, b, pc));
+    let info = target.info();
+    let len = info.max_instruction_len().min((image.code_addr + image.code.len() as u64).saturating_sub(pc) as usize);
+    let instruction = image.read(pc, len).map(|b| info.format_instruction(b, pc));
     Site {
         section: Section::Code,
         offset: reloc.offset,
@@ -250,7 +254,7 @@ fn site(
 
 /// Judge the site observations (static or dynamic) of one placement.
 pub fn judge_sites(
-    arch: crate::model::Arch,
+    target: Target,
     stencil: &Stencil,
     placement: &Placement,
     image: &Image,
@@ -268,24 +272,24 @@ pub fn judge_sites(
                 ),
                 relocation: Some(obs.relocation),
                 at: None,
-                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, target)),
                 expected: None,
                 actual: None,
             });
             continue;
         };
-        if let Some(finding) = changed_transfer(arch, stencil, placement, image, obs) {
+        if let Some(finding) = changed_transfer(target, stencil, placement, image, obs) {
             out.push(finding);
             continue;
         }
-        if let Some((expected, actual, what)) = check_site(stencil, placement, obs, effect) {
+        if let Some((expected, actual, what)) = check_site(target, stencil, placement, obs, effect) {
             let exp = shown(stencil, placement, expected);
             let act = shown(stencil, placement, actual);
-            let target = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };
+            let named = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };
             out.push(Finding {
                 kind: FindingKind::WrongValue,
                 message: format!(
-                    "{} at code+{:#x} {what} {:#x}{} instead of {target} ({:#x})",
+                    "{} at code+{:#x} {what} {:#x}{} instead of {named} ({:#x})",
                     reloc.kind,
                     reloc.offset,
                     actual,
@@ -294,7 +298,7 @@ pub fn judge_sites(
                 ),
                 relocation: Some(obs.relocation),
                 at: None,
-                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+                site: Some(site(stencil, placement, image, obs.relocation, obs.pc, target)),
                 expected: Some(exp),
                 actual: Some(act),
             });
@@ -306,19 +310,20 @@ pub fn judge_sites(
 /// A call must stay a call and a jump a jump, however the patch relaxed it
 /// (LLVM JITLink once relaxed `call *` into a `jmp`: right target, wrong kind).
 fn changed_transfer(
-    arch: crate::model::Arch,
+    target: Target,
     stencil: &Stencil,
     placement: &Placement,
     image: &Image,
     obs: &SiteObservation,
 ) -> Option<Finding> {
-    use crate::execute::{transfer_class, TransferClass};
+    use crate::execute::TransferClass;
+    let info = target.info();
     let reloc = &stencil.relocations[obs.relocation];
     let original = stencil.instruction_at(reloc.offset)?;
-    let before = transfer_class(arch, &original.bytes, placement.code + original.offset);
+    let before = info.transfer_class(&original.bytes, placement.code + original.offset);
     let end = image.code_addr + image.code.len() as u64;
-    let patched = image.read(obs.pc, (end.saturating_sub(obs.pc)).min(15) as usize)?;
-    let after = transfer_class(arch, patched, obs.pc);
+    let patched = image.read(obs.pc, (end.saturating_sub(obs.pc)).min(info.max_instruction_len() as u64) as usize)?;
+    let after = info.transfer_class(patched, obs.pc);
     if before == after || (before == TransferClass::Other && after == TransferClass::Other) {
         return None;
     }
@@ -333,7 +338,7 @@ fn changed_transfer(
         ),
         relocation: Some(obs.relocation),
         at: None,
-        site: Some(site(stencil, placement, image, obs.relocation, obs.pc, arch)),
+        site: Some(site(stencil, placement, image, obs.relocation, obs.pc, target)),
         expected: None,
         actual: None,
     })
@@ -418,12 +423,15 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
 
 /// Addresses control may leave the code for: every control-target symbol a
 /// relocation names, and the continuation.
-fn allowed_exits(stencil: &Stencil, placement: &Placement) -> Vec<(u64, String)> {
+fn allowed_exits(target: Target, stencil: &Stencil, placement: &Placement) -> Vec<(u64, String)> {
+    use crate::execute::TransferClass;
     let mut out = vec![(placement.continuation(stencil), Symbol::Continue.to_string())];
     // An extern is a place to go only where a jump or call names it (a data
     // extern such as `_PyRuntime` never is); the trace's own targets always are.
     let transfers = |offset: u64| {
-        stencil.instruction_at(offset).is_some_and(|i| i.text.starts_with("jmp") || i.text.starts_with("call"))
+        stencil.instruction_at(offset).is_some_and(|i| {
+            target.info().transfer_class(&i.bytes, placement.code + i.offset) != TransferClass::Other
+        })
     };
     for r in &stencil.relocations {
         let extern_transfer = matches!(r.symbol, Symbol::External(_)) && transfers(r.offset);
@@ -448,7 +456,8 @@ pub struct RunJudgement {
 
 /// Judge how a run went: its exit, stack discipline, calls and faults. With
 /// `strict`, inconclusive runs are findings too.
-pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict: bool) -> RunJudgement {
+pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &Trace, strict: bool) -> RunJudgement {
+    let abi = on.info().abi();
     let mut out = RunJudgement::default();
     let offset = |pc: u64| pc.wrapping_sub(placement.code);
     let plain = |kind, pc: Option<u64>, message: String| Finding {
@@ -463,11 +472,18 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
     let at = |pc: u64| format!("code+{:#x}", offset(pc));
     for call in &trace.calls {
         // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
-        if call.sp % 16 != 8 {
+        if call.sp % 16 != abi.call_sp_mod16 {
             out.findings.push(plain(
                 FindingKind::MisalignedCall,
                 Some(call.from),
-                format!("call at {} entered {:#x} with rsp = {:#x} (not 8 mod 16)", at(call.from), call.target, call.sp),
+                format!(
+                    "call at {} entered {:#x} with {} = {:#x} (not {} mod 16)",
+                    at(call.from),
+                    call.target,
+                    abi.stack_pointer,
+                    call.sp,
+                    abi.call_sp_mod16
+                ),
             ));
         }
     }
@@ -486,7 +502,7 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 // or the trampoline for a uop that leaves the JIT).
                 ExitKind::Return => *target == crate::execute::RETURN_SENTINEL,
                 ExitKind::AfterNoReturnCall => true,
-                _ => *computed || allowed_exits(stencil, placement).iter().any(|(v, _)| v == target),
+                _ => *computed || allowed_exits(on, stencil, placement).iter().any(|(v, _)| v == target),
             };
             if !allowed {
                 let l = label(stencil, placement, *target);
@@ -501,7 +517,12 @@ pub fn judge_run(stencil: &Stencil, placement: &Placement, trace: &Trace, strict
                 out.findings.push(plain(
                     FindingKind::StackImbalance,
                     Some(*from),
-                    format!("exit at {} with rsp {:+} bytes from entry", at(*from), sp.wrapping_sub(trace.entry_sp) as i64),
+                    format!(
+                        "exit at {} with {} {:+} bytes from entry",
+                        at(*from),
+                        abi.stack_pointer,
+                        sp.wrapping_sub(trace.entry_sp) as i64
+                    ),
                 ));
             }
         }

@@ -9,6 +9,7 @@
 
 pub mod error;
 pub mod model;
+pub mod target;
 
 pub mod load;
 pub mod place;

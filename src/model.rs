@@ -9,30 +9,22 @@ use serde::Serialize;
 use std::fmt;
 use std::path::PathBuf;
 
-/// A machine the stencils were compiled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Arch {
-    X86_64,
-    Aarch64,
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        })
-    }
-}
+pub use crate::target::Arch;
 
 /// Everything read from one input (a `jit_stencils.h`, later an object dir).
 #[derive(Clone, Debug)]
 pub struct StencilSet {
     pub path: PathBuf,
-    pub arch: Arch,
+    /// Architecture × object format × CPython version: what every stage asks.
+    pub target: crate::target::Target,
     /// In file order; the trampoline (or shim) is included under its own name.
     pub stencils: Vec<Stencil>,
+}
+
+impl StencilSet {
+    pub fn arch(&self) -> Arch {
+        self.target.arch
+    }
 }
 
 /// One copy-and-patch template: code and data bytes, the holes CPython fills
@@ -197,30 +189,13 @@ impl RelocKind {
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap()
     }
-    /// The instruction reaches S through a GOT slot (or, relaxed, S itself).
-    pub fn is_got(self) -> bool {
-        matches!(
-            self,
-            RelocKind::X86_64_GOTPCREL
-                | RelocKind::X86_64_GOTPCRELX
-                | RelocKind::X86_64_REX_GOTPCRELX
-                | RelocKind::Aarch64_ADR_GOT_PAGE
-                | RelocKind::Aarch64_LD64_GOT_LO12_NC
-        )
-    }
-    /// Bytes of the relocated field (8 for the absolute 64-bit kinds, else 4).
+    /// Bytes of the relocated field (the target's table says).
     pub fn width(self) -> u64 {
-        match self {
-            RelocKind::X86_64_64 | RelocKind::Aarch64_ABS64 => 8,
-            _ => 4,
-        }
+        crate::target::reloc_info(self).width
     }
+    /// The machine whose relocation this is (the target tables say).
     pub fn arch(self) -> Arch {
-        if self.name().starts_with("R_X86_64") {
-            Arch::X86_64
-        } else {
-            Arch::Aarch64
-        }
+        crate::target::arch_of_reloc(self)
     }
 }
 
@@ -398,13 +373,9 @@ impl PatchFn {
         Self::ALL.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap()
     }
     /// The machine a patch function belongs to; `None` for the portable ones
-    /// (`patch_64`, `patch_32`).
+    /// (`patch_64`, `patch_32`). The target tables say.
     pub fn arch(self) -> Option<Arch> {
-        match self {
-            PatchFn::P64 | PatchFn::P32 => None,
-            PatchFn::P32r | PatchFn::X86_64_32rx => Some(Arch::X86_64),
-            _ => Some(Arch::Aarch64),
-        }
+        crate::target::arch_of_patch_fn(self)
     }
     /// Bytes of the location the function may write (33rx writes two instructions).
     pub fn width(self) -> u64 {

@@ -6,7 +6,7 @@
 //! put back in file order, so the report never depends on thread timing.
 
 use crate::error::BadInput;
-use crate::execute::{self, Convention, Engine};
+use crate::execute::{Convention, Engine};
 use crate::judge::{self, Finding};
 use crate::model::{Stencil, StencilSet};
 use crate::patch::{self, Patcher};
@@ -65,7 +65,7 @@ pub struct Outcome {
 /// Check every selected stencil of `set` under `options`.
 pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> {
     let selected = select(set, &options.stencils)?;
-    let convention = execute::convention(set);
+    let convention = set.target.convention(set);
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<StencilResult, BadInput>>>> =
         selected.iter().map(|_| Mutex::new(None)).collect();
@@ -73,10 +73,10 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
     std::thread::scope(|scope| {
         for _ in 0..options.threads.max(1).min(selected.len().max(1)) {
             scope.spawn(|| {
-                let mut engine = match execute::engine_for(set, options.instruction_limit) {
+                let mut engine = match set.target.engine(convention.clone(), options.instruction_limit) {
                     Ok(e) => e,
                     Err(e) => {
-                        *engine_error.lock().unwrap() = Some(e);
+                        *engine_error.lock().unwrap() = Some(e.to_string());
                         return;
                     }
                 };
@@ -145,7 +145,7 @@ fn verify_stencil(
     };
     let mut covered = BTreeSet::new();
     for index in indices {
-        let placement = place::place(stencil, options.seed, index)
+        let placement = place::place_within(set.target, &options.patcher.address_space(), stencil, options.seed, index)
             .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))?;
         let findings = run_one(set, stencil, &placement, options, engine, &mut covered, &mut result);
         merge(&mut result.findings, findings, &placement);
@@ -176,12 +176,12 @@ fn run_one(
         }
         Err(failure) => return vec![judge::judge_emit_failure(stencil, placement, &failure)],
     };
-    let static_sites = execute::static_sites(set.arch, stencil, &image);
-    let mut findings = judge::judge_sites(set.arch, stencil, placement, &image, &static_sites);
+    let static_sites = set.target.info().static_sites(stencil, &image);
+    let mut findings = judge::judge_sites(set.target, stencil, placement, &image, &static_sites);
     findings.extend(judge::judge_data_slots(stencil, placement, &image));
     let trace = engine.run(stencil, placement, &image);
-    findings.extend(judge::judge_sites(set.arch, stencil, placement, &image, &trace.sites));
-    let run = judge::judge_run(stencil, placement, &trace, options.strict);
+    findings.extend(judge::judge_sites(set.target, stencil, placement, &image, &trace.sites));
+    let run = judge::judge_run(set.target, stencil, placement, &trace, options.strict);
     findings.extend(run.findings);
     if let Some(why) = run.inconclusive {
         result.inconclusive += 1;

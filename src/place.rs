@@ -6,18 +6,14 @@
 //! `--stencil` or `--placement` filters never shift other runs.
 
 use crate::error::BadInput;
-use crate::model::{PatchFn, Section, Stencil, Symbol, Term, Value};
+use crate::model::{Section, Stencil, Symbol, Term, Value};
+use crate::target::{Target, TargetInfo};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
-/// Lowest address we place anything at: the first 64 KiB stay unmapped, like
-/// Linux's `vm.mmap_min_addr`, so NULL-ish pointers fault.
-pub const USER_MIN: u64 = 0x1_0000;
-/// One past the highest canonical user-space address on x86-64 (47 bits).
-pub const USER_END: u64 = 0x0000_8000_0000_0000;
 pub const PAGE: u64 = 0x1000;
 
 /// Which family of placement a run used (they stress different edges).
@@ -138,7 +134,7 @@ const LAYOUT_CYCLE: [Layout; 8] = [
 
 const GIB: u64 = 1 << 30;
 const MIB: u64 = 1 << 20;
-/// Reach of a signed 32-bit displacement.
+/// Reach of a signed 32-bit displacement (x86-64's relaxation edge).
 const REACH32: i64 = 1 << 31;
 /// Space reserved for the fake heap (frames, objects, the machine stack).
 const HEAP_SIZE: u64 = 64 * MIB;
@@ -149,16 +145,38 @@ pub const HEAP_OBJECTS: u64 = MIB;
 const MACHINE_STACK_TOP_GAP: u64 = 64 * 1024;
 
 /// All placements `0..count` of one stencil.
-pub fn placements(stencil: &Stencil, seed: u64, count: u32) -> Result<Vec<Placement>, BadInput> {
-    (0..count).map(|i| place(stencil, seed, i)).collect()
+pub fn placements(target: Target, stencil: &Stencil, seed: u64, count: u32) -> Result<Vec<Placement>, BadInput> {
+    (0..count).map(|i| place(target, stencil, seed, i)).collect()
+}
+
+/// The addresses placements may use: the target's user space.
+#[derive(Clone, Copy)]
+struct Space {
+    min: u64,
+    end: u64,
 }
 
 /// Placement number `index` of `stencil` under `seed`. Fails only when the
 /// stencil's own holes cannot all be satisfied at once (bad input).
-pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadInput> {
+pub fn place(target: Target, stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadInput> {
+    place_within(target, &(0..u64::MAX), stencil, seed, index)
+}
+
+/// [`place`], using only addresses in `limit` as well as the target's user
+/// space (a patcher that runs real C needs addresses its host can map).
+pub fn place_within(
+    target: Target,
+    limit: &Range<u64>,
+    stencil: &Stencil,
+    seed: u64,
+    index: u32,
+) -> Result<Placement, BadInput> {
     let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, &stencil.name, index));
     let layout = LAYOUT_CYCLE[index as usize % LAYOUT_CYCLE.len()];
-    let constraints = Constraints::of(stencil);
+    let info = target.info();
+    let user = info.user_space();
+    let sp = Space { min: user.start.max(limit.start), end: user.end.min(limit.end) };
+    let constraints = Constraints::of(stencil, info);
     let span = constraints.data_offsets();
     if span.is_empty() {
         return Err(BadInput::at_line(
@@ -170,25 +188,25 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
             ),
         ));
     }
-    let mut code = pick_code(&mut rng, layout, stencil, &span);
-    if data_window(stencil, code, &span).is_empty() {
+    let mut code = pick_code(&mut rng, sp, layout, stencil, &span);
+    if data_window(sp, stencil, code, &span).is_empty() {
         // Low/High put the code where its holes' data window leaves user
         // space: fall back to anywhere the window fits.
-        code = pick_code(&mut rng, Layout::Scattered, stencil, &span);
+        code = pick_code(&mut rng, sp, Layout::Scattered, stencil, &span);
     }
-    let data = pick_data(&mut rng, layout, stencil, code, &span);
+    let data = pick_data(&mut rng, sp, layout, stencil, code, &span);
     let mut taken = Taken::default();
     taken.reserve(code, stencil.code_size().max(1));
     taken.reserve(data, stencil.data_size().max(1));
 
     // Page-aligned, so fake objects sit on word boundaries like malloc's.
-    let heap = pick_free(&mut rng, &taken, HEAP_SIZE, |r| random_user(r, HEAP_SIZE) & !(PAGE - 1));
+    let heap = pick_free(&mut rng, sp, &taken, HEAP_SIZE, |r| random_user(r, sp, HEAP_SIZE) & !(PAGE - 1));
     taken.reserve(heap, HEAP_SIZE);
     let mut externs = BTreeMap::new();
     for symbol in stencil.symbols() {
         if let Symbol::External(name) = &symbol {
             let site = constraints.first_site(&symbol).unwrap_or(code);
-            let addr = pick_extern(&mut rng, layout, &taken, code, site, constraints.reach_of(&symbol));
+            let addr = pick_extern(&mut rng, sp, layout, &taken, code, site, constraints.reach_of(&symbol));
             taken.reserve(addr, 16);
             externs.insert(name.clone(), addr);
         }
@@ -196,9 +214,9 @@ pub fn place(stencil: &Stencil, seed: u64, index: u32) -> Result<Placement, BadI
     let mut targets = [0u64; 3];
     for i in 0..targets.len() {
         // Distinct targets, so a swapped jump/error hole can never look right.
-        let mut t = pick_target(&mut rng, layout, &taken, stencil, code);
+        let mut t = pick_target(&mut rng, sp, layout, &taken, stencil, code);
         while targets[..i].contains(&t) {
-            t = pick_target(&mut rng, layout, &taken, stencil, code);
+            t = pick_target(&mut rng, sp, layout, &taken, stencil, code);
         }
         targets[i] = t;
     }
@@ -246,33 +264,22 @@ pub fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The reach a relative patch function's displacement (value − location) has.
-fn reach(func: PatchFn) -> Option<Range<i64>> {
-    match func {
-        PatchFn::P32r | PatchFn::X86_64_32rx => Some(-REACH32..REACH32),
-        PatchFn::Aarch64_26r => Some(-(1 << 27)..(1 << 27)),
-        // ±2^20 pages, less a page either side for the page rounding.
-        PatchFn::Aarch64_21r | PatchFn::Aarch64_21rx | PatchFn::Aarch64_33rx => {
-            Some(-(1i64 << 32) + PAGE as i64..(1i64 << 32) - PAGE as i64)
-        }
-        _ => None,
-    }
-}
-
 /// What the stencil's relative holes demand of a placement.
 struct Constraints<'a> {
     stencil: &'a Stencil,
+    info: &'static dyn TargetInfo,
 }
 
 impl<'a> Constraints<'a> {
-    fn of(stencil: &'a Stencil) -> Self {
-        Constraints { stencil }
+    fn of(stencil: &'a Stencil, info: &'static dyn TargetInfo) -> Self {
+        Constraints { stencil, info }
     }
 
     /// Relative code holes: (offset of the location, value, reach).
     fn relative_holes(&self) -> impl Iterator<Item = (u64, &'a Value, Range<i64>)> + 'a {
-        self.stencil.holes().filter(|h| h.section == Section::Code).filter_map(|h| {
-            reach(h.func).map(|r| (h.offset, &h.value, r))
+        let info = self.info;
+        self.stencil.holes().filter(|h| h.section == Section::Code).filter_map(move |h| {
+            info.reach(h.func).map(|r| (h.offset, &h.value, r))
         })
     }
 
@@ -329,33 +336,34 @@ impl Taken {
     }
 }
 
-fn random_user(rng: &mut ChaCha8Rng, len: u64) -> u64 {
-    rng.gen_range(USER_MIN..USER_END - len - PAGE)
+fn random_user(rng: &mut ChaCha8Rng, sp: Space, len: u64) -> u64 {
+    rng.gen_range(sp.min..sp.end - len - PAGE)
 }
 
 /// Draw until the candidate clashes with nothing taken (bounded; the user
 /// space is vast compared with what one stencil reserves).
 fn pick_free(
     rng: &mut ChaCha8Rng,
+    sp: Space,
     taken: &Taken,
     len: u64,
     mut draw: impl FnMut(&mut ChaCha8Rng) -> u64,
 ) -> u64 {
     for _ in 0..64 {
         let a = draw(rng);
-        if !taken.clashes(a, len) && a >= USER_MIN && a.saturating_add(len) < USER_END {
+        if !taken.clashes(a, len) && a >= sp.min && a.saturating_add(len) < sp.end {
             return a;
         }
     }
     loop {
-        let a = random_user(rng, len);
+        let a = random_user(rng, sp, len);
         if !taken.clashes(a, len) {
             return a;
         }
     }
 }
 
-fn pick_code(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, span: &Range<i64>) -> u64 {
+fn pick_code(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil, span: &Range<i64>) -> u64 {
     let size = stencil.code_size() + stencil.data_size();
     // Leave room for data on the side the holes demand.
     let margin = span.start.unsigned_abs().min(4 * GIB).max(span.end.unsigned_abs().min(4 * GIB));
@@ -363,27 +371,27 @@ fn pick_code(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, span: &Ran
         // Near zero, but above the reach of a small made-up integer plus a
         // 16-bit offset (a stray pointer must not land on the code).
         Layout::Low => MIB + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
-        Layout::High => USER_END - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
+        Layout::High => sp.end - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
         Layout::Compact => {
             // A page-aligned allocation plus the code of earlier uops in the trace.
-            let base = rng.gen_range(USER_MIN + 8 * GIB..USER_END - 8 * GIB) & !(PAGE - 1);
+            let base = rng.gen_range(sp.min + 8 * GIB..sp.end - 8 * GIB) & !(PAGE - 1);
             base + rng.gen_range(0..16 * 1024)
         }
-        _ => rng.gen_range(USER_MIN + margin..USER_END - margin - size),
+        _ => rng.gen_range(sp.min + margin..sp.end - margin - size),
     }
 }
 
 /// Legal offsets `data - code` for code at `code`, clipped to user space.
-fn data_window(stencil: &Stencil, code: u64, span: &Range<i64>) -> Range<i64> {
-    let lo = span.start.max(USER_MIN as i64 - code as i64);
-    let hi = span.end.min((USER_END - stencil.data_size() - PAGE) as i64 - code as i64);
+fn data_window(sp: Space, stencil: &Stencil, code: u64, span: &Range<i64>) -> Range<i64> {
+    let lo = span.start.max(sp.min as i64 - code as i64);
+    let hi = span.end.min((sp.end - stencil.data_size() - PAGE) as i64 - code as i64);
     lo..hi
 }
 
-fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64, span: &Range<i64>) -> u64 {
+fn pick_data(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil, code: u64, span: &Range<i64>) -> u64 {
     let code_end = code + stencil.code_size();
     let data_len = stencil.data_size();
-    let Range { start: lo, end: hi } = data_window(stencil, code, span);
+    let Range { start: lo, end: hi } = data_window(sp, stencil, code, span);
     let fits = |d: i64| {
         let a = code.wrapping_add(d as u64);
         d >= lo && d < hi && (a >= code_end || a + data_len <= code)
@@ -419,6 +427,7 @@ fn pick_data(rng: &mut ChaCha8Rng, layout: Layout, stencil: &Stencil, code: u64,
 
 fn pick_extern(
     rng: &mut ChaCha8Rng,
+    sp: Space,
     layout: Layout,
     taken: &Taken,
     code: u64,
@@ -428,17 +437,17 @@ fn pick_extern(
     let site = code + site_offset;
     if let Some(r) = reach {
         // A relative hole names it directly: it must stay within that reach.
-        let lo = (code as i64 + r.start).max(USER_MIN as i64) as u64;
-        let hi = (code as i64 + r.end).min(USER_END as i64) as u64;
-        return pick_free(rng, taken, 16, |g| g.gen_range(lo..hi.max(lo + 1)));
+        let lo = (code as i64 + r.start).max(sp.min as i64) as u64;
+        let hi = (code as i64 + r.end).min(sp.end as i64) as u64;
+        return pick_free(rng, sp, taken, 16, |g| g.gen_range(lo..hi.max(lo + 1)));
     }
-    pick_free(rng, taken, 16, |g| match layout {
+    pick_free(rng, sp, taken, 16, |g| match layout {
         Layout::Compact => near(g, code, 64 * 1024, GIB),
-        Layout::FarExterns => far(g, code),
-        Layout::RelaxEdge => relax_edge(g, site),
-        Layout::Low => g.gen_range(USER_MIN..USER_MIN + 4 * GIB),
-        Layout::High => USER_END - g.gen_range(PAGE..4 * GIB),
-        _ => random_user(g, PAGE),
+        Layout::FarExterns => far(g, sp, code),
+        Layout::RelaxEdge => relax_edge(g, sp, site),
+        Layout::Low => g.gen_range(sp.min..sp.min + 4 * GIB),
+        Layout::High => sp.end - g.gen_range(PAGE..4 * GIB),
+        _ => random_user(g, sp, PAGE),
     })
 }
 
@@ -449,43 +458,43 @@ fn near(rng: &mut ChaCha8Rng, base: u64, min: u64, max: u64) -> u64 {
 }
 
 /// More than 2 GiB away from `base` (relaxation out of reach).
-fn far(rng: &mut ChaCha8Rng, base: u64) -> u64 {
-    let below = base > USER_MIN + 3 * GIB;
-    let above = base + 3 * GIB < USER_END;
+fn far(rng: &mut ChaCha8Rng, sp: Space, base: u64) -> u64 {
+    let below = base > sp.min + 3 * GIB;
+    let above = base + 3 * GIB < sp.end;
     if above && (!below || rng.gen_bool(0.5)) {
-        rng.gen_range(base + 2 * GIB + PAGE..USER_END - PAGE)
+        rng.gen_range(base + 2 * GIB + PAGE..sp.end - PAGE)
     } else {
-        rng.gen_range(USER_MIN..base - 2 * GIB - PAGE)
+        rng.gen_range(sp.min..base - 2 * GIB - PAGE)
     }
 }
 
 /// Right on the edge of `patch_x86_64_32rx`'s relaxation test for a GOT load
 /// at `site`: S − 4 − site ∈ [−2^31, 2^31 − 1) relaxes; one byte further does not.
-fn relax_edge(rng: &mut ChaCha8Rng, site: u64) -> u64 {
+fn relax_edge(rng: &mut ChaCha8Rng, sp: Space, site: u64) -> u64 {
     let edges: [i64; 4] = [-REACH32 + 4, -REACH32 + 3, REACH32 + 2, REACH32 + 3];
     let d = edges[rng.gen_range(0..edges.len())];
     let a = (site as i64).wrapping_add(d);
-    if a >= USER_MIN as i64 && (a as u64) < USER_END { a as u64 } else { far(rng, site) }
+    if a >= sp.min as i64 && (a as u64) < sp.end { a as u64 } else { far(rng, sp, site) }
 }
 
 /// A jump/error target: in a realistic trace, just before or after this
 /// stencil's code, or anywhere.
-fn pick_target(rng: &mut ChaCha8Rng, layout: Layout, taken: &Taken, stencil: &Stencil, code: u64) -> u64 {
+fn pick_target(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, taken: &Taken, stencil: &Stencil, code: u64) -> u64 {
     let end = code + stencil.code_size();
     let adjacent = match rng.gen_range(0..4) {
         0 => code.wrapping_sub(rng.gen_range(1..16)),
         1 => end + rng.gen_range(1..16),
         _ => 0,
     };
-    if adjacent != 0 && (USER_MIN..USER_END).contains(&adjacent) && layout != Layout::FarExterns {
+    if adjacent != 0 && (sp.min..sp.end).contains(&adjacent) && layout != Layout::FarExterns {
         return adjacent;
     }
     // Targets may share pages with others; only the exact bytes must differ.
     let draw = |g: &mut ChaCha8Rng| match layout {
         Layout::Compact | Layout::Low | Layout::High => near(g, code, 2 * PAGE, 4 * MIB),
-        _ => random_user(g, PAGE),
+        _ => random_user(g, sp, PAGE),
     };
-    pick_free(rng, taken, 1, draw)
+    pick_free(rng, sp, taken, 1, draw)
 }
 
 fn pick_oparg(rng: &mut ChaCha8Rng) -> u16 {

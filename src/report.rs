@@ -97,7 +97,7 @@ pub fn json(set: &StencilSet, outcome: &Outcome, placements: u32, replay: &Repla
         tool: "stencilcheck",
         version: env!("CARGO_PKG_VERSION"),
         input: set.path.display().to_string(),
-        arch: set.arch.to_string(),
+        arch: set.arch().to_string(),
         seed: replay.seed,
         placements,
         convention: &outcome.convention,
@@ -144,7 +144,7 @@ pub fn human(
         out,
         "stencilcheck: {} ({}, {} stencils), seed {}, {} placements each",
         set.path.display(),
-        set.arch,
+        set.arch(),
         set.stencils.len(),
         replay.seed,
         placements

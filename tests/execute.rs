@@ -5,13 +5,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
-use stencilcheck::execute::{static_sites, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace};
+use stencilcheck::execute::{Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace};
 use stencilcheck::model::{
     Arch, DataComment, Effect, EmitOp, PatchFn, RelocKind,
     Relocation, Section, Stencil, StencilSet, Term,
 };
 use stencilcheck::patch::{self, Image, Ports};
-use stencilcheck::place::{place, Layout, Placement, PAGE};
+use stencilcheck::place::{Layout, Placement, PAGE};
+use common::{place, static_sites};
 mod common;
 use common::{hole, listing, reloc, slot};
 
@@ -129,7 +130,7 @@ fn raw(name: &str, code: Vec<u8>) -> Stencil {
 fn engine(limit: u64) -> UnicornX86 {
     let set = StencilSet {
         path: PathBuf::from("test.h"),
-        arch: Arch::X86_64,
+        target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
     };
     UnicornX86::new(convention(&set), limit).unwrap()
@@ -214,7 +215,7 @@ fn got_jump_to_continue_exits_there_with_the_entry_stack() {
                 other => panic!("{other:?}"),
             }
             // The static decoder sees the same.
-            assert_eq!(sites_of(&static_sites(Arch::X86_64, &s, &image), 0), dynamic);
+            assert_eq!(sites_of(&static_sites(&s, &image), 0), dynamic);
         }
     }
 }
@@ -235,7 +236,7 @@ fn unrelaxed_got_jump_records_its_slot() {
         slot: Some(p.data),
     };
     assert_eq!(sites_of(&trace.sites, 0), [want]);
-    assert_eq!(sites_of(&static_sites(Arch::X86_64, &s, &image), 0), [want]);
+    assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
     // Near: relaxed to a direct jump.
     p.jump_target = p.code + 0x5000;
     let (image, trace) = run(&s, &p);
@@ -336,7 +337,7 @@ fn falling_off_the_end_exits_to_the_continuation() {
         };
         assert_eq!(sites_of(&trace.sites, 0), [want], "{what}");
         assert_eq!(
-            sites_of(&static_sites(Arch::X86_64, &s, &image), 0),
+            sites_of(&static_sites(&s, &image), 0),
             [want],
             "{what}"
         );
@@ -406,7 +407,7 @@ fn a_call_through_the_got_is_stubbed_and_the_run_continues() {
                 }
             };
             assert_eq!(sites_of(&trace.sites, 0), [want]);
-            assert_eq!(sites_of(&static_sites(Arch::X86_64, &s, &image), 0), [want]);
+            assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
         }
     }
 }
@@ -563,7 +564,7 @@ fn static_sites_see_lea_load_and_movzwl() {
     let p = placement_of(&s, 1, Layout::Compact);
     let image = patch::emit(&s, &p, &Ports).unwrap();
     assert_eq!(image.code[1], 0x8d);
-    let st = static_sites(Arch::X86_64, &s, &image);
+    let st = static_sites(&s, &image);
     let s_data = p.externs["PyData"];
     assert_eq!(
         st,
@@ -593,7 +594,7 @@ fn static_sites_see_lea_load_and_movzwl() {
     let p = placement_of(&s, 1, Layout::FarExterns);
     let image = patch::emit(&s, &p, &Ports).unwrap();
     assert_eq!(image.code[1], 0x8b);
-    let st = static_sites(Arch::X86_64, &s, &image);
+    let st = static_sites(&s, &image);
     assert_eq!(
         sites_of(&st, 0),
         [Effect::Load {
@@ -643,7 +644,7 @@ fn static_sites_see_a_direct_call_and_an_immediate() {
     for index in 0..8 {
         let p = place(&s, 4, index).unwrap();
         let image = patch::emit(&s, &p, &Ports).unwrap();
-        let st = static_sites(Arch::X86_64, &s, &image);
+        let st = static_sites(&s, &image);
         assert_eq!(
             sites_of(&st, 0),
             [Effect::Transfer {
@@ -668,7 +669,7 @@ fn static_sites_report_a_field_that_is_no_operand_as_mangled() {
     s.relocations = vec![reloc(0, RelocKind::X86_64_PC32, "PyData", -4)];
     let p = place(&s, 1, 0).unwrap();
     let image = patch::emit(&s, &p, &Ports).unwrap();
-    let st = static_sites(Arch::X86_64, &s, &image);
+    let st = static_sites(&s, &image);
     assert_eq!(st.len(), 1);
     assert_eq!(st[0].effect, None);
 }
@@ -680,7 +681,7 @@ fn static_sites_skip_register_dependent_operands() {
     s.relocations = vec![reloc(3, RelocKind::X86_64_32S, "_JIT_OPARG", 0)];
     let p = place(&s, 1, 0).unwrap();
     let image = patch::emit(&s, &p, &Ports).unwrap();
-    assert!(static_sites(Arch::X86_64, &s, &image).is_empty());
+    assert!(static_sites(&s, &image).is_empty());
     // A run evaluates it: r13 is the frame.
     let trace = engine(1000).run(&s, &p, &image);
     match sites_of(&trace.sites, 0)[..] {
@@ -868,7 +869,7 @@ fn a_conditional_jump_out_of_the_code_is_a_jump_exit() {
             slot: None,
         };
         assert_eq!(sites_of(&trace.sites, 0), [want]);
-        assert_eq!(sites_of(&static_sites(Arch::X86_64, &s, &image), 0), [want]);
+        assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
         match exit(&trace) {
             (ExitKind::Jump, t, sp, false) if t == p.jump_target && sp == trace.entry_sp => taken += 1,
             // Not taken: off the end to the continuation. src reports that as a
@@ -903,7 +904,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
     }
     let set = StencilSet {
         path: PathBuf::from("t.h"),
-        arch: Arch::X86_64,
+        target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![tramp.clone()],
     };
     let conv = convention(&set);
@@ -931,7 +932,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
     // With no trampoline, 3.13's GHC default: frame in r13.
     let set = StencilSet {
         path: PathBuf::from("t.h"),
-        arch: Arch::X86_64,
+        target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
     };
     assert_eq!(

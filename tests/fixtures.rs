@@ -181,10 +181,10 @@ fn good_header_is_correct_under_several_seeds() {
 fn exits(set: &StencilSet, stencil: &str, placements: u32) -> BTreeSet<String> {
     use stencilcheck::execute::{self, ExitKind, RunEnd};
     let s = set.stencils.iter().find(|s| s.name == stencil).unwrap();
-    let mut engine = execute::engine_for(set, execute::DEFAULT_INSTRUCTION_LIMIT).unwrap();
+    let mut engine = set.target.engine(set.target.convention(set), execute::DEFAULT_INSTRUCTION_LIMIT).unwrap();
     let mut out = BTreeSet::new();
     for i in 0..placements {
-        let placement = stencilcheck::place::place(s, 1, i).unwrap();
+        let placement = stencilcheck::place::place(set.target, s, 1, i).unwrap();
         let image = stencilcheck::patch::emit(s, &placement, &stencilcheck::patch::Ports).unwrap();
         let trace = engine.run(s, &placement, &image);
         match trace.end {

@@ -6,13 +6,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
-use stencilcheck::execute::{static_sites, CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
+use stencilcheck::execute::{CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
 use stencilcheck::judge::{coverage, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
 use stencilcheck::model::{
     Arch, DataComment, DataCommentKind, Effect, EmitOp, PatchFn, RelocKind, Section, Stencil, StencilSet, Term,
 };
 use stencilcheck::patch::{self, Image, Ports};
-use stencilcheck::place::{place, Layout, Placement};
+use stencilcheck::place::{Layout, Placement};
+use common::{place, static_sites, X86};
 mod common;
 use common::{hole_at as hole, listing, reloc_at as reloc, slot_at as slot};
 
@@ -126,7 +127,7 @@ fn jmp_continue() -> Stencil {
 fn engine() -> UnicornX86 {
     let set = StencilSet {
         path: PathBuf::from("test.h"),
-        arch: Arch::X86_64,
+        target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
     };
     UnicornX86::new(convention(&set), 100_000).unwrap()
@@ -162,13 +163,13 @@ impl Judged {
 }
 
 fn judge(e: &mut UnicornX86, s: &Stencil, p: &Placement, image: &Image) -> Judged {
-    let st = static_sites(Arch::X86_64, s, image);
+    let st = static_sites(s, image);
     let trace = e.run(s, p, image);
-    let run = judge_run(s, p, &trace, false);
+    let run = judge_run(X86, s, p, &trace, false);
     Judged {
-        static_findings: judge_sites(Arch::X86_64, s, p, image, &st),
+        static_findings: judge_sites(X86, s, p, image, &st),
         slot_findings: judge_data_slots(s, p, image),
-        dynamic_findings: judge_sites(Arch::X86_64, s, p, image, &trace.sites),
+        dynamic_findings: judge_sites(X86, s, p, image, &trace.sites),
         run_findings: run.findings,
         inconclusive: run.inconclusive,
         trace,
@@ -227,7 +228,7 @@ fn a_correct_stencil_has_no_findings_at_any_layout() {
             for r in [R_DATA, R_OPARG, R_STR, R_FUNC] {
                 assert!(seen.contains(&r), "{what}: site {r} not observed: {seen:?}");
             }
-            assert_eq!(static_sites(Arch::X86_64, &s, &image).len(), 6, "{what}");
+            assert_eq!(static_sites(&s, &image).len(), 6, "{what}");
             let t = exit_target(&j.trace);
             if t == p.error_target {
                 errors += 1;
@@ -241,7 +242,7 @@ fn a_correct_stencil_has_no_findings_at_any_layout() {
                 unrelaxed += 1
             }
             // Strict judging of a clean run finds nothing either.
-            let strict = judge_run(&s, &p, &j.trace, true);
+            let strict = judge_run(X86, &s, &p, &j.trace, true);
             assert!(
                 strict.findings.is_empty() && strict.inconclusive.is_none(),
                 "{what}"
@@ -578,7 +579,7 @@ fn clean_run() -> (Stencil, Placement, Trace) {
     let p = place(&s, 7, 0).unwrap();
     let image = patch::emit(&s, &p, &Ports).unwrap();
     let trace = engine().run(&s, &p, &image);
-    let j = judge_run(&s, &p, &trace, true);
+    let j = judge_run(X86, &s, &p, &trace, true);
     assert!(
         j.findings.is_empty() && j.inconclusive.is_none(),
         "{:#?}",
@@ -606,7 +607,7 @@ fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
             *target = random;
         }
     });
-    let j = judge_run(&s, &p, &t, false);
+    let j = judge_run(X86, &s, &p, &t, false);
     assert_eq!(kinds(&j.findings), [FindingKind::BadExit]);
     assert!(
         j.findings[0].message.contains(&format!("{random:#x}")),
@@ -619,7 +620,7 @@ fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
             *computed = true;
         }
     });
-    let j = judge_run(&s, &p, &t, true);
+    let j = judge_run(X86, &s, &p, &t, true);
     assert!(j.findings.is_empty(), "{:#?}", j.findings);
     // Exits to a target the stencil does not name are bad too (jmp_continue names no error target).
     let t = with_end(&trace, |e| {
@@ -628,7 +629,7 @@ fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
         }
     });
     assert_eq!(
-        kinds(&judge_run(&s, &p, &t, false).findings),
+        kinds(&judge_run(X86, &s, &p, &t, false).findings),
         [FindingKind::BadExit]
     );
 }
@@ -645,7 +646,7 @@ fn trace_mutant_exit_targets_the_uop_may_take_are_allowed() {
                 *target = ok;
             }
         });
-        assert!(judge_run(&s, &p, &t, true).findings.is_empty(), "{ok:#x}");
+        assert!(judge_run(X86, &s, &p, &t, true).findings.is_empty(), "{ok:#x}");
     }
     // PyData is an extern too, but only loaded: never a place to jump to.
     for bad in [p.jump_target, p.top, p.code, p.data + 8, p.externs["PyData"]] {
@@ -655,7 +656,7 @@ fn trace_mutant_exit_targets_the_uop_may_take_are_allowed() {
             }
         });
         assert_eq!(
-            kinds(&judge_run(&s, &p, &t, false).findings),
+            kinds(&judge_run(X86, &s, &p, &t, false).findings),
             [FindingKind::BadExit],
             "{bad:#x}"
         );
@@ -671,7 +672,7 @@ fn trace_mutant_stack_off_by_8_is_a_stack_imbalance() {
                 *sp = sp.wrapping_add(delta);
             }
         });
-        let j = judge_run(&s, &p, &t, false);
+        let j = judge_run(X86, &s, &p, &t, false);
         assert_eq!(kinds(&j.findings), [FindingKind::StackImbalance], "{delta:#x}");
         assert!(
             j.findings[0].message.contains(&format!("{:+}", delta as i64)),
@@ -686,7 +687,7 @@ fn trace_mutant_stack_off_by_8_is_a_stack_imbalance() {
             *kind = ExitKind::AfterNoReturnCall;
         }
     });
-    assert!(judge_run(&s, &p, &t, true).findings.is_empty());
+    assert!(judge_run(X86, &s, &p, &t, true).findings.is_empty());
 }
 
 #[test]
@@ -700,11 +701,11 @@ fn trace_mutant_return_anywhere_but_the_sentinel_is_a_bad_exit() {
             }
         })
     };
-    assert!(judge_run(&s, &p, &ret(RETURN_SENTINEL), true).findings.is_empty());
+    assert!(judge_run(X86, &s, &p, &ret(RETURN_SENTINEL), true).findings.is_empty());
     // Even to the continuation: a `ret` that lands there popped a wrong address.
     for to in [p.continuation(&s), RETURN_SENTINEL + 8, 0] {
         assert_eq!(
-            kinds(&judge_run(&s, &p, &ret(to), false).findings),
+            kinds(&judge_run(X86, &s, &p, &ret(to), false).findings),
             [FindingKind::BadExit],
             "{to:#x}"
         );
@@ -719,20 +720,20 @@ fn trace_mutant_instruction_limit_is_inconclusive_unless_strict() {
         limit: 1000,
         pc: p.code,
     });
-    let j = judge_run(&s, &p, &t, false);
+    let j = judge_run(X86, &s, &p, &t, false);
     assert!(j.findings.is_empty());
     assert!(
         j.inconclusive.as_deref().unwrap().contains("1000"),
         "{:?}",
         j.inconclusive
     );
-    let j = judge_run(&s, &p, &t, true);
+    let j = judge_run(X86, &s, &p, &t, true);
     assert_eq!(kinds(&j.findings), [FindingKind::Hang]);
     assert_eq!(j.inconclusive, None);
     // Same for the call budget.
     t.end = Some(RunEnd::CallLimit { pc: p.code });
-    assert!(judge_run(&s, &p, &t, false).inconclusive.is_some());
-    assert_eq!(kinds(&judge_run(&s, &p, &t, true).findings), [FindingKind::Hang]);
+    assert!(judge_run(X86, &s, &p, &t, false).inconclusive.is_some());
+    assert_eq!(kinds(&judge_run(X86, &s, &p, &t, true).findings), [FindingKind::Hang]);
 }
 
 #[test]
@@ -749,13 +750,13 @@ fn trace_mutant_misaligned_call_is_caught() {
     // return address later, the callee sees entry_sp − 16 ≡ 8 mod 16: aligned.
     assert_eq!(trace.entry_sp % 16, 8);
     t.calls = vec![call(trace.entry_sp - 16)];
-    assert!(judge_run(&s, &p, &t, true).findings.is_empty());
+    assert!(judge_run(X86, &s, &p, &t, true).findings.is_empty());
     t.calls = vec![
         call(trace.entry_sp - 8),
         call(trace.entry_sp - 16),
         call(trace.entry_sp - 12),
     ];
-    let j = judge_run(&s, &p, &t, false);
+    let j = judge_run(X86, &s, &p, &t, false);
     assert_eq!(
         kinds(&j.findings),
         [FindingKind::MisalignedCall, FindingKind::MisalignedCall]
@@ -768,7 +769,7 @@ fn trace_mutant_misaligned_call_is_caught() {
     let image = patch::emit(&s2, &p2, &Ports).unwrap();
     let t2 = engine().run(&s2, &p2, &image);
     assert_eq!(t2.calls.len(), 1);
-    let j = judge_run(&s2, &p2, &t2, false);
+    let j = judge_run(X86, &s2, &p2, &t2, false);
     assert_eq!(kinds(&j.findings), [FindingKind::MisalignedCall]);
 }
 
@@ -790,13 +791,13 @@ fn a_fault_is_always_a_finding() {
             pc: p.code,
             address: p.data,
         });
-        let j = judge_run(&s, &p, &t, false);
+        let j = judge_run(X86, &s, &p, &t, false);
         match finding {
             Some(k) => assert_eq!(kinds(&j.findings), [k], "{fault:?}"),
             None => {
                 assert!(j.findings.is_empty() && j.inconclusive.is_some(), "{fault:?}");
                 assert!(
-                    !judge_run(&s, &p, &t, true).findings.is_empty(),
+                    !judge_run(X86, &s, &p, &t, true).findings.is_empty(),
                     "{fault:?} strict"
                 );
             }
@@ -1027,7 +1028,7 @@ fn pc32_with_addend_minus_4_on_lea_expects_s() {
     for index in 0..8 {
         let p = place(&s, 13, index).unwrap();
         let image = patch::emit(&s, &p, &Ports).unwrap();
-        let st = static_sites(Arch::X86_64, &s, &image);
+        let st = static_sites(&s, &image);
         assert_eq!(
             st[0].effect,
             Some(Effect::Address {
@@ -1094,7 +1095,7 @@ fn r_x86_64_64_on_movabs_expects_the_immediate_s_plus_a() {
         let p = place(&s, 14, index).unwrap();
         let want = p.externs["PyObj"] + 0x10;
         let image = patch::emit(&s, &p, &Ports).unwrap();
-        let st = static_sites(Arch::X86_64, &s, &image);
+        let st = static_sites(&s, &image);
         assert_eq!(
             st[0].effect,
             Some(Effect::Immediate {

@@ -10,7 +10,8 @@ use stencilcheck::model::{
     DataComment, DataCommentKind, EmitOp, PatchFn, RelocKind, Section, Stencil, Term,
 };
 use stencilcheck::patch::{self, Ports};
-use stencilcheck::place::{place, placements, Layout, Placement, PAGE, USER_END, USER_MIN};
+use stencilcheck::place::{Layout, Placement, PAGE};
+use common::{place, placements, USER_END, USER_MIN};
 mod common;
 use common::{hole, reloc, slot};
 

@@ -10,7 +10,7 @@
 
 pub mod x86_64;
 
-use crate::model::{Arch, Effect, Stencil, StencilSet};
+use crate::model::{Effect, Stencil};
 use crate::place::{splitmix, Placement, PAGE};
 use serde::Serialize;
 
@@ -139,29 +139,6 @@ pub trait Engine {
     fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &crate::patch::Image) -> Trace;
 }
 
-/// Site observations made on the patched image without running it.
-pub fn static_sites(arch: Arch, stencil: &Stencil, image: &crate::patch::Image) -> Vec<SiteObservation> {
-    match arch {
-        Arch::X86_64 => x86_64::static_sites(stencil, image),
-        Arch::Aarch64 => Vec::new(),
-    }
-}
-
-/// The registers frame, stack_pointer and tstate arrive in, for a set.
-pub fn convention(set: &StencilSet) -> Convention {
-    match set.arch {
-        Arch::X86_64 | Arch::Aarch64 => x86_64::convention(set),
-    }
-}
-
-/// The engine for a stencil set's architecture.
-pub fn engine_for(set: &StencilSet, limit: u64) -> Result<Box<dyn Engine>, String> {
-    match set.arch {
-        Arch::X86_64 => Ok(Box::new(x86_64::UnicornX86::new(convention(set), limit)?)),
-        Arch::Aarch64 => Err("executing aarch64 stencils is not supported yet".into()),
-    }
-}
-
 /// Made-up memory: what a stencil finds when it reads somewhere we never
 /// wrote. Every 8-byte word is a function of (seed, address) alone, so the
 /// same placement reads the same bytes in whatever order it reads them.
@@ -229,17 +206,3 @@ pub enum TransferClass {
     Other,
 }
 
-pub fn transfer_class(arch: Arch, bytes: &[u8], ip: u64) -> TransferClass {
-    match arch {
-        Arch::X86_64 => x86_64::transfer_class(bytes, ip),
-        Arch::Aarch64 => TransferClass::Other,
-    }
-}
-
-/// An instruction formatted for reports.
-pub fn format_instruction(arch: Arch, bytes: &[u8], ip: u64) -> String {
-    match arch {
-        Arch::X86_64 => x86_64::format_at(bytes, ip),
-        Arch::Aarch64 => bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "),
-    }
-}

@@ -15,7 +15,11 @@ use super::{
 };
 use crate::model::{Effect, Stencil, StencilSet};
 use crate::patch::Image;
-use crate::place::{splitmix, Placement, PAGE, USER_END};
+use crate::place::{splitmix, Placement, PAGE};
+use crate::target::x86_64::USER_SPACE;
+
+/// One past the highest address a user-space page can have.
+const USER_END: u64 = USER_SPACE.end;
 use iced_x86::{
     ConstantOffsets, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
     OpAccess, OpKind, Register,

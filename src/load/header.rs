@@ -131,7 +131,7 @@ impl<'a> Parser<'a> {
         }
         self.cross_check(&stencils, &table, table_line)?;
         let arch = self.arch(&stencils)?;
-        Ok(StencilSet { path: PathBuf::from(self.file), arch, stencils })
+        Ok(StencilSet { path: PathBuf::from(self.file), target: crate::target::Target::elf(arch), stencils })
     }
 
     /// `static const StencilGroup trampoline = {emit_trampoline, 112, 24};`
@@ -1031,7 +1031,7 @@ static const StencilGroup stencil_groups[MAX_UOP_ID + 1] = {
     #[test]
     fn load_fixture_field_by_field() {
         let set = parse(PATH, FIXTURE).expect("fixture parses");
-        assert_eq!(set.arch, Arch::X86_64);
+        assert_eq!(set.arch(), Arch::X86_64);
         assert_eq!(set.path, PathBuf::from(PATH));
         let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["_FIX_ADD", "trampoline"]);
@@ -1549,7 +1549,7 @@ static const StencilGroup stencil_groups[MAX_UOP_ID + 1] = {
     #[test]
     fn load_aarch64_words_and_later_spellings() {
         let set = parse(PATH, AARCH64).expect("parses");
-        assert_eq!(set.arch, Arch::Aarch64);
+        assert_eq!(set.arch(), Arch::Aarch64);
         let s = &set.stencils[0];
         assert_eq!(s.code.len(), 20);
         assert_eq!(&s.code[..4], &[0x08, 0x00, 0x00, 0x90]);
@@ -1601,7 +1601,7 @@ static const StencilGroup stencil_groups[MAX_UOP_ID + 1] = {
             };
             println!("loaded {path}: {} stencils in {:?}", set.stencils.len(), start.elapsed());
             assert_eq!(
-                set.arch,
+                set.arch(),
                 if path.contains("aarch64") { Arch::Aarch64 } else { Arch::X86_64 }
             );
             assert_eq!(set.stencils.len(), 235);

@@ -136,7 +136,7 @@ pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) 
         stencils.push(object::build(&stem(p), &raw));
     }
     let arch = arch.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
-    Ok(StencilSet { path: set_path.to_path_buf(), arch, stencils })
+    Ok(StencilSet { path: set_path.to_path_buf(), target: crate::target::Target::elf(arch), stencils })
 }
 
 /// A directory of `*.o`: one stencil per object, sorted by name.
@@ -217,7 +217,7 @@ mod tests {
         let set = load_path(dir.path()).expect("loads");
         let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["_LOAD_X", "trampoline"]);
-        assert_eq!(set.arch, crate::model::Arch::X86_64);
+        assert_eq!(set.arch(), crate::model::Arch::X86_64);
 
         std::fs::copy(corpus.join("aarch64-unknown-linux-gnu/load_oparg.o"), dir.path().join("arm.o")).unwrap();
         let e = load_path(dir.path()).unwrap_err();

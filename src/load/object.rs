@@ -252,7 +252,7 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
         [(&holes_in_code, Section::Code, &mut code_holes), (&data_relocs, Section::Data, &mut data_holes)]
     {
         for (off, r) in list.iter() {
-            let value = if r.kind.is_got() {
+            let value = if crate::target::reloc_info(r.kind).expr.is_got() {
                 Value::new(Term::Data, slot_of(r) as i64 + r.addend)
             } else {
                 let v = symbol_value(r, &base);
@@ -471,7 +471,7 @@ mod tests {
     #[test]
     fn object_local_symbols_resolve_in_placements() {
         let s = x86("pc32_string");
-        let p = crate::place::place(&s, 7, 0).expect("placement");
+        let p = crate::place::place(crate::target::Target::elf(Arch::X86_64), &s, 7, 0).expect("placement");
         assert_eq!(p.symbol(&Symbol::Local(".L.str".into()), &s), Some(p.data));
         assert_eq!(p.symbol(&Symbol::Local(".L.nope".into()), &s), None);
     }
@@ -480,7 +480,7 @@ mod tests {
     fn object_aarch64_loads_with_got_pairs_and_page_relocations() {
         let (p, bytes) = corpus_file("aarch64-unknown-linux-gnu", "pc32_string");
         let set = load_objects(&p, &[(p.clone(), bytes)]).expect("aarch64 object loads");
-        assert_eq!(set.arch, Arch::Aarch64);
+        assert_eq!(set.arch(), Arch::Aarch64);
         let s = &set.stencils[0];
         assert_eq!(s.code.len() % 8, 0, "aarch64 code is padded to 8");
         let funcs: Vec<PatchFn> = s.holes().filter(|h| h.section == Section::Code).map(|h| h.func).collect();

@@ -189,6 +189,11 @@ pub trait Patcher {
     ) -> Result<(), PatchAssert>;
     /// Short name for reports (`ports`, later e.g. `jit.c@<path>`).
     fn name(&self) -> &str;
+    /// Addresses this patcher can work at. The ports work anywhere; a
+    /// patcher running real C on this host needs addresses the host can map.
+    fn address_space(&self) -> std::ops::Range<u64> {
+        0..u64::MAX
+    }
 }
 
 /// The Rust ports of CPython 3.13's `Python/jit.c` patch functions.

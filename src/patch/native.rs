@@ -817,6 +817,12 @@ impl Patcher for NativePatcher {
     fn name(&self) -> &str {
         &self.name
     }
+
+    /// The C runs here, on x86-64 Linux: only the 47-bit user space can be
+    /// mapped, whatever the stencils' target allows.
+    fn address_space(&self) -> std::ops::Range<u64> {
+        crate::target::x86_64::USER_SPACE
+    }
 }
 
 #[cfg(test)]

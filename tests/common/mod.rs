@@ -58,3 +58,39 @@ pub fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
     }
     out
 }
+
+/// CPython 3.13 x86-64 ELF: the target every hand-made stencil here is for.
+pub const X86: stencilcheck::target::Target = stencilcheck::target::Target {
+    arch: stencilcheck::target::Arch::X86_64,
+    format: stencilcheck::target::ObjectFormat::Elf,
+    version: stencilcheck::target::Version::V3_13,
+};
+
+/// `place::place` for [`X86`].
+pub fn place(
+    s: &stencilcheck::model::Stencil,
+    seed: u64,
+    index: u32,
+) -> Result<stencilcheck::place::Placement, stencilcheck::error::BadInput> {
+    stencilcheck::place::place(X86, s, seed, index)
+}
+
+/// `place::placements` for [`X86`].
+pub fn placements(
+    s: &stencilcheck::model::Stencil,
+    seed: u64,
+    count: u32,
+) -> Result<Vec<stencilcheck::place::Placement>, stencilcheck::error::BadInput> {
+    stencilcheck::place::placements(X86, s, seed, count)
+}
+
+/// Site observations on the patched image, without running ([`X86`]).
+pub fn static_sites(
+    s: &stencilcheck::model::Stencil,
+    image: &stencilcheck::patch::Image,
+) -> Vec<stencilcheck::execute::SiteObservation> {
+    X86.info().static_sites(s, image)
+}
+
+pub const USER_MIN: u64 = stencilcheck::target::x86_64::USER_SPACE.start;
+pub const USER_END: u64 = stencilcheck::target::x86_64::USER_SPACE.end;

@@ -1,0 +1,108 @@
+//! AArch64: relocations, reach, address space and ABI.
+
+use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
+use crate::execute::{Convention, Engine, SiteObservation, TransferClass};
+use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
+use crate::patch::Image;
+use std::ops::Range;
+
+pub struct Aarch64;
+
+const PAGE: i64 = 0x1000;
+
+const RELOCATIONS: &[RelocInfo] = &[
+    RelocInfo { kind: RelocKind::Aarch64_ABS64, expr: RelExpr::Absolute, width: 8 },
+    RelocInfo { kind: RelocKind::Aarch64_ADR_GOT_PAGE, expr: RelExpr::GotPage, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LD64_GOT_LO12_NC, expr: RelExpr::GotPageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_ADR_PREL_PG_HI21, expr: RelExpr::Page, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_ADD_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST8_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST16_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST32_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST64_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST128_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_JUMP26, expr: RelExpr::Branch, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_CALL26, expr: RelExpr::Branch, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G0_NC, expr: RelExpr::AbsoluteChunk(0), width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G1_NC, expr: RelExpr::AbsoluteChunk(1), width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G2_NC, expr: RelExpr::AbsoluteChunk(2), width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G3, expr: RelExpr::AbsoluteChunk(3), width: 4 },
+];
+
+impl TargetInfo for Aarch64 {
+    fn arch(&self) -> Arch {
+        Arch::Aarch64
+    }
+
+    fn relocations(&self) -> &'static [RelocInfo] {
+        RELOCATIONS
+    }
+
+    fn patch_fns(&self) -> &'static [PatchFn] {
+        &[
+            PatchFn::Aarch64_12,
+            PatchFn::Aarch64_12x,
+            PatchFn::Aarch64_16a,
+            PatchFn::Aarch64_16b,
+            PatchFn::Aarch64_16c,
+            PatchFn::Aarch64_16d,
+            PatchFn::Aarch64_21r,
+            PatchFn::Aarch64_21rx,
+            PatchFn::Aarch64_26r,
+            PatchFn::Aarch64_33rx,
+        ]
+    }
+
+    fn reach(&self, func: PatchFn) -> Option<Range<i64>> {
+        match func {
+            // b/bl: a signed 26-bit word offset, ±128 MiB.
+            PatchFn::Aarch64_26r => Some(-(1 << 27)..(1 << 27)),
+            // adrp: ±2^20 pages, less a page either side for the page rounding.
+            PatchFn::Aarch64_21r | PatchFn::Aarch64_21rx | PatchFn::Aarch64_33rx => {
+                Some(-(1i64 << 32) + PAGE..(1i64 << 32) - PAGE)
+            }
+            _ => None,
+        }
+    }
+
+    /// Branches and `adr` count from the instruction itself.
+    fn pc_relative_referent(&self, s_plus_a: u64, _p: u64, _pc: u64, _next_pc: u64) -> u64 {
+        s_plus_a
+    }
+
+    /// Linux's 48-bit user space (4 KiB pages, four levels), less the first 64 KiB.
+    fn user_space(&self) -> Range<u64> {
+        0x1_0000..0x0001_0000_0000_0000
+    }
+
+    fn max_instruction_len(&self) -> usize {
+        4
+    }
+
+    /// AAPCS64: sp is 16-byte aligned at every public interface.
+    fn abi(&self) -> Abi {
+        Abi { stack_pointer: "sp", call_sp_mod16: 0 }
+    }
+
+    /// 3.13 enters uops with the C convention: frame, stack_pointer and
+    /// tstate in x0, x1, x2.
+    fn convention(&self, _target: Target, _set: &StencilSet) -> Convention {
+        Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default" }
+    }
+
+    fn static_sites(&self, _stencil: &Stencil, _image: &Image) -> Vec<SiteObservation> {
+        Vec::new()
+    }
+
+    fn transfer_class(&self, _bytes: &[u8], _ip: u64) -> TransferClass {
+        TransferClass::Other
+    }
+
+    fn format_instruction(&self, bytes: &[u8], _ip: u64) -> String {
+        bytes.iter().take(4).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    fn engine(&self, target: Target, _convention: Convention, _limit: u64) -> Result<Box<dyn Engine>, Unsupported> {
+        Err(target.unsupported("executing aarch64 stencils"))
+    }
+}

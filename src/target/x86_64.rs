@@ -1,0 +1,89 @@
+//! x86-64: relocations, reach, address space, ABI, and where decoding and
+//! the Unicorn engine for it live (`execute::x86_64`).
+
+use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
+use crate::execute::{self, Convention, Engine, SiteObservation, TransferClass};
+use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
+use crate::patch::Image;
+use std::ops::Range;
+
+pub struct X86_64;
+
+/// Canonical 47-bit user space, less the first 64 KiB (`vm.mmap_min_addr`,
+/// so NULL-ish pointers fault).
+pub const USER_SPACE: Range<u64> = 0x1_0000..0x0000_8000_0000_0000;
+
+/// Reach of a signed 32-bit displacement.
+const REACH32: i64 = 1 << 31;
+
+const RELOCATIONS: &[RelocInfo] = &[
+    RelocInfo { kind: RelocKind::X86_64_64, expr: RelExpr::Absolute, width: 8 },
+    RelocInfo { kind: RelocKind::X86_64_32, expr: RelExpr::Absolute, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_32S, expr: RelExpr::Absolute, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_PC32, expr: RelExpr::PcRelative, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_PLT32, expr: RelExpr::PcRelative, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_GOTPCREL, expr: RelExpr::Got, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_GOTPCRELX, expr: RelExpr::Got, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_REX_GOTPCRELX, expr: RelExpr::Got, width: 4 },
+];
+
+impl TargetInfo for X86_64 {
+    fn arch(&self) -> Arch {
+        Arch::X86_64
+    }
+
+    fn relocations(&self) -> &'static [RelocInfo] {
+        RELOCATIONS
+    }
+
+    fn patch_fns(&self) -> &'static [PatchFn] {
+        &[PatchFn::P32r, PatchFn::X86_64_32rx]
+    }
+
+    fn reach(&self, func: PatchFn) -> Option<Range<i64>> {
+        match func {
+            PatchFn::P32r | PatchFn::X86_64_32rx => Some(-REACH32..REACH32),
+            _ => None,
+        }
+    }
+
+    /// RIP-relative: the displacement counts from the end of the instruction.
+    fn pc_relative_referent(&self, s_plus_a: u64, p: u64, _pc: u64, next_pc: u64) -> u64 {
+        s_plus_a.wrapping_add(next_pc.wrapping_sub(p))
+    }
+
+    fn user_space(&self) -> Range<u64> {
+        USER_SPACE
+    }
+
+    fn max_instruction_len(&self) -> usize {
+        15
+    }
+
+    /// SysV: a `call` leaves the return address on a 16-byte boundary + 8.
+    fn abi(&self) -> Abi {
+        Abi { stack_pointer: "rsp", call_sp_mod16: 8 }
+    }
+
+    fn convention(&self, _target: Target, set: &StencilSet) -> Convention {
+        execute::x86_64::convention(set)
+    }
+
+    fn static_sites(&self, stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
+        execute::x86_64::static_sites(stencil, image)
+    }
+
+    fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass {
+        execute::x86_64::transfer_class(bytes, ip)
+    }
+
+    fn format_instruction(&self, bytes: &[u8], ip: u64) -> String {
+        execute::x86_64::format_at(bytes, ip)
+    }
+
+    fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported> {
+        let engine = execute::x86_64::UnicornX86::new(convention, limit)
+            .map_err(|e| target.unsupported(format!("the Unicorn x86-64 engine ({e})")))?;
+        Ok(Box::new(engine))
+    }
+}
