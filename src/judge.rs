@@ -408,6 +408,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
             address: match call.section {
                 Section::Code => placement.code + call.offset,
                 Section::Data => placement.data + call.offset,
+                Section::Got => placement.trace.as_ref().and_then(|t| t.got_slot(call.offset as u32)).unwrap_or(0),
             },
             instruction: None,
             instruction_offset: None,
@@ -571,8 +572,12 @@ pub fn coverage(stencil: &Stencil, placement: &Placement, trace: &Trace) -> BTre
                 let at = placement.code + hole.offset;
                 trace.sites.iter().any(|o| o.pc <= at && at < o.pc + o.len as u64)
             }
-            Section::Data => {
-                let slot = placement.data + hole.offset..placement.data + hole.offset + 8;
+            Section::Data | Section::Got => {
+                let at = match hole.section {
+                    Section::Got => placement.trace.as_ref().and_then(|t| t.got_slot(hole.offset as u32)).unwrap_or(0),
+                    _ => placement.data + hole.offset,
+                };
+                let slot = at..at + 8;
                 trace.sites.iter().any(|o| match o.effect {
                     Some(Effect::Load { address, .. }) | Some(Effect::Transfer { slot: Some(address), .. }) => {
                         slot.contains(&address)

@@ -19,6 +19,9 @@ pub struct StencilSet {
     pub target: crate::target::Target,
     /// In file order; the trampoline (or shim) is included under its own name.
     pub stencils: Vec<Stencil>,
+    /// 3.14+: `symbols_map[]`, the symbol (or `None` for a `0` entry) of
+    /// every ordinal trampolines and the per-trace GOT use. Empty for 3.13.
+    pub symbols_map: Vec<Option<String>>,
 }
 
 impl StencilSet {
@@ -51,6 +54,13 @@ pub struct Stencil {
     /// Object-local symbols (`.L.str.3`, `.rodata.str1.1`) → offset in the
     /// data part. Only the object loader knows them; empty for headers.
     pub locals: std::collections::BTreeMap<String, u64>,
+    /// 3.14+: the ordinals (into `symbols_map`) this stencil's holes use,
+    /// with the symbol each stands for. Empty for 3.13.
+    pub ordinals: std::collections::BTreeMap<u32, String>,
+    /// 3.14+: the StencilGroup's `trampoline_mask` and `got_mask` (32-bit
+    /// words, bit `n` for ordinal `n`). Empty for 3.13.
+    pub trampoline_mask: Vec<u32>,
+    pub got_mask: Vec<u32>,
 }
 
 impl Stencil {
@@ -75,7 +85,8 @@ impl Stencil {
             Term::Symbol(name) => Some(Symbol::classify(name)),
             _ => None,
         });
-        for s in from_relocs.chain(from_holes) {
+        let from_ordinals = self.ordinals.values().map(|n| Symbol::classify(n));
+        for s in from_relocs.chain(from_holes).chain(from_ordinals) {
             if !out.contains(&s) {
                 out.push(s);
             }
@@ -148,6 +159,7 @@ pub enum RelocKind {
     Aarch64_LDST128_ABS_LO12_NC,
     Aarch64_JUMP26,
     Aarch64_CALL26,
+    Aarch64_CONDBR19,
     Aarch64_MOVW_UABS_G0_NC,
     Aarch64_MOVW_UABS_G1_NC,
     Aarch64_MOVW_UABS_G2_NC,
@@ -177,6 +189,7 @@ impl RelocKind {
         (RelocKind::Aarch64_LDST128_ABS_LO12_NC, "R_AARCH64_LDST128_ABS_LO12_NC"),
         (RelocKind::Aarch64_JUMP26, "R_AARCH64_JUMP26"),
         (RelocKind::Aarch64_CALL26, "R_AARCH64_CALL26"),
+        (RelocKind::Aarch64_CONDBR19, "R_AARCH64_CONDBR19"),
         (RelocKind::Aarch64_MOVW_UABS_G0_NC, "R_AARCH64_MOVW_UABS_G0_NC"),
         (RelocKind::Aarch64_MOVW_UABS_G1_NC, "R_AARCH64_MOVW_UABS_G1_NC"),
         (RelocKind::Aarch64_MOVW_UABS_G2_NC, "R_AARCH64_MOVW_UABS_G2_NC"),
@@ -318,6 +331,10 @@ pub struct PatchCall {
 pub enum Section {
     Code,
     Data,
+    /// 3.14+: the trace's GOT. A patch call's `offset` there is the symbol's
+    /// ordinal (`patch_got_symbol(state, 0x2)`); the slot's address is the
+    /// placement's (`Placement::got_slot`), as the trace's GOT mask decides.
+    Got,
 }
 
 impl fmt::Display for Section {
@@ -325,6 +342,7 @@ impl fmt::Display for Section {
         f.write_str(match self {
             Section::Code => "code",
             Section::Data => "data",
+            Section::Got => "state",
         })
     }
 }
@@ -345,8 +363,17 @@ pub enum PatchFn {
     Aarch64_16d,
     Aarch64_21r,
     Aarch64_21rx,
+    Aarch64_19r,
     Aarch64_26r,
     Aarch64_33rx,
+    /// 3.14+ `patch_aarch64_trampoline(location, ordinal, state)`: a direct
+    /// branch when in reach, else a veneer in the trace's trampolines.
+    Aarch64_Trampoline,
+    /// 3.14+ `patch_x86_64_trampoline(location, ordinal, state)` (Mach-O).
+    X86_64_Trampoline,
+    /// 3.14+ `patch_got_symbol(state, ordinal)`: the trace GOT slot of the
+    /// ordinal gets the symbol's address.
+    GotSymbol,
 }
 
 impl PatchFn {
@@ -363,8 +390,12 @@ impl PatchFn {
         (PatchFn::Aarch64_16d, "patch_aarch64_16d"),
         (PatchFn::Aarch64_21r, "patch_aarch64_21r"),
         (PatchFn::Aarch64_21rx, "patch_aarch64_21rx"),
+        (PatchFn::Aarch64_19r, "patch_aarch64_19r"),
         (PatchFn::Aarch64_26r, "patch_aarch64_26r"),
         (PatchFn::Aarch64_33rx, "patch_aarch64_33rx"),
+        (PatchFn::Aarch64_Trampoline, "patch_aarch64_trampoline"),
+        (PatchFn::X86_64_Trampoline, "patch_x86_64_trampoline"),
+        (PatchFn::GotSymbol, "patch_got_symbol"),
     ];
     pub fn from_name(name: &str) -> Option<PatchFn> {
         Self::ALL.iter().find(|(_, n)| *n == name).map(|(k, _)| *k)
@@ -380,9 +411,13 @@ impl PatchFn {
     /// Bytes of the location the function may write (33rx writes two instructions).
     pub fn width(self) -> u64 {
         match self {
-            PatchFn::P64 | PatchFn::Aarch64_33rx => 8,
+            PatchFn::P64 | PatchFn::Aarch64_33rx | PatchFn::GotSymbol => 8,
             _ => 4,
         }
+    }
+    /// Takes CPython's `jit_state *state` (3.14+): trampolines and the GOT.
+    pub fn takes_state(self) -> bool {
+        matches!(self, PatchFn::Aarch64_Trampoline | PatchFn::X86_64_Trampoline | PatchFn::GotSymbol)
     }
 }
 
@@ -393,9 +428,16 @@ impl fmt::Display for PatchFn {
 }
 
 impl fmt::Display for PatchCall {
-    /// As the header spells the call: `patch_32r(code + 0xc, (uintptr_t)data + -0x4)`.
+    /// As the header spells the call: `patch_32r(code + 0xc, (uintptr_t)data + -0x4)`,
+    /// `patch_aarch64_trampoline(code + 0x8, 0x1, state)`, `patch_got_symbol(state, 0x2)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}({} + {:#x}, {})", self.func, self.section, self.offset, self.value)
+        match (self.func, self.section) {
+            (_, Section::Got) => write!(f, "{}(state, {:#x})", self.func, self.offset),
+            (func, section) if func.takes_state() => {
+                write!(f, "{}({} + {:#x}, {}, state)", func, section, self.offset, self.value)
+            }
+            (func, section) => write!(f, "{}({} + {:#x}, {})", func, section, self.offset, self.value),
+        }
     }
 }
 
@@ -441,6 +483,12 @@ pub enum Term {
     Target,
     /// `instruction->exit_index`
     ExitIndex,
+    /// 3.14+ `got_symbol_address(0xN, state)`: the address of ordinal N's
+    /// slot in the trace's GOT.
+    GotSymbol(u32),
+    /// 3.14+: ordinal N of `symbols_map` as a patch argument (`0xN`); its
+    /// value is the address of the symbol it stands for.
+    Ordinal(u32),
 }
 
 impl fmt::Display for Value {
@@ -460,6 +508,8 @@ impl fmt::Display for Value {
             Term::Operand(n) => write!(f, "instruction->operand{n}")?,
             Term::Target => f.write_str("instruction->target")?,
             Term::ExitIndex => f.write_str("instruction->exit_index")?,
+            Term::GotSymbol(n) => write!(f, "got_symbol_address({n:#x}, state)")?,
+            Term::Ordinal(n) => write!(f, "{n:#x}")?,
         }
         if self.addend != 0 {
             write!(f, " + {}", hex_signed(self.addend))?;

@@ -7,7 +7,7 @@
 
 use crate::error::BadInput;
 use crate::model::{Section, Stencil, Symbol, Term, Value};
-use crate::target::{Target, TargetInfo};
+use crate::target::{Target, TargetInfo, Version};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -44,6 +44,9 @@ pub struct Placement {
     pub layout: Layout,
     pub code: u64,
     pub data: u64,
+    /// 3.14+: the trace's one allocation around this stencil.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceLayout>,
     pub executor: u64,
     pub jump_target: u64,
     pub error_target: u64,
@@ -66,6 +69,130 @@ pub struct Placement {
     /// Seeds the contents of memory read on demand, the values stubs return,
     /// and what was in the code/data memory before the emit function ran.
     pub contents_seed: u64,
+}
+
+/// How CPython 3.14+'s `_PyJIT_Compile` lays out the trace a stencil is
+/// part of: one allocation of code | trampolines | data | GOT, the shim and
+/// the other uops around this one, jump and error targets among their
+/// instruction starts.
+#[derive(Clone, Debug, Serialize)]
+pub struct TraceLayout {
+    /// The allocation: `start..end`, page-aligned.
+    pub start: u64,
+    pub end: u64,
+    /// The trace's code: `start..code_end`; this stencil's at `code`.
+    pub code: u64,
+    pub code_end: u64,
+    /// The trace's trampolines and the mask that sized them (the union of
+    /// its stencils' `trampoline_mask`s, this one's included).
+    pub trampolines: u64,
+    pub trampoline_mask: Vec<u32>,
+    pub trampoline_size: u64,
+    /// This stencil's data, in the trace's data.
+    pub data: u64,
+    /// The trace's GOT and its mask (the union of its stencils' `got_mask`s).
+    pub got: u64,
+    pub got_mask: Vec<u32>,
+}
+
+/// Bit `n` of a CPython symbol mask.
+fn mask_has(mask: &[u32], n: u32) -> bool {
+    mask.get((n / 32) as usize).is_some_and(|w| w & (1 << (n % 32)) != 0)
+}
+
+/// How many ordinals below `n` a mask holds: the slot index of `n`.
+fn mask_index(mask: &[u32], n: u32) -> u64 {
+    let whole: u32 = mask.iter().take((n / 32) as usize).map(|w| w.count_ones()).sum();
+    let part = mask.get((n / 32) as usize).map_or(0, |w| (w & ((1u32 << (n % 32)) - 1)).count_ones());
+    (whole + part) as u64
+}
+
+impl TraceLayout {
+    /// Ordinal `n`'s slot in the trace's GOT, when the trace has one.
+    pub fn got_slot(&self, n: u32) -> Option<u64> {
+        mask_has(&self.got_mask, n).then(|| self.got + 8 * mask_index(&self.got_mask, n))
+    }
+    /// Ordinal `n`'s trampoline, when the trace has one.
+    pub fn trampoline_slot(&self, n: u32) -> Option<u64> {
+        mask_has(&self.trampoline_mask, n)
+            .then(|| self.trampolines + self.trampoline_size * mask_index(&self.trampoline_mask, n))
+    }
+    pub fn trampolines_len(&self) -> u64 {
+        self.trampoline_size * self.trampoline_mask.iter().map(|w| w.count_ones() as u64).sum::<u64>()
+    }
+    pub fn got_len(&self) -> u64 {
+        8 * self.got_mask.iter().map(|w| w.count_ones() as u64).sum::<u64>()
+    }
+    /// Where another uop of the trace starts (never inside this one).
+    fn instruction_start(&self, rng: &mut ChaCha8Rng, stencil: &Stencil) -> u64 {
+        let own = self.code..self.code + stencil.code_size().max(1);
+        loop {
+            let t = rng.gen_range(self.start..self.code_end);
+            if !own.contains(&t) {
+                return t;
+            }
+        }
+    }
+}
+
+/// A 3.14+ trace around `stencil`: other uops' code before and after it
+/// (the shim first), the trampolines and the GOT its masks and a few other
+/// ordinals need, and other uops' data around its data.
+fn lay_out_trace(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil, trampoline_size: u64) -> TraceLayout {
+    let code_size = stencil.code_size();
+    let data_size = stencil.data_size();
+    // Other uops' code: at least a shim's worth before, so targets exist on
+    // both sides. RelativeEdge puts the code across a page boundary.
+    let mut code_before = 64 + rng.gen_range(0..64 * 1024);
+    if layout == Layout::RelativeEdge && code_size > 1 {
+        let into_page = (code_before + rng.gen_range(1..code_size)) % PAGE;
+        code_before += PAGE - into_page;
+    }
+    let code_after = 64 + rng.gen_range(0..64 * 1024);
+    let trace_code = code_before + code_size + code_after;
+    let widen = |rng: &mut ChaCha8Rng, own: &[u32]| {
+        let mut mask = own.to_vec();
+        mask.resize(mask.len().max(2), 0);
+        for _ in 0..rng.gen_range(0..6) {
+            let n = rng.gen_range(0..(mask.len() as u32 * 32));
+            mask[(n / 32) as usize] |= 1 << (n % 32);
+        }
+        mask
+    };
+    let trampoline_mask = widen(rng, &stencil.trampoline_mask);
+    let got_mask = widen(rng, &stencil.got_mask);
+    let ones = |m: &[u32]| m.iter().map(|w| w.count_ones() as u64).sum::<u64>();
+    let trampolines_len = trampoline_size * ones(&trampoline_mask);
+    // Every stencil's data is a multiple of 8 bytes (CPython pads it).
+    let mut data_before = 8 * rng.gen_range(0..8 * 1024);
+    if layout == Layout::RelativeEdge && data_size > 8 {
+        let into_page = (trace_code + trampolines_len + data_before + 8 * rng.gen_range(1..data_size / 8)) % PAGE;
+        data_before += PAGE - into_page;
+    }
+    let data_after = 8 * rng.gen_range(0..8 * 1024);
+    let got_len = 8 * ones(&got_mask);
+    let total = trace_code + trampolines_len + data_before + data_size + data_after + got_len;
+    let pages = total.div_ceil(PAGE) * PAGE;
+    let start = match layout {
+        Layout::Low => (sp.min + MIB).max(sp.min) + PAGE * rng.gen_range(0..16),
+        Layout::High => (sp.end - pages - PAGE * rng.gen_range(1..16)) & !(PAGE - 1),
+        _ => rng.gen_range(sp.min + 4 * GIB..sp.end - 4 * GIB - pages) & !(PAGE - 1),
+    };
+    let code = start + code_before;
+    let trampolines = start + trace_code;
+    let data = trampolines + trampolines_len + data_before;
+    TraceLayout {
+        start,
+        end: start + pages,
+        code,
+        code_end: start + trace_code,
+        trampolines,
+        trampoline_mask,
+        trampoline_size,
+        data,
+        got: data + data_size + data_after,
+        got_mask,
+    }
 }
 
 impl Placement {
@@ -94,6 +221,11 @@ impl Placement {
             Term::Operand(n) => self.operands[(*n as usize).min(1)],
             Term::Target => self.target as u64,
             Term::ExitIndex => self.exit_index as u64,
+            Term::GotSymbol(n) => self.trace.as_ref().and_then(|t| t.got_slot(*n)).unwrap_or(0),
+            Term::Ordinal(n) => match stencil.ordinals.get(n) {
+                Some(name) => self.externs.get(name).copied().unwrap_or(0),
+                None => 0,
+            },
         }
     }
 
@@ -188,16 +320,26 @@ pub fn place_within(
             ),
         ));
     }
-    let mut code = pick_code(&mut rng, sp, layout, stencil, &span);
-    if data_window(sp, stencil, code, &span).is_empty() {
-        // Low/High put the code where its holes' data window leaves user
-        // space: fall back to anywhere the window fits.
-        code = pick_code(&mut rng, sp, Layout::Scattered, stencil, &span);
-    }
-    let data = pick_data(&mut rng, sp, layout, stencil, code, &span);
     let mut taken = Taken::default();
-    taken.reserve(code, stencil.code_size().max(1));
-    taken.reserve(data, stencil.data_size().max(1));
+    let (code, data, trace) = match target.version {
+        Version::V3_13 => {
+            let mut code = pick_code(&mut rng, sp, layout, stencil, &span);
+            if data_window(sp, stencil, code, &span).is_empty() {
+                // Low/High put the code where its holes' data window leaves user
+                // space: fall back to anywhere the window fits.
+                code = pick_code(&mut rng, sp, Layout::Scattered, stencil, &span);
+            }
+            let data = pick_data(&mut rng, sp, layout, stencil, code, &span);
+            taken.reserve(code, stencil.code_size().max(1));
+            taken.reserve(data, stencil.data_size().max(1));
+            (code, data, None)
+        }
+        Version::V3_14 => {
+            let trace = lay_out_trace(&mut rng, sp, layout, stencil, info.trampoline_size());
+            taken.reserve(trace.start, trace.end - trace.start);
+            (trace.code, trace.data, Some(trace))
+        }
+    };
 
     // Page-aligned, so fake objects sit on word boundaries like malloc's.
     let heap = pick_free(&mut rng, sp, &taken, HEAP_SIZE, |r| random_user(r, sp, HEAP_SIZE) & !(PAGE - 1));
@@ -214,9 +356,13 @@ pub fn place_within(
     let mut targets = [0u64; 3];
     for i in 0..targets.len() {
         // Distinct targets, so a swapped jump/error hole can never look right.
-        let mut t = pick_target(&mut rng, sp, layout, &taken, stencil, code);
+        let pick = |rng: &mut ChaCha8Rng| match &trace {
+            Some(trace) => trace.instruction_start(rng, stencil),
+            None => pick_target(rng, sp, layout, &taken, stencil, code),
+        };
+        let mut t = pick(&mut rng);
         while targets[..i].contains(&t) {
-            t = pick_target(&mut rng, sp, layout, &taken, stencil, code);
+            t = pick(&mut rng);
         }
         targets[i] = t;
     }
@@ -228,6 +374,7 @@ pub fn place_within(
         layout,
         code,
         data,
+        trace,
         executor: heap_object(&mut rng),
         jump_target,
         error_target,

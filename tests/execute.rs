@@ -30,6 +30,9 @@ fn stencil(
 ) -> Stencil {
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: name.into(),
         line: 1,
         instructions: listing(&code),
@@ -132,6 +135,7 @@ fn engine(limit: u64) -> UnicornX86 {
         path: PathBuf::from("test.h"),
         target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
+        symbols_map: Vec::new(),
     };
     UnicornX86::new(convention(&set), limit).unwrap()
 }
@@ -906,6 +910,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         path: PathBuf::from("t.h"),
         target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![tramp.clone()],
+        symbols_map: Vec::new(),
     };
     let conv = convention(&set);
     assert_eq!(
@@ -934,6 +939,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         path: PathBuf::from("t.h"),
         target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
+        symbols_map: Vec::new(),
     };
     assert_eq!(
         (convention(&set).frame, convention(&set).source),

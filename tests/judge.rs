@@ -60,6 +60,9 @@ fn uop() -> Stencil {
     let sym = |n: &str| Term::Symbol(n.into());
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: "_UOP".into(),
         line: 100,
         instructions: listing(&code),
@@ -108,6 +111,9 @@ fn jmp_continue() -> Stencil {
     let code = vec![0xff, 0x25, 0, 0, 0, 0];
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: "_JMP".into(),
         line: 1,
         instructions: listing(&code),
@@ -129,6 +135,7 @@ fn engine() -> UnicornX86 {
         path: PathBuf::from("test.h"),
         target: stencilcheck::target::Target::elf(Arch::X86_64),
         stencils: vec![],
+        symbols_map: Vec::new(),
     };
     UnicornX86::new(convention(&set), 100_000).unwrap()
 }
@@ -1000,6 +1007,9 @@ fn lea_pc32() -> Stencil {
     let code = vec![0x48, 0x8d, 0x05, 0, 0, 0, 0];
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: "_LEA".into(),
         line: 1,
         instructions: listing(&code),
@@ -1066,6 +1076,9 @@ fn movabs() -> Stencil {
     let code = vec![0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0];
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: "_MOVABS".into(),
         line: 1,
         instructions: listing(&code),

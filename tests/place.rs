@@ -46,6 +46,9 @@ fn multi(name: &str) -> Stencil {
     data.resize(48, 0);
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: name.into(),
         line: 1,
         code,
@@ -479,6 +482,9 @@ fn compact_puts_data_after_the_code() {
 fn two_data_holes(apart: i64, code_len: usize, data_len: usize, a0: i64) -> Stencil {
     Stencil {
         locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
         name: "_FAR_APART".into(),
         line: 77,
         code: vec![0x90; code_len],

@@ -441,7 +441,8 @@ impl UnicornX86 {
         // seen by the code hook, not fail inside Unicorn's translator (which
         // then reports the block's start as the faulting PC).
         let code_len = image.code.len() as u64 + PAGE;
-        for (addr, len) in [(image.code_addr, code_len), (image.data_addr, image.data.len() as u64)] {
+        let rest = image.regions().filter(|(r, _, _)| *r != crate::patch::Region::Code).map(|(_, a, b)| (a, b.len() as u64));
+        for (addr, len) in std::iter::once((image.code_addr, code_len)).chain(rest) {
             if len == 0 {
                 continue;
             }
@@ -465,8 +466,9 @@ impl UnicornX86 {
             self.uc.mem_write(r.start, &vec![0xcc; (r.end - r.start) as usize]).ok();
             self.fixed.push((r.start, r.end - r.start));
         }
-        self.uc.mem_write(image.code_addr, &image.code).map_err(|e| format!("write code: {e:?}"))?;
-        self.uc.mem_write(image.data_addr, &image.data).map_err(|e| format!("write data: {e:?}"))?;
+        for (region, addr, bytes) in image.regions() {
+            self.uc.mem_write(addr, bytes).map_err(|e| format!("write {region:?}: {e:?}"))?;
+        }
         let (s, e) = (image.code_addr & !(PAGE - 1), image.code_addr + image.code.len() as u64 + PAGE);
         let _ = self.uc.ctl_remove_cache(s, e);
         Ok(())

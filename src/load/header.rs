@@ -131,7 +131,12 @@ impl<'a> Parser<'a> {
         }
         self.cross_check(&stencils, &table, table_line)?;
         let arch = self.arch(&stencils)?;
-        Ok(StencilSet { path: PathBuf::from(self.file), target: crate::target::Target::elf(arch), stencils })
+        Ok(StencilSet {
+            path: PathBuf::from(self.file),
+            target: crate::target::Target::elf(arch),
+            stencils,
+            symbols_map: Vec::new(),
+        })
     }
 
     /// `static const StencilGroup trampoline = {emit_trampoline, 112, 24};`
@@ -313,6 +318,9 @@ impl<'a> Parser<'a> {
             data_comments,
             emit,
             locals: Default::default(),
+            ordinals: Default::default(),
+            trampoline_mask: Vec::new(),
+            got_mask: Vec::new(),
         })
     }
 

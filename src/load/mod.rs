@@ -136,7 +136,7 @@ pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) 
         stencils.push(object::build(&stem(p), &raw));
     }
     let arch = arch.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
-    Ok(StencilSet { path: set_path.to_path_buf(), target: crate::target::Target::elf(arch), stencils })
+    Ok(StencilSet { path: set_path.to_path_buf(), target: crate::target::Target::elf(arch), stencils, symbols_map: Vec::new() })
 }
 
 /// A directory of `*.o`: one stencil per object, sorted by name.

@@ -141,29 +141,9 @@ fn symbol_value(r: &RawReloc, base: &Bases) -> Value {
     }
 }
 
-/// The patch function CPython's `Python/jit.c` uses for a relocation kind.
+/// The patch function CPython's `Tools/jit` uses for a relocation kind.
 pub fn patch_fn(kind: RelocKind) -> PatchFn {
-    use RelocKind::*;
-    match kind {
-        X86_64_64 | Aarch64_ABS64 => PatchFn::P64,
-        X86_64_32 | X86_64_32S => PatchFn::P32,
-        X86_64_PC32 | X86_64_PLT32 | X86_64_GOTPCREL => PatchFn::P32r,
-        X86_64_GOTPCRELX | X86_64_REX_GOTPCRELX => PatchFn::X86_64_32rx,
-        Aarch64_ADR_GOT_PAGE => PatchFn::Aarch64_21rx,
-        Aarch64_LD64_GOT_LO12_NC => PatchFn::Aarch64_12x,
-        Aarch64_ADR_PREL_PG_HI21 => PatchFn::Aarch64_21r,
-        Aarch64_ADD_ABS_LO12_NC
-        | Aarch64_LDST8_ABS_LO12_NC
-        | Aarch64_LDST16_ABS_LO12_NC
-        | Aarch64_LDST32_ABS_LO12_NC
-        | Aarch64_LDST64_ABS_LO12_NC
-        | Aarch64_LDST128_ABS_LO12_NC => PatchFn::Aarch64_12,
-        Aarch64_JUMP26 | Aarch64_CALL26 => PatchFn::Aarch64_26r,
-        Aarch64_MOVW_UABS_G0_NC => PatchFn::Aarch64_16a,
-        Aarch64_MOVW_UABS_G1_NC => PatchFn::Aarch64_16b,
-        Aarch64_MOVW_UABS_G2_NC => PatchFn::Aarch64_16c,
-        Aarch64_MOVW_UABS_G3 => PatchFn::Aarch64_16d,
-    }
+    crate::target::reloc_info(kind).patch_fn
 }
 
 /// `_JIT_CONTINUE-0x4`, `.rodata.str1.1+0x2`, `_Py_Dealloc`: how objdump prints S+A.
@@ -303,6 +283,9 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
         data_comments,
         emit,
         locals,
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
     }
 }
 

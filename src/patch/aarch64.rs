@@ -36,6 +36,10 @@ pub fn is_adrp(i: u32) -> bool {
 pub fn is_branch(i: u32) -> bool {
     i & 0x7C00_0000 == 0x1400_0000
 }
+/// B.cond, or CBZ/CBNZ: the branches with a 19-bit word offset at bit 5.
+pub fn is_branch19(i: u32) -> bool {
+    i & 0xFF00_0010 == 0x5400_0000 || i & 0x7E00_0000 == 0x3400_0000
+}
 /// `IS_AARCH64_LDR_OR_STR`: LDR/STR (unsigned immediate offset).
 pub fn is_ldr_or_str(i: u32) -> bool {
     i & 0x3B00_0000 == 0x3900_0000
@@ -214,6 +218,58 @@ pub fn patch_aarch64_26r(image: &mut Image, location: u64, value: u64) -> Result
     })?;
     set_bits(&mut insn, 0, delta, 2, 26);
     write_insn(&site, image, location, insn)
+}
+
+/// `patch_aarch64_19r`: a B.cond/CBZ/CBNZ to `value` (±1 MiB, 4-byte
+/// aligned; 3.14+ `R_AARCH64_CONDBR19`).
+pub fn patch_aarch64_19r(image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
+    let site = Site::new(PatchFn::Aarch64_19r, location, value);
+    let mut insn = read_insn(&site, image, location)?;
+    site.check(is_branch19(insn), || {
+        format!("patch_aarch64_19r: instruction {insn:#010x} at {location:#x} is not B.cond/CBZ/CBNZ")
+    })?;
+    let delta = value.wrapping_sub(location);
+    let signed = delta as i64;
+    site.check((-(1i64 << 20)..(1i64 << 20)).contains(&signed), || {
+        format!("patch_aarch64_19r: value - location out of signed 21-bit range: {}", hex_signed(signed))
+    })?;
+    site.check(get_bits(delta, 0, 2) == 0, || {
+        format!("patch_aarch64_19r: value - location = {} is not 4-byte aligned", hex_signed(signed))
+    })?;
+    set_bits(&mut insn, 5, delta, 2, 19);
+    write_insn(&site, image, location, insn)
+}
+
+/// CPython's aarch64 veneer: `ldr x8, #8; br x8` and the 64-bit target.
+pub const TRAMPOLINE: [u32; 2] = [0x5800_0048, 0xD61F_0100];
+
+/// `patch_aarch64_trampoline(location, ordinal, state)` (3.14+): a B/BL to
+/// `value` (the ordinal's symbol) directly when within ±128 MiB; otherwise
+/// the veneer is written at `slot` (the ordinal's trampoline in the trace)
+/// and the branch goes there. The branch itself is patched by `patcher`'s
+/// `patch_aarch64_26r`, so a jit.c under test patches it with its own.
+pub fn patch_aarch64_trampoline(
+    patcher: &dyn super::Patcher,
+    image: &mut Image,
+    location: u64,
+    value: u64,
+    slot: Option<u64>,
+) -> Result<(), PatchAssert> {
+    let site = Site::new(PatchFn::Aarch64_Trampoline, location, value);
+    let range = value.wrapping_sub(location) as i64;
+    if (-(1i64 << 27)..(1i64 << 27)).contains(&range) {
+        return patcher.patch(PatchFn::Aarch64_26r, image, location, value);
+    }
+    let slot = slot.ok_or_else(|| {
+        site.fail("patch_aarch64_trampoline: the ordinal has no trampoline (its bit is not in the trampoline mask)")
+    })?;
+    let mut veneer = Vec::with_capacity(16);
+    for word in TRAMPOLINE {
+        veneer.extend_from_slice(&word.to_le_bytes());
+    }
+    veneer.extend_from_slice(&value.to_le_bytes());
+    site.write(image, slot, &veneer)?;
+    patcher.patch(PatchFn::Aarch64_26r, image, location, slot)
 }
 
 /// `patch_aarch64_33rx`: an `adrp reg, slot@PAGE; ldr reg, [reg, slot@PAGEOFF]`

@@ -22,7 +22,7 @@ pub mod aarch64;
 pub mod x86_64;
 pub mod native;
 
-use crate::model::{hex_signed, EmitOp, PatchCall, PatchFn, Section, Stencil};
+use crate::model::{hex_signed, EmitOp, PatchCall, PatchFn, Section, Stencil, Term};
 use crate::place::Placement;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -32,14 +32,21 @@ use std::fmt;
 // The image
 // ---------------------------------------------------------------------------
 
-/// The bytes of one stencil's placed code and data, addressed absolutely.
-/// Code and data never overlap (checked by [`Image::new`]).
+/// The bytes of one stencil's placed code and data, addressed absolutely,
+/// and (3.14+) the trace's trampolines and GOT the stencil's patches write.
+/// No two regions overlap (checked by [`Image::new`] and [`Image::with_trace`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Image {
     pub code_addr: u64,
     pub code: Vec<u8>,
     pub data_addr: u64,
     pub data: Vec<u8>,
+    /// 3.14+: the trace's trampolines (empty for 3.13).
+    pub trampolines_addr: u64,
+    pub trampolines: Vec<u8>,
+    /// 3.14+: the trace's GOT (empty for 3.13).
+    pub got_addr: u64,
+    pub got: Vec<u8>,
 }
 
 /// Offset of `addr` in the region `[base, base + len)`, if it lies there.
@@ -48,35 +55,100 @@ fn offset_in(base: u64, len: usize, addr: u64) -> Option<usize> {
     (off < len as u64).then_some(off as usize)
 }
 
+/// The regions of an image, for byte addressing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    Code,
+    Data,
+    Trampolines,
+    Got,
+}
+
+const REGIONS: [Region; 4] = [Region::Code, Region::Data, Region::Trampolines, Region::Got];
+
 impl Image {
     /// Panics when the two regions overlap: placements never do that, and a
     /// patch could not say which bytes it wrote.
     pub fn new(code_addr: u64, code: Vec<u8>, data_addr: u64, data: Vec<u8>) -> Image {
-        let (c0, c1) = (code_addr as u128, code_addr as u128 + code.len() as u128);
-        let (d0, d1) = (data_addr as u128, data_addr as u128 + data.len() as u128);
-        assert!(
-            code.is_empty() || data.is_empty() || c1 <= d0 || d1 <= c0,
-            "code {code_addr:#x}+{:#x} and data {data_addr:#x}+{:#x} overlap",
-            code.len(),
-            data.len()
-        );
-        Image { code_addr, code, data_addr, data }
+        let image = Image {
+            code_addr,
+            code,
+            data_addr,
+            data,
+            trampolines_addr: 0,
+            trampolines: Vec::new(),
+            got_addr: 0,
+            got: Vec::new(),
+        };
+        image.assert_disjoint();
+        image
+    }
+
+    /// The same image with the trace's trampolines and GOT beside it (3.14+).
+    pub fn with_trace(mut self, trampolines_addr: u64, trampolines: Vec<u8>, got_addr: u64, got: Vec<u8>) -> Image {
+        self.trampolines_addr = trampolines_addr;
+        self.trampolines = trampolines;
+        self.got_addr = got_addr;
+        self.got = got;
+        self.assert_disjoint();
+        self
+    }
+
+    fn assert_disjoint(&self) {
+        for (i, a) in REGIONS.iter().enumerate() {
+            for b in &REGIONS[i + 1..] {
+                let (a0, ab) = self.bytes_of(*a);
+                let (b0, bb) = self.bytes_of(*b);
+                let (a1, b1) = (a0 as u128 + ab.len() as u128, b0 as u128 + bb.len() as u128);
+                assert!(
+                    ab.is_empty() || bb.is_empty() || a1 <= b0 as u128 || b1 <= a0 as u128,
+                    "{a:?} {a0:#x}+{:#x} and {b:?} {b0:#x}+{:#x} overlap",
+                    ab.len(),
+                    bb.len()
+                );
+            }
+        }
     }
 
     /// `(address, bytes)` of one region.
-    pub fn region(&self, section: Section) -> (u64, &[u8]) {
-        match section {
-            Section::Code => (self.code_addr, &self.code),
-            Section::Data => (self.data_addr, &self.data),
+    pub fn bytes_of(&self, region: Region) -> (u64, &[u8]) {
+        match region {
+            Region::Code => (self.code_addr, &self.code),
+            Region::Data => (self.data_addr, &self.data),
+            Region::Trampolines => (self.trampolines_addr, &self.trampolines),
+            Region::Got => (self.got_addr, &self.got),
         }
     }
 
-    /// Which region byte `addr` lies in, and its offset there.
-    fn locate(&self, addr: u64) -> Option<(Section, usize)> {
-        if let Some(off) = offset_in(self.code_addr, self.code.len(), addr) {
-            return Some((Section::Code, off));
+    fn bytes_of_mut(&mut self, region: Region) -> &mut Vec<u8> {
+        match region {
+            Region::Code => &mut self.code,
+            Region::Data => &mut self.data,
+            Region::Trampolines => &mut self.trampolines,
+            Region::Got => &mut self.got,
         }
-        offset_in(self.data_addr, self.data.len(), addr).map(|off| (Section::Data, off))
+    }
+
+    /// `(address, bytes)` of the region a patch call's section names.
+    pub fn region(&self, section: Section) -> (u64, &[u8]) {
+        self.bytes_of(match section {
+            Section::Code => Region::Code,
+            Section::Data => Region::Data,
+            Section::Got => Region::Got,
+        })
+    }
+
+    /// Every non-empty region with its address, in a fixed order.
+    pub fn regions(&self) -> impl Iterator<Item = (Region, u64, &[u8])> {
+        REGIONS.iter().map(|r| (*r, self.bytes_of(*r))).filter(|(_, (_, b))| !b.is_empty()).map(|(r, (a, b))| (r, a, b))
+    }
+
+    /// Which region byte `addr` lies in, and its offset there.
+    pub fn locate(&self, addr: u64) -> Option<(Region, usize)> {
+        REGIONS.iter().find_map(|r| {
+            let (base, bytes) = self.bytes_of(*r);
+            offset_in(base, bytes.len(), addr).map(|off| (*r, off))
+        })
     }
 
     /// True when every byte of `addr..addr+len` lies in code or data.
@@ -88,8 +160,8 @@ impl Image {
     /// span two vectors); use [`Image::read_u32`]/[`Image::read_u64`] for
     /// values that might straddle adjacent code and data.
     pub fn read(&self, addr: u64, len: usize) -> Option<&[u8]> {
-        for section in [Section::Code, Section::Data] {
-            let (base, bytes) = self.region(section);
+        for region in REGIONS {
+            let (base, bytes) = self.bytes_of(region);
             if let Some(off) = addr.checked_sub(base) {
                 let end = off.checked_add(len as u64)?;
                 if end <= bytes.len() as u64 && (off < bytes.len() as u64 || len == 0) {
@@ -101,10 +173,7 @@ impl Image {
     }
 
     fn byte(&self, addr: u64) -> Option<u8> {
-        self.locate(addr).map(|(section, off)| match section {
-            Section::Code => self.code[off],
-            Section::Data => self.data[off],
-        })
+        self.locate(addr).map(|(region, off)| self.bytes_of(region).1[off])
     }
 
     fn read_array<const N: usize>(&self, addr: u64) -> Option<[u8; N]> {
@@ -135,11 +204,8 @@ impl Image {
         for i in 0..bytes.len() as u64 {
             places.push(self.locate(addr.checked_add(i)?)?);
         }
-        for ((section, off), b) in places.into_iter().zip(bytes) {
-            match section {
-                Section::Code => self.code[off] = *b,
-                Section::Data => self.data[off] = *b,
-            }
+        for ((region, off), b) in places.into_iter().zip(bytes) {
+            self.bytes_of_mut(region)[off] = *b;
         }
         Some(())
     }
@@ -196,6 +262,24 @@ pub trait Patcher {
     }
 }
 
+/// A 3.14+ trampoline call: `value` is the ordinal's symbol, `slot` its
+/// trampoline in the trace (if the trace has one). CPython's logic, with the
+/// branch itself patched through `patcher` (so a jit.c under test patches it).
+pub fn trampoline(
+    patcher: &dyn Patcher,
+    func: PatchFn,
+    image: &mut Image,
+    location: u64,
+    value: u64,
+    slot: Option<u64>,
+) -> Result<(), PatchAssert> {
+    match func {
+        PatchFn::Aarch64_Trampoline => aarch64::patch_aarch64_trampoline(patcher, image, location, value, slot),
+        PatchFn::X86_64_Trampoline => x86_64::patch_x86_64_trampoline(patcher, image, location, value, slot),
+        _ => patcher.patch(func, image, location, value),
+    }
+}
+
 /// The Rust ports of CPython 3.13's `Python/jit.c` patch functions.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Ports;
@@ -222,7 +306,13 @@ impl Patcher for Ports {
             PatchFn::Aarch64_21r => aarch64::patch_aarch64_21r(image, location, value),
             PatchFn::Aarch64_21rx => aarch64::patch_aarch64_21rx(image, location, value),
             PatchFn::Aarch64_26r => aarch64::patch_aarch64_26r(image, location, value),
+            PatchFn::Aarch64_19r => aarch64::patch_aarch64_19r(image, location, value),
             PatchFn::Aarch64_33rx => aarch64::patch_aarch64_33rx(image, location, value),
+            // The GOT slot of an ordinal is an 8-byte absolute address.
+            PatchFn::GotSymbol => Site::new(PatchFn::GotSymbol, location, value).write(image, location, &value.to_le_bytes()),
+            PatchFn::Aarch64_Trampoline | PatchFn::X86_64_Trampoline => {
+                Err(Site::new(func, location, value).fail(format!("{func} needs the trace's trampolines (Patcher::trampoline)")))
+            }
         }
     }
     fn name(&self) -> &str {
@@ -383,17 +473,30 @@ pub fn stale_bytes(seed: u64, addr_near: u64, len: usize) -> Vec<u8> {
 /// (different streams so code and data do not hold the same words).
 const STALE_CODE: u64 = 0x5eed_c0de_0000_0001;
 const STALE_DATA: u64 = 0x5eed_da7a_0000_0002;
+const STALE_TRAMPOLINES: u64 = 0x5eed_7a4b_0000_0003;
+const STALE_GOT: u64 = 0x5eed_6074_0000_0004;
 
 /// The image the emit function starts from: the placed regions, sized as the
 /// stencil's code and data, holding stale bytes.
 pub fn stale_image(stencil: &Stencil, placement: &Placement) -> Image {
     let seed = placement.contents_seed;
-    Image::new(
+    let image = Image::new(
         placement.code,
         stale_bytes(seed ^ STALE_CODE, placement.code, stencil.code.len()),
         placement.data,
         stale_bytes(seed ^ STALE_DATA, placement.code, stencil.data.len()),
-    )
+    );
+    match &placement.trace {
+        // The trace's trampolines and GOT: what other stencils (or an earlier
+        // trace) left there, unless this stencil's own patches write them.
+        Some(trace) => image.with_trace(
+            trace.trampolines,
+            stale_bytes(seed ^ STALE_TRAMPOLINES, placement.code, trace.trampolines_len() as usize),
+            trace.got,
+            stale_bytes(seed ^ STALE_GOT, placement.code, trace.got_len() as usize),
+        ),
+        None => image,
+    }
 }
 
 /// A patch call that failed while replaying an emit function.
@@ -439,6 +542,26 @@ pub fn emit(
         match op {
             EmitOp::CopyData { .. } => image.data.copy_from_slice(&stencil.data),
             EmitOp::CopyCode { .. } => image.code.copy_from_slice(&stencil.code),
+            EmitOp::Patch(call) if call.section == Section::Got => {
+                // patch_got_symbol(state, ordinal): the ordinal's slot in the trace's GOT.
+                let ordinal = call.offset as u32;
+                let value = placement.value(&call.value, stencil);
+                let slot = placement.trace.as_ref().and_then(|t| t.got_slot(ordinal));
+                let Some(location) = slot else {
+                    return Err(EmitFailure {
+                        call: call.clone(),
+                        assert: PatchAssert {
+                            func: call.func,
+                            location: 0,
+                            value,
+                            message: format!("ordinal {ordinal:#x} has no slot in the trace's GOT (its got_mask bit is clear)"),
+                        },
+                    });
+                };
+                patcher
+                    .patch(call.func, &mut image, location, value)
+                    .map_err(|assert| EmitFailure { call: call.clone(), assert })?;
+            }
             EmitOp::Patch(call) => {
                 let (base, bytes) = image.region(call.section);
                 let size = bytes.len() as u64;
@@ -455,9 +578,16 @@ pub fn emit(
                         call.func, call.section, call.offset, call.section
                     )));
                 }
-                patcher
-                    .patch(call.func, &mut image, location, value)
-                    .map_err(|assert| EmitFailure { call: call.clone(), assert })?;
+                let result = if call.func.takes_state() {
+                    let slot = match (&call.value.term, &placement.trace) {
+                        (Term::Ordinal(n), Some(trace)) => trace.trampoline_slot(*n),
+                        _ => None,
+                    };
+                    trampoline(patcher, call.func, &mut image, location, value, slot)
+                } else {
+                    patcher.patch(call.func, &mut image, location, value)
+                };
+                result.map_err(|assert| EmitFailure { call: call.clone(), assert })?;
             }
         }
     }
@@ -467,7 +597,7 @@ pub fn emit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Term, Value};
+    use crate::model::Value;
     use crate::place::Layout;
     use std::collections::BTreeMap;
 
@@ -574,6 +704,9 @@ mod tests {
             data_comments: vec![],
             emit,
             locals: Default::default(),
+            ordinals: Default::default(),
+            trampoline_mask: Vec::new(),
+            got_mask: Vec::new(),
         }
     }
 
@@ -583,6 +716,7 @@ mod tests {
             layout: Layout::Compact,
             code: CODE,
             data: DATA,
+            trace: None,
             executor: 0x6000_0000_0000,
             jump_target: CODE + 0x200,
             error_target: CODE + 0x300,

@@ -53,6 +53,35 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
     patch_32r_in(&site, image, location, value)
 }
 
+/// `patch_x86_64_trampoline(location, ordinal, state)` (3.14+, Mach-O
+/// `X86_64_RELOC_BRANCH` to an extern): a `call`/`jmp rel32` to `value` (the
+/// ordinal's symbol) directly when the displacement fits in 32 bits;
+/// otherwise a `jmp *0(%rip)` veneer with the 64-bit target is written at
+/// `slot` and the branch goes there. The relocation's `-4` is the patch
+/// function's to apply (the header's argument is the ordinal). The
+/// displacement is patched by `patcher`'s `patch_32r`.
+pub fn patch_x86_64_trampoline(
+    patcher: &dyn super::Patcher,
+    image: &mut Image,
+    location: u64,
+    value: u64,
+    slot: Option<u64>,
+) -> Result<(), PatchAssert> {
+    let site = Site::new(PatchFn::X86_64_Trampoline, location, value);
+    let range = value.wrapping_sub(4).wrapping_sub(location) as i64;
+    if (-(1i64 << 31)..(1i64 << 31)).contains(&range) {
+        return patcher.patch(PatchFn::P32r, image, location, value.wrapping_sub(4));
+    }
+    let slot = slot.ok_or_else(|| {
+        site.fail("patch_x86_64_trampoline: the ordinal has no trampoline (its bit is not in the trampoline mask)")
+    })?;
+    let mut veneer = vec![0xff, 0x25, 0, 0, 0, 0];
+    veneer.extend_from_slice(&value.to_le_bytes());
+    veneer.extend_from_slice(&[0xcc, 0xcc]);
+    site.write(image, slot, &veneer)?;
+    patcher.patch(PatchFn::P32r, image, location, slot.wrapping_sub(4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{patch_32, patch_32r, patch_64, Patcher, Ports};

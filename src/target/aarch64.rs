@@ -11,22 +11,23 @@ pub struct Aarch64;
 const PAGE: i64 = 0x1000;
 
 const RELOCATIONS: &[RelocInfo] = &[
-    RelocInfo { kind: RelocKind::Aarch64_ABS64, expr: RelExpr::Absolute, width: 8 },
-    RelocInfo { kind: RelocKind::Aarch64_ADR_GOT_PAGE, expr: RelExpr::GotPage, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LD64_GOT_LO12_NC, expr: RelExpr::GotPageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_ADR_PREL_PG_HI21, expr: RelExpr::Page, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_ADD_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LDST8_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LDST16_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LDST32_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LDST64_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_LDST128_ABS_LO12_NC, expr: RelExpr::PageOffset, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_JUMP26, expr: RelExpr::Branch, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_CALL26, expr: RelExpr::Branch, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G0_NC, expr: RelExpr::AbsoluteChunk(0), width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G1_NC, expr: RelExpr::AbsoluteChunk(1), width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G2_NC, expr: RelExpr::AbsoluteChunk(2), width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G3, expr: RelExpr::AbsoluteChunk(3), width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_ABS64, expr: RelExpr::Absolute, patch_fn: PatchFn::P64, width: 8 },
+    RelocInfo { kind: RelocKind::Aarch64_ADR_GOT_PAGE, expr: RelExpr::GotPage, patch_fn: PatchFn::Aarch64_21rx, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LD64_GOT_LO12_NC, expr: RelExpr::GotPageOffset, patch_fn: PatchFn::Aarch64_12x, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_ADR_PREL_PG_HI21, expr: RelExpr::Page, patch_fn: PatchFn::Aarch64_21r, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_ADD_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST8_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST16_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST32_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST64_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_LDST128_ABS_LO12_NC, expr: RelExpr::PageOffset, patch_fn: PatchFn::Aarch64_12, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_JUMP26, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_26r, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_CALL26, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_26r, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_CONDBR19, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_19r, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G0_NC, expr: RelExpr::AbsoluteChunk(0), patch_fn: PatchFn::Aarch64_16a, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G1_NC, expr: RelExpr::AbsoluteChunk(1), patch_fn: PatchFn::Aarch64_16b, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G2_NC, expr: RelExpr::AbsoluteChunk(2), patch_fn: PatchFn::Aarch64_16c, width: 4 },
+    RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G3, expr: RelExpr::AbsoluteChunk(3), patch_fn: PatchFn::Aarch64_16d, width: 4 },
 ];
 
 impl TargetInfo for Aarch64 {
@@ -48,8 +49,10 @@ impl TargetInfo for Aarch64 {
             PatchFn::Aarch64_16d,
             PatchFn::Aarch64_21r,
             PatchFn::Aarch64_21rx,
+            PatchFn::Aarch64_19r,
             PatchFn::Aarch64_26r,
             PatchFn::Aarch64_33rx,
+            PatchFn::Aarch64_Trampoline,
         ]
     }
 
@@ -57,6 +60,8 @@ impl TargetInfo for Aarch64 {
         match func {
             // b/bl: a signed 26-bit word offset, ±128 MiB.
             PatchFn::Aarch64_26r => Some(-(1 << 27)..(1 << 27)),
+            // b.cond/cbz/cbnz: a signed 19-bit word offset, ±1 MiB.
+            PatchFn::Aarch64_19r => Some(-(1 << 20)..(1 << 20)),
             // adrp: ±2^20 pages, less a page either side for the page rounding.
             PatchFn::Aarch64_21r | PatchFn::Aarch64_21rx | PatchFn::Aarch64_33rx => {
                 Some(-(1i64 << 32) + PAGE..(1i64 << 32) - PAGE)
@@ -100,6 +105,11 @@ impl TargetInfo for Aarch64 {
 
     fn format_instruction(&self, bytes: &[u8], _ip: u64) -> String {
         bytes.iter().take(4).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    }
+
+    /// `ldr x8, 8; br x8` and the 8-byte address (CPython's veneer).
+    fn trampoline_size(&self) -> u64 {
+        16
     }
 
     fn engine(&self, target: Target, _convention: Convention, _limit: u64) -> Result<Box<dyn Engine>, Unsupported> {

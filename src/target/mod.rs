@@ -142,7 +142,7 @@ impl Target {
 
     /// True when `func` is a patch function this target's stencils may call.
     pub fn has_patch_fn(self, func: PatchFn) -> bool {
-        matches!(func, PatchFn::P64 | PatchFn::P32) || self.info().patch_fns().contains(&func)
+        matches!(func, PatchFn::P64 | PatchFn::P32 | PatchFn::GotSymbol) || self.info().patch_fns().contains(&func)
     }
 
     /// The convention uops of `set` are entered with.
@@ -194,6 +194,8 @@ impl RelExpr {
 pub struct RelocInfo {
     pub kind: RelocKind,
     pub expr: RelExpr,
+    /// The patch function CPython's `Tools/jit` gives a hole of this kind.
+    pub patch_fn: PatchFn,
     /// Bytes of the relocated field.
     pub width: u64,
 }
@@ -212,8 +214,8 @@ pub trait TargetInfo: Sync {
     fn arch(&self) -> Arch;
     /// Every relocation kind, with its expression and field width.
     fn relocations(&self) -> &'static [RelocInfo];
-    /// The architecture's own patch functions (the portable `patch_64` and
-    /// `patch_32` are everyone's).
+    /// The architecture's own patch functions (the portable `patch_64`,
+    /// `patch_32` and `patch_got_symbol` are everyone's).
     fn patch_fns(&self) -> &'static [PatchFn];
     /// The displacement range (value − location) a relative patch function
     /// reaches; `None` for absolute ones.
@@ -234,6 +236,8 @@ pub trait TargetInfo: Sync {
     fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass;
     /// The instruction at the start of `bytes`, formatted for reports.
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String;
+    /// Bytes of one 3.14+ trampoline (a veneer to a far extern).
+    fn trampoline_size(&self) -> u64;
     /// An execution engine for stencils of `target`.
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported>;
 }
@@ -284,7 +288,7 @@ mod tests {
     fn every_patch_function_has_one_home() {
         for (func, name) in PatchFn::ALL {
             let n = ARCHS.iter().filter(|a| info_of(**a).patch_fns().contains(func)).count();
-            let portable = matches!(func, PatchFn::P64 | PatchFn::P32);
+            let portable = matches!(func, PatchFn::P64 | PatchFn::P32 | PatchFn::GotSymbol);
             assert_eq!(n, usize::from(!portable), "{name}");
         }
     }

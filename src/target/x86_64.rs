@@ -17,14 +17,14 @@ pub const USER_SPACE: Range<u64> = 0x1_0000..0x0000_8000_0000_0000;
 const REACH32: i64 = 1 << 31;
 
 const RELOCATIONS: &[RelocInfo] = &[
-    RelocInfo { kind: RelocKind::X86_64_64, expr: RelExpr::Absolute, width: 8 },
-    RelocInfo { kind: RelocKind::X86_64_32, expr: RelExpr::Absolute, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_32S, expr: RelExpr::Absolute, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_PC32, expr: RelExpr::PcRelative, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_PLT32, expr: RelExpr::PcRelative, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_GOTPCREL, expr: RelExpr::Got, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_GOTPCRELX, expr: RelExpr::Got, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_REX_GOTPCRELX, expr: RelExpr::Got, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_64, expr: RelExpr::Absolute, patch_fn: PatchFn::P64, width: 8 },
+    RelocInfo { kind: RelocKind::X86_64_32, expr: RelExpr::Absolute, patch_fn: PatchFn::P32, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_32S, expr: RelExpr::Absolute, patch_fn: PatchFn::P32, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_PC32, expr: RelExpr::PcRelative, patch_fn: PatchFn::P32r, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_PLT32, expr: RelExpr::PcRelative, patch_fn: PatchFn::P32r, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_GOTPCREL, expr: RelExpr::Got, patch_fn: PatchFn::P32r, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_GOTPCRELX, expr: RelExpr::Got, patch_fn: PatchFn::X86_64_32rx, width: 4 },
+    RelocInfo { kind: RelocKind::X86_64_REX_GOTPCRELX, expr: RelExpr::Got, patch_fn: PatchFn::X86_64_32rx, width: 4 },
 ];
 
 impl TargetInfo for X86_64 {
@@ -37,7 +37,7 @@ impl TargetInfo for X86_64 {
     }
 
     fn patch_fns(&self) -> &'static [PatchFn] {
-        &[PatchFn::P32r, PatchFn::X86_64_32rx]
+        &[PatchFn::P32r, PatchFn::X86_64_32rx, PatchFn::X86_64_Trampoline]
     }
 
     fn reach(&self, func: PatchFn) -> Option<Range<i64>> {
@@ -79,6 +79,11 @@ impl TargetInfo for X86_64 {
 
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String {
         execute::x86_64::format_at(bytes, ip)
+    }
+
+    /// `jmp *0(%rip)` and the 8-byte address, padded to 16.
+    fn trampoline_size(&self) -> u64 {
+        16
     }
 
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported> {
