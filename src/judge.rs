@@ -97,34 +97,6 @@ pub struct Verdict {
     pub covered_holes: BTreeSet<usize>,
 }
 
-/// What a relocation demands of its site, in this placement.
-enum Expect {
-    /// Through a GOT slot or relaxed: the instruction uses S itself.
-    Uses(u64),
-    /// PC-relative: the address/target it refers to is S + A + (next_pc − P).
-    Refers { s_plus_a: u64 },
-    /// Absolute: the field holds S + A (as wide as the instruction takes it).
-    Absolute(u64),
-    /// An object-local symbol: somewhere in the stencil's read-only data.
-    InRodata { start: u64, end: u64 },
-}
-
-fn expectation(stencil: &Stencil, placement: &Placement, expr: RelExpr, symbol: &Symbol, addend: i64) -> Expect {
-    let rodata = || Expect::InRodata {
-        start: placement.data,
-        end: placement.data + stencil.rodata_len(),
-    };
-    let Some(s) = placement.symbol(symbol, stencil) else {
-        return rodata();
-    };
-    let s_plus_a = s.wrapping_add(addend as u64);
-    match expr {
-        RelExpr::Got | RelExpr::GotPage | RelExpr::GotPageOffset => Expect::Uses(s),
-        RelExpr::PcRelative | RelExpr::Branch | RelExpr::Page | RelExpr::PageOffset => Expect::Refers { s_plus_a },
-        RelExpr::Absolute | RelExpr::AbsoluteChunk(_) => Expect::Absolute(s_plus_a),
-    }
-}
-
 fn truncate(v: u64, bits: u32) -> u64 {
     if bits >= 64 {
         v
@@ -133,56 +105,96 @@ fn truncate(v: u64, bits: u32) -> u64 {
     }
 }
 
-/// Compare one observation with its relocation. `Some((expected, actual))` on a mismatch.
+const PAGE_MASK: u64 = !0xfff;
+
+/// A mismatch: (expected, actual, what the instruction did).
+type Mismatch = (u64, u64, &'static str);
+
+fn differs(expected: u64, actual: u64, what: &'static str) -> Option<Mismatch> {
+    (expected != actual).then_some((expected, actual, what))
+}
+
+/// Compare one observation with its relocation, by the relocation's
+/// expression (DOMAIN.md §6). `Some((expected, actual, what))` on a mismatch.
 fn check_site(
     target: Target,
     stencil: &Stencil,
     placement: &Placement,
+    image: &Image,
     obs: &SiteObservation,
     effect: &Effect,
-) -> Option<(u64, u64, &'static str)> {
+) -> Option<Mismatch> {
     let reloc = &stencil.relocations[obs.relocation];
-    let p = placement.code + reloc.offset;
-    let next_pc = obs.pc + obs.len as u64;
-    // The address (or target) the instruction refers to, for PC-relative and absolute rules.
-    let referred = match *effect {
-        Effect::Transfer { target, slot: None } => Some(target),
-        Effect::Transfer { slot: Some(slot), .. } => Some(slot),
-        Effect::Load { address, .. } | Effect::MemoryOperand { address } => Some(address),
-        Effect::Address { value, .. } => Some(value),
-        Effect::Immediate { .. } => None,
-    };
     let Ok(expr) = target.expr(reloc.kind) else {
         // The loader refuses kinds its target has no expression for.
         return Some((0, 0, "has no relocation expression for"));
     };
-    match expectation(stencil, placement, expr, &reloc.symbol, reloc.addend) {
-        Expect::Uses(s) => {
+    let p = placement.code + reloc.offset;
+    let next_pc = obs.pc + obs.len as u64;
+    // The address (or target) the instruction refers to.
+    let referred = match *effect {
+        Effect::Transfer { target, slot: None } => Some(target),
+        Effect::Transfer { slot: Some(slot), .. } => Some(slot),
+        Effect::Load { address, .. } | Effect::MemoryOperand { address } => Some(address),
+        Effect::Address { value, .. } | Effect::Formed { value } => Some(value),
+        Effect::Immediate { .. } => None,
+    };
+    let Some(s) = placement.symbol(&reloc.symbol, stencil) else {
+        // An object-local symbol a header does not place: somewhere in the
+        // stencil's read-only data.
+        let (start, end) = (placement.data, placement.data + stencil.rodata_len());
+        let actual = referred.unwrap_or(0);
+        return (!(start..end).contains(&actual)).then_some((start, actual, "referred to"));
+    };
+    let s_plus_a = s.wrapping_add(reloc.addend as u64);
+    match expr {
+        // Through a GOT slot, or relaxed: the instruction uses S itself.
+        RelExpr::Got | RelExpr::GotPageOffset => {
             let (actual, bits, what) = match *effect {
                 Effect::Transfer { target, .. } => (target, 64, "control went to"),
                 Effect::Load { value, bits, .. } => (value, bits, "loaded"),
-                Effect::Address { value, bits } => (value, bits, "formed"),
-                Effect::Immediate { value, bits } => (value, bits, "immediate"),
-                // A store or read-modify-write through a GOT-relocated operand: only its value matters and it is not ours to see.
+                Effect::Address { value, bits } | Effect::Immediate { value, bits } => (value, bits, "formed"),
+                Effect::Formed { value } => (value, 64, "formed"),
+                // A store or read-modify-write through a GOT-relocated operand:
+                // only its value matters and it is not ours to see.
                 Effect::MemoryOperand { .. } => return None,
             };
-            (truncate(actual, bits) != truncate(s, bits)).then_some((truncate(s, bits), actual, what))
+            differs(truncate(s, bits), truncate(actual, bits), what).map(|(e, _, w)| (e, actual, w))
         }
-        Expect::Refers { s_plus_a } => {
+        // The first half of a GOT pair: the page of a slot that holds S. A
+        // relaxed first half (movz, ldr literal) is judged by the pair's end.
+        RelExpr::GotPage => match *effect {
+            Effect::Address { value: page, .. } => {
+                let holds_s = (0..0x1000u64).step_by(8).any(|k| image.read_u64((page & PAGE_MASK) + k) == Some(s));
+                (!holds_s).then_some((s, page, "formed the page of no slot holding"))
+            }
+            Effect::Load { value, .. } => differs(s, value, "loaded"),
+            _ => None,
+        },
+        RelExpr::PcRelative => {
             let expected = target.info().pc_relative_referent(s_plus_a, p, obs.pc, next_pc);
-            let actual = referred.unwrap_or(0);
-            (actual != expected).then_some((expected, actual, "referred to"))
+            differs(expected, referred.unwrap_or(0), "referred to")
         }
-        Expect::Absolute(v) => {
+        RelExpr::Branch => match *effect {
+            Effect::Transfer { target, .. } => differs(s_plus_a, target, "branched to"),
+            _ => Some((s_plus_a, referred.unwrap_or(0), "referred to")),
+        },
+        RelExpr::Page => differs(s_plus_a & PAGE_MASK, referred.unwrap_or(0), "formed page"),
+        RelExpr::PageOffset => differs(s_plus_a, referred.unwrap_or(0), "referred to"),
+        RelExpr::Absolute => {
             let (actual, bits) = match *effect {
                 Effect::Immediate { value, bits } => (value, bits),
                 _ => (referred.unwrap_or(0), 64),
             };
-            (truncate(actual, bits) != truncate(v, bits)).then_some((truncate(v, bits), actual, "held"))
+            differs(truncate(s_plus_a, bits), truncate(actual, bits), "held").map(|(e, _, w)| (e, actual, w))
         }
-        Expect::InRodata { start, end } => {
-            let actual = referred.unwrap_or(0);
-            (!(start..end).contains(&actual)).then_some((start, actual, "referred to"))
+        RelExpr::AbsoluteChunk(k) => {
+            let shift = 16 * k as u32;
+            let expected = ((s_plus_a >> shift) & 0xffff) << shift;
+            match *effect {
+                Effect::Immediate { value, .. } => differs(expected, value, "held"),
+                _ => Some((expected, referred.unwrap_or(0), "held")),
+            }
         }
     }
 }
@@ -282,7 +294,7 @@ pub fn judge_sites(
             out.push(finding);
             continue;
         }
-        if let Some((expected, actual, what)) = check_site(target, stencil, placement, obs, effect) {
+        if let Some((expected, actual, what)) = check_site(target, stencil, placement, image, obs, effect) {
             let exp = shown(stencil, placement, expected);
             let act = shown(stencil, placement, actual);
             let named = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };

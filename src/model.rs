@@ -544,4 +544,9 @@ pub enum Effect {
     /// Memory at `address` was the operand (a store or a read-modify-write):
     /// only the address can be judged.
     MemoryOperand { address: u64 },
+    /// A relaxation rewrote the instruction into another kind (aarch64's
+    /// `patch_aarch64_33rx`: `ldr` → `nop`/`movk`, `adrp` → `movz`/`ldr`
+    /// literal): `value` is what the register the original instruction
+    /// wrote holds after the new one ran. Judged as the pair's result.
+    Formed { value: u64 },
 }
