@@ -1,0 +1,543 @@
+//! The architecture-neutral Unicorn engine: one emulator reused for every run,
+//! made-up memory mapped on demand, externs stubbed, budgets enforced.
+//!
+//! The run loop: map code and data (read+execute, never writable), enter with
+//! frame/stack_pointer/tstate in the convention's registers, and count every
+//! instruction in one code hook. The hook stops the run the moment the program
+//! counter leaves the code; what the last instruction inside was (call, jump,
+//! return) says whether that was a call (stubbed: we return a made-up value and
+//! resume) or an exit (recorded, run over). Memory the code reads that nobody
+//! mapped is made up on demand from the placement's seed.
+//!
+//! What differs between machines (registers, how a call leaves its return
+//! address, how the last instruction is classified, what a relocation site
+//! does) is a [`Machine`]; `x86_64.rs` and `aarch64.rs` each have one.
+
+use super::{
+    entered_by_call, CallRecord, Contents, Convention, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace,
+    CALL_LIMIT, DEMAND_REGION_LIMIT,
+};
+use crate::model::{Effect, Stencil};
+use crate::patch::Image;
+use crate::place::{splitmix, Placement, PAGE};
+use std::ops::Range;
+use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
+use unicorn_engine::Unicorn;
+
+/// How leaving the code at the last instruction is to be taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transfer {
+    /// A call: stub it and resume at its return address.
+    Call,
+    /// An exit, and whether its target was computed (not a relocation's).
+    Exit(ExitKind, bool),
+}
+
+/// What one machine contributes to the engine.
+pub trait Machine: 'static {
+    type Reg: Copy + Into<i32>;
+    /// For messages: "x86-64", "ARM64".
+    const NAME: &'static str;
+    const ARCH: Arch;
+    const MODE: Mode;
+    /// One past the highest address a user-space page can have.
+    const USER_END: u64;
+    /// Fills the mapped pages the image does not cover (a trap instruction).
+    const GUARD: [u8; 4];
+    /// The longest instruction, in bytes.
+    const MAX_INSN: usize;
+    /// How far before a relocated field an instruction holding it may start.
+    const SITE_LOOKBACK: u64;
+    const SP: Self::Reg;
+    /// Where a stub's made-up return value goes.
+    const RETURN_VALUE: Self::Reg;
+    /// Registers that start with made-up contents, in this order.
+    const GPRS: &'static [Self::Reg];
+    /// Registers a C callee may leave anything in (the stub scrambles them).
+    const CALLER_SAVED: &'static [Self::Reg];
+    /// The C argument registers frame, stack_pointer and tstate arrive in
+    /// when the stencil is entered as a function (trampoline, shim).
+    const C_ARGS: [Self::Reg; 3];
+
+    /// The register a convention names.
+    fn register(name: &str) -> Self::Reg;
+    /// Once per emulator: system registers, CPU features.
+    fn init(_uc: &mut Unicorn<'_, RunState>) -> Result<(), String> {
+        Ok(())
+    }
+    /// Set the machine stack pointer (and the return address) for a run;
+    /// returns the stack pointer at entry.
+    fn enter(uc: &mut Unicorn<'_, RunState>, machine_sp: u64) -> u64;
+    /// At a stub's first instruction: the stack pointer and where the call returns.
+    fn callee(uc: &mut Unicorn<'_, RunState>) -> Option<(u64, u64)>;
+    /// Leave the stub as its return would (x86 pops the return address).
+    fn finish_stub(uc: &mut Unicorn<'_, RunState>, sp: u64);
+    /// The stack pointer to report for an exit of `kind` (before a `ret` popped).
+    fn exit_sp(kind: ExitKind, sp: u64) -> u64;
+    /// Was leaving the code for `target` after the instruction in `bytes` (at
+    /// `last_pc`) a call, a jump, a return or a fall-through?
+    fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer;
+    /// What the instruction in `bytes` at `addr` does with the relocated field
+    /// at `field_addr`, read off the live registers and memory. `None`: not
+    /// known (skipped); `Some(None)`: the field is no operand of it.
+    fn site_effect(uc: &mut Unicorn<'_, RunState>, addr: u64, bytes: &[u8], field_addr: u64) -> Option<Option<Effect>>;
+    /// A line of registers for `STENCILCHECK_DEBUG`.
+    fn debug_registers(uc: &Unicorn<'_, RunState>) -> String;
+}
+
+/// State the hooks share with the run loop.
+pub struct RunState {
+    pub code: Range<u64>,
+    /// For each code offset: does an instruction starting here possibly hold a relocated field?
+    maybe_site: Vec<bool>,
+    /// (relocation index, field address) sorted by address.
+    pub fields: Vec<(usize, u64)>,
+    sites: Vec<SiteObservation>,
+    instructions: u64,
+    limit: u64,
+    last_pc: u64,
+    /// Set when the program counter left the code.
+    left_to: Option<u64>,
+    limit_hit: bool,
+    /// Regions (address, length) mapped on demand during this run.
+    demand_pages: Vec<(u64, u64)>,
+    pub seed: u64,
+    heap: u64,
+    heap_size: u64,
+    interesting: Vec<u64>,
+    /// Observations per relocation are capped (loops re-run the same site).
+    per_site: Vec<u16>,
+    /// The stencil's data part, to tell a write into data from one into code.
+    data: Range<u64>,
+    /// Address of the access that faulted (write-protect, unmappable).
+    fault_address: Option<u64>,
+    /// The run hit [`DEMAND_REGION_LIMIT`].
+    budget_hit: bool,
+    /// Wall-clock deadline of the run (a backstop: the instruction budget
+    /// normally ends runs first, deterministically).
+    deadline: std::time::Instant,
+    time_hit: bool,
+    /// One past the highest mappable address.
+    user_end: u64,
+    /// Values relocation sites left in registers this run: a jump through a
+    /// register holding one of them goes where a relocation said.
+    pub formed: Vec<u64>,
+}
+
+impl RunState {
+    pub fn contents(&self) -> Contents<'_> {
+        Contents { seed: self.seed, heap: self.heap, heap_size: self.heap_size, interesting: &self.interesting }
+    }
+}
+
+const SITE_OBSERVATION_CAP: u16 = 8;
+
+/// A Unicorn engine for one machine. One per thread; it reuses one emulator
+/// for every run, mapping and unmapping only what each run needs.
+pub struct UnicornEngine<M: Machine> {
+    uc: Unicorn<'static, RunState>,
+    convention: Convention,
+    /// Regions mapped for the current run (code, data).
+    fixed: Vec<(u64, u64)>,
+    machine: std::marker::PhantomData<M>,
+}
+
+impl<M: Machine> UnicornEngine<M> {
+    pub fn new(convention: Convention, limit: u64) -> Result<UnicornEngine<M>, String> {
+        let state = RunState {
+            code: 0..0,
+            maybe_site: Vec::new(),
+            fields: Vec::new(),
+            sites: Vec::new(),
+            instructions: 0,
+            limit,
+            last_pc: 0,
+            left_to: None,
+            limit_hit: false,
+            demand_pages: Vec::new(),
+            seed: 0,
+            heap: 0,
+            heap_size: 0,
+            interesting: Vec::new(),
+            per_site: Vec::new(),
+            data: 0..0,
+            fault_address: None,
+            budget_hit: false,
+            deadline: std::time::Instant::now(),
+            time_hit: false,
+            user_end: M::USER_END,
+            formed: Vec::new(),
+        };
+        let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
+            .map_err(|e| format!("cannot start Unicorn {}: {e:?}", M::NAME))?;
+        M::init(&mut uc)?;
+        uc.add_code_hook(1, 0, on_instruction::<M>).map_err(|e| format!("code hook: {e:?}"))?;
+        uc.add_mem_hook(HookType::MEM_READ_UNMAPPED | HookType::MEM_WRITE_UNMAPPED, 1, 0, on_unmapped)
+            .map_err(|e| format!("memory hook: {e:?}"))?;
+        uc.add_mem_hook(HookType::MEM_WRITE_PROT, 1, 0, |uc, _, addr, _, _| {
+            uc.get_data_mut().fault_address = Some(addr);
+            false
+        })
+        .map_err(|e| format!("memory hook: {e:?}"))?;
+        Ok(UnicornEngine { uc, convention, fixed: Vec::new(), machine: std::marker::PhantomData })
+    }
+
+    pub fn convention(&self) -> &Convention {
+        &self.convention
+    }
+
+    /// Unmap everything the previous run mapped.
+    fn reset(&mut self) {
+        let pages = std::mem::take(&mut self.uc.get_data_mut().demand_pages);
+        for (p, len) in pages {
+            let _ = self.uc.mem_unmap(p, len);
+        }
+        for (a, len) in std::mem::take(&mut self.fixed) {
+            let _ = self.uc.mem_unmap(a, len);
+        }
+    }
+
+    /// Map code and data read+execute (CPython marks the whole allocation
+    /// R-X before running it), pages shared by both once.
+    fn map_image(&mut self, image: &Image) -> Result<(), String> {
+        let mut pages: Vec<Range<u64>> = Vec::new();
+        // One guard page of traps after the code: running off the end must
+        // be seen by the code hook, not fail inside Unicorn's translator
+        // (which then reports the block's start as the faulting PC).
+        let code_len = image.code.len() as u64 + PAGE;
+        let rest = image.regions().filter(|(r, _, _)| *r != crate::patch::Region::Code).map(|(_, a, b)| (a, b.len() as u64));
+        for (addr, len) in std::iter::once((image.code_addr, code_len)).chain(rest) {
+            if len == 0 {
+                continue;
+            }
+            let start = addr & !(PAGE - 1);
+            let end = (addr + len + PAGE - 1) & !(PAGE - 1);
+            pages.push(start..end.min(M::USER_END));
+        }
+        pages.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::new();
+        for r in pages {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        for r in merged {
+            self.uc
+                .mem_map(r.start, r.end - r.start, Prot::READ | Prot::EXEC)
+                .map_err(|e| format!("cannot map {:#x}..{:#x}: {e:?}", r.start, r.end))?;
+            // Traps everywhere the image does not cover.
+            let guard: Vec<u8> = M::GUARD.iter().copied().cycle().take((r.end - r.start) as usize).collect();
+            self.uc.mem_write(r.start, &guard).ok();
+            self.fixed.push((r.start, r.end - r.start));
+        }
+        for (region, addr, bytes) in image.regions() {
+            self.uc.mem_write(addr, bytes).map_err(|e| format!("write {region:?}: {e:?}"))?;
+        }
+        let (s, e) = (image.code_addr & !(PAGE - 1), image.code_addr + image.code.len() as u64 + PAGE);
+        let _ = self.uc.ctl_remove_cache(s, e);
+        Ok(())
+    }
+
+    fn prepare(&mut self, stencil: &Stencil, placement: &Placement, image: &Image) {
+        let code = image.code_addr..image.code_addr + image.code.len() as u64;
+        let mut maybe_site = vec![false; image.code.len()];
+        let mut fields: Vec<(usize, u64)> = Vec::new();
+        for (i, r) in stencil.relocations.iter().enumerate() {
+            fields.push((i, image.code_addr + r.offset));
+            let lo = r.offset.saturating_sub(M::SITE_LOOKBACK) as usize;
+            for flag in maybe_site.iter_mut().take(r.offset as usize + 1).skip(lo) {
+                *flag = true;
+            }
+        }
+        fields.sort_by_key(|f| f.1);
+        let interesting: Vec<u64> = placement.externs.values().copied().collect();
+        let st = self.uc.get_data_mut();
+        st.code = code;
+        st.data = image.data_addr..image.data_addr + image.data.len() as u64;
+        st.fault_address = None;
+        st.budget_hit = false;
+        st.time_hit = false;
+        st.deadline = std::time::Instant::now() + super::RUN_TIME_LIMIT;
+        st.maybe_site = maybe_site;
+        st.per_site = vec![0; stencil.relocations.len()];
+        st.fields = fields;
+        st.sites.clear();
+        st.formed.clear();
+        st.instructions = 0;
+        st.last_pc = 0;
+        st.left_to = None;
+        st.limit_hit = false;
+        st.seed = placement.contents_seed;
+        st.heap = placement.heap;
+        st.heap_size = placement.heap_size;
+        st.interesting = interesting;
+    }
+
+    fn set_entry_registers(&mut self, stencil: &Stencil, placement: &Placement) -> (u64, bool) {
+        let by_call = entered_by_call(stencil);
+        // Every register starts with made-up contents; the convention's
+        // three carry the fake interpreter state.
+        for (i, r) in M::GPRS.iter().enumerate() {
+            let v = self.uc.get_data().contents().word(placement.contents_seed ^ (i as u64 * 8));
+            let _ = self.uc.reg_write(*r, v);
+        }
+        let conv = &self.convention;
+        let [f, s, t] = if by_call {
+            M::C_ARGS
+        } else {
+            [M::register(conv.frame), M::register(conv.stack_pointer), M::register(conv.tstate)]
+        };
+        let _ = self.uc.reg_write(f, placement.frame);
+        let _ = self.uc.reg_write(s, placement.stack_pointer);
+        let _ = self.uc.reg_write(t, placement.tstate);
+        let sp = M::enter(&mut self.uc, placement.machine_sp);
+        (sp, by_call)
+    }
+
+    /// Was leaving the code at `last_pc` a call, a jump, or a return?
+    fn transfer_kind(&self, last_pc: u64, target: u64) -> Transfer {
+        let st = self.uc.get_data();
+        let mut bytes = [0u8; 16];
+        let n = (st.code.end.saturating_sub(last_pc)).min(M::MAX_INSN as u64) as usize;
+        if last_pc == 0 || self.uc.mem_read(last_pc, &mut bytes[..n]).is_err() {
+            return Transfer::Exit(ExitKind::Jump, false);
+        }
+        M::classify(&bytes[..n], last_pc, target, st)
+    }
+
+    /// Play the callee: record the call, return a made-up value, scramble
+    /// the caller-saved registers, return as the machine does.
+    fn stub_return(&mut self, trace: &mut Trace, from: u64, target: u64) -> Option<u64> {
+        let (sp, ret) = M::callee(&mut self.uc)?;
+        let n = trace.calls.len();
+        let value = self.uc.get_data().contents().return_value(n);
+        trace.calls.push(CallRecord { from, target, sp, returned: value });
+        let _ = self.uc.reg_write(M::RETURN_VALUE, value);
+        let seed = self.uc.get_data().seed;
+        for (i, r) in M::CALLER_SAVED.iter().enumerate() {
+            let _ = self.uc.reg_write(*r, splitmix(seed ^ (n as u64) << 8 ^ i as u64));
+        }
+        M::finish_stub(&mut self.uc, sp);
+        Some(ret)
+    }
+
+    fn classify_fault(&self, e: uc_error, pc: u64) -> RunEnd {
+        let st = self.uc.get_data();
+        let address = st.fault_address.unwrap_or(0);
+        let fault = match e {
+            // Code and data are mapped read+execute only: any write there is the stencil's.
+            uc_error::WRITE_PROT if st.data.contains(&address) => Fault::WriteIntoData,
+            uc_error::WRITE_PROT if st.code.contains(&address) => Fault::WriteIntoCode,
+            // Padding beside the image: a made-up pointer strayed there.
+            uc_error::WRITE_PROT => Fault::Unmappable,
+            uc_error::INSN_INVALID => Fault::InvalidInstruction,
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
+            _ => Fault::Other,
+        };
+        RunEnd::Fault { fault, pc, address }
+    }
+}
+
+impl<M: Machine> Engine for UnicornEngine<M> {
+    fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &Image) -> Trace {
+        self.reset();
+        let mut trace = Trace { entry: image.code_addr, ..Trace::default() };
+        if let Err(e) = self.map_image(image) {
+            trace.end = Some(RunEnd::Fault { fault: Fault::Other, pc: image.code_addr, address: 0 });
+            eprintln!("note: {e}");
+            return trace;
+        }
+        self.prepare(stencil, placement, image);
+        let (entry_sp, by_call) = self.set_entry_registers(stencil, placement);
+        trace.entry_sp = entry_sp;
+        trace.entered_by_call = by_call;
+        let mut pc = image.code_addr;
+        if debug_trace() {
+            for r in self.uc.mem_regions().unwrap_or_default() {
+                eprintln!("region {:#x}..={:#x} {:?}", r.begin, r.end, r.perms);
+            }
+        }
+        let end = loop {
+            let result = self.uc.emu_start(pc, u64::MAX, 0, 0);
+            let st = self.uc.get_data();
+            let here = self.uc.pc_read().unwrap_or(0);
+            if debug_trace() {
+                eprintln!("emu_start -> {result:?} pc={here:#x} left_to={:?}", st.left_to);
+            }
+            if st.limit_hit {
+                break RunEnd::InstructionLimit { limit: st.limit, pc: here };
+            }
+            if st.time_hit {
+                break RunEnd::TimeLimit { pc: here };
+            }
+            let left_to = match (st.left_to, &result) {
+                (Some(t), _) => t,
+                // Fetching from unmapped/non-executable memory: control left the code.
+                (None, Err(e)) if is_fetch_error(*e) => here,
+                (None, Err(e)) => break self.classify_fault(*e, here),
+                (None, Ok(())) => here,
+            };
+            let last_pc = st.last_pc;
+            match self.transfer_kind(last_pc, left_to) {
+                Transfer::Call => {
+                    if trace.calls.len() >= CALL_LIMIT {
+                        break RunEnd::CallLimit { pc: left_to };
+                    }
+                    match self.stub_return(&mut trace, last_pc, left_to) {
+                        Some(ret) if self.uc.get_data().code.contains(&ret) => pc = ret,
+                        Some(ret) => {
+                            let sp = self.uc.reg_read(M::SP).unwrap_or(0);
+                            let kind = ExitKind::AfterNoReturnCall;
+                            break RunEnd::Exit { kind, from: last_pc, target: ret, sp, computed: false };
+                        }
+                        None => break RunEnd::Fault { fault: Fault::Unmappable, pc: left_to, address: 0 },
+                    }
+                    let st = self.uc.get_data_mut();
+                    st.left_to = None;
+                }
+                Transfer::Exit(kind, computed) => {
+                    let sp = M::exit_sp(kind, self.uc.reg_read(M::SP).unwrap_or(0));
+                    break RunEnd::Exit { kind, from: last_pc, target: left_to, sp, computed };
+                }
+            }
+        };
+        let st = self.uc.get_data_mut();
+        trace.sites = std::mem::take(&mut st.sites);
+        trace.instructions = st.instructions;
+        trace.end = Some(end);
+        trace
+    }
+}
+
+fn is_fetch_error(e: uc_error) -> bool {
+    matches!(e, uc_error::FETCH_UNMAPPED | uc_error::FETCH_PROT)
+}
+
+/// `STENCILCHECK_DEBUG=1` prints every emulated instruction (read once).
+pub fn debug_trace() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("STENCILCHECK_DEBUG").is_some())
+}
+
+/// The code hook: count, stop on leaving the code, observe relocation sites.
+fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
+    let st = uc.get_data_mut();
+    if !st.code.contains(&addr) {
+        st.left_to = Some(addr);
+        let _ = uc.emu_stop();
+        return;
+    }
+    st.instructions += 1;
+    if st.instructions > st.limit {
+        st.limit_hit = true;
+        let _ = uc.emu_stop();
+        return;
+    }
+    if st.instructions % 4096 == 0 && std::time::Instant::now() > st.deadline {
+        st.time_hit = true;
+        let _ = uc.emu_stop();
+        return;
+    }
+    st.last_pc = addr;
+    if debug_trace() {
+        eprintln!("{addr:#x} {}", M::debug_registers(uc));
+    }
+    let st = uc.get_data_mut();
+    let offset = (addr - st.code.start) as usize;
+    if st.maybe_site[offset] {
+        observe::<M>(uc, addr, size);
+    }
+}
+
+fn observe<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
+    let end = addr + size as u64;
+    let hits: Vec<(usize, u64)> = {
+        let st = uc.get_data();
+        st.fields.iter().filter(|(_, f)| (addr..end).contains(f)).copied().collect()
+    };
+    if hits.is_empty() {
+        return;
+    }
+    let mut bytes = vec![0u8; size as usize];
+    if uc.mem_read(addr, &mut bytes).is_err() {
+        return;
+    }
+    for (i, field_addr) in hits {
+        if uc.get_data().per_site[i] >= SITE_OBSERVATION_CAP {
+            continue;
+        }
+        // Unreadable (unmappable) memory: the run's end will say so.
+        let Some(effect) = M::site_effect(uc, addr, &bytes, field_addr) else { continue };
+        let st = uc.get_data_mut();
+        st.per_site[i] += 1;
+        st.sites.push(SiteObservation { relocation: i, pc: addr, len: size, effect });
+    }
+}
+
+/// Map (with made-up contents) any page of `addr..addr+len` not mapped yet.
+pub fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
+    let first = addr & !(PAGE - 1);
+    let last = addr.saturating_add(len.max(1) as u64 - 1) & !(PAGE - 1);
+    let mut page = first;
+    loop {
+        let mut probe = [0u8; 1];
+        if uc.mem_read(page, &mut probe).is_err() {
+            map_demand_page(uc, page);
+        }
+        if page >= last {
+            break;
+        }
+        page += PAGE;
+    }
+}
+
+/// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
+/// grows with the number of regions, so few large ones beat many pages.
+const DEMAND_CHUNK: u64 = 64 * 1024;
+
+fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
+    // Made-up integers are dereferenced as often as made-up pointers (a
+    // stencil cannot tell them apart without a type check we may fail), so
+    // the low pages are made up too: refusing them would end most runs early.
+    if uc.get_data().demand_pages.len() >= DEMAND_REGION_LIMIT {
+        uc.get_data_mut().budget_hit = true;
+        return false;
+    }
+    if page >= uc.get_data().user_end {
+        return false;
+    }
+    let chunk = page & !(DEMAND_CHUNK - 1);
+    // The chunk may overlap the image or the stack: then just the page.
+    for (start, len) in [(chunk, DEMAND_CHUNK), (page, PAGE)] {
+        if uc.mem_map(start, len, Prot::READ | Prot::WRITE).is_ok() {
+            let mut bytes = Vec::with_capacity(len as usize);
+            let contents = uc.get_data().contents();
+            for p in (start..start + len).step_by(PAGE as usize) {
+                bytes.extend_from_slice(&contents.page(p));
+            }
+            let _ = uc.mem_write(start, &bytes);
+            uc.get_data_mut().demand_pages.push((start, len));
+            return true;
+        }
+    }
+    false
+}
+
+/// Unmapped read or write: make the page up (never for fetches: code only
+/// ever runs from the image).
+fn on_unmapped(uc: &mut Unicorn<'_, RunState>, _kind: MemType, addr: u64, _size: usize, _value: i64) -> bool {
+    let mapped = map_demand_page(uc, addr & !(PAGE - 1));
+    if !mapped {
+        uc.get_data_mut().fault_address = Some(addr);
+    }
+    mapped
+}
+
+/// Little-endian value of up to 8 bytes.
+pub fn le(b: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w[..b.len().min(8)].copy_from_slice(&b[..b.len().min(8)]);
+    u64::from_le_bytes(w)
+}
