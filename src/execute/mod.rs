@@ -8,6 +8,7 @@
 //! - *dynamic*: a run in an emulator, with a fake frame, stack and thread
 //!   state, externs stubbed out and memory made up on demand from a seed.
 
+pub mod aarch64;
 pub mod unicorn;
 pub mod x86_64;
 

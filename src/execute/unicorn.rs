@@ -58,6 +58,9 @@ pub trait Machine: 'static {
     /// The C argument registers frame, stack_pointer and tstate arrive in
     /// when the stencil is entered as a function (trampoline, shim).
     const C_ARGS: [Self::Reg; 3];
+    /// Site decoding needs the instruction objdump listed at each
+    /// relocation (to see a relaxation change its kind).
+    const USES_ORIGINALS: bool = false;
 
     /// The register a convention names.
     fn register(name: &str) -> Self::Reg;
@@ -77,10 +80,21 @@ pub trait Machine: 'static {
     /// Was leaving the code for `target` after the instruction in `bytes` (at
     /// `last_pc`) a call, a jump, a return or a fall-through?
     fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer;
-    /// What the instruction in `bytes` at `addr` does with the relocated field
-    /// at `field_addr`, read off the live registers and memory. `None`: not
-    /// known (skipped); `Some(None)`: the field is no operand of it.
-    fn site_effect(uc: &mut Unicorn<'_, RunState>, addr: u64, bytes: &[u8], field_addr: u64) -> Option<Option<Effect>>;
+    /// What the instruction in `bytes` at `addr` does with the field of
+    /// relocation `relocation` at `field_addr`, read off the live registers
+    /// and memory. `None`: not known (skipped); `Some(None)`: the field is no
+    /// operand of it.
+    fn site_effect(
+        uc: &mut Unicorn<'_, RunState>,
+        relocation: usize,
+        addr: u64,
+        bytes: &[u8],
+        field_addr: u64,
+    ) -> Option<Option<Effect>>;
+    /// A machine's own reading of an emulator error, before the common one.
+    fn fault(_e: uc_error) -> Option<Fault> {
+        None
+    }
     /// A line of registers for `STENCILCHECK_DEBUG`.
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String;
 }
@@ -122,6 +136,9 @@ pub struct RunState {
     /// Values relocation sites left in registers this run: a jump through a
     /// register holding one of them goes where a relocation said.
     pub formed: Vec<u64>,
+    /// Per relocation: the instruction objdump listed there (before
+    /// patching), when the machine asks for it.
+    pub originals: Vec<Vec<u8>>,
 }
 
 impl RunState {
@@ -167,6 +184,7 @@ impl<M: Machine> UnicornEngine<M> {
             time_hit: false,
             user_end: M::USER_END,
             formed: Vec::new(),
+            originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
             .map_err(|e| format!("cannot start Unicorn {}: {e:?}", M::NAME))?;
@@ -252,7 +270,14 @@ impl<M: Machine> UnicornEngine<M> {
         }
         fields.sort_by_key(|f| f.1);
         let interesting: Vec<u64> = placement.externs.values().copied().collect();
+        let originals = if M::USES_ORIGINALS {
+            let listed = |offset| stencil.instruction_at(offset).map(|i| i.bytes.clone()).unwrap_or_default();
+            stencil.relocations.iter().map(|r| listed(r.offset)).collect()
+        } else {
+            Vec::new()
+        };
         let st = self.uc.get_data_mut();
+        st.originals = originals;
         st.code = code;
         st.data = image.data_addr..image.data_addr + image.data.len() as u64;
         st.fault_address = None;
@@ -325,6 +350,9 @@ impl<M: Machine> UnicornEngine<M> {
     fn classify_fault(&self, e: uc_error, pc: u64) -> RunEnd {
         let st = self.uc.get_data();
         let address = st.fault_address.unwrap_or(0);
+        if let Some(fault) = M::fault(e) {
+            return RunEnd::Fault { fault, pc, address };
+        }
         let fault = match e {
             // Code and data are mapped read+execute only: any write there is the stencil's.
             uc_error::WRITE_PROT if st.data.contains(&address) => Fault::WriteIntoData,
@@ -469,7 +497,7 @@ fn observe<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
             continue;
         }
         // Unreadable (unmappable) memory: the run's end will say so.
-        let Some(effect) = M::site_effect(uc, addr, &bytes, field_addr) else { continue };
+        let Some(effect) = M::site_effect(uc, i, addr, &bytes, field_addr) else { continue };
         let st = uc.get_data_mut();
         st.per_site[i] += 1;
         st.sites.push(SiteObservation { relocation: i, pc: addr, len: size, effect });

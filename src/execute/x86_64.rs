@@ -139,6 +139,13 @@ pub fn transfer_class(bytes: &[u8], ip: u64) -> super::TransferClass {
     }
 }
 
+/// A direct branch's target (calls and conditional jumps included).
+pub fn branch_target(bytes: &[u8], ip: u64) -> Option<u64> {
+    let (insn, _) = decode(bytes, ip);
+    matches!(insn.op0_kind(), OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64)
+        .then(|| insn.near_branch_target())
+}
+
 /// Format an instruction the way reports show it (Intel syntax, like iced's default).
 pub fn format_at(bytes: &[u8], ip: u64) -> String {
     use iced_x86::{Formatter, IntelFormatter};
@@ -397,7 +404,13 @@ impl Machine for X86 {
         }
     }
 
-    fn site_effect(uc: &mut Unicorn<'_, RunState>, addr: u64, bytes: &[u8], field_addr: u64) -> Option<Option<Effect>> {
+    fn site_effect(
+        uc: &mut Unicorn<'_, RunState>,
+        _relocation: usize,
+        addr: u64,
+        bytes: &[u8],
+        field_addr: u64,
+    ) -> Option<Option<Effect>> {
         let (insn, offsets) = decode(bytes, addr);
         let field = (field_addr - addr) as usize;
         let regs = |uc: &Unicorn<'_, RunState>, r: Register| {

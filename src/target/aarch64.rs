@@ -1,7 +1,8 @@
-//! AArch64: relocations, reach, address space and ABI.
+//! AArch64: relocations, reach, address space, ABI, and where decoding and
+//! the Unicorn engine for it live (`execute::aarch64`).
 
 use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
-use crate::execute::{Convention, Engine, SiteObservation, TransferClass};
+use crate::execute::{self, Convention, Engine, SiteObservation, TransferClass};
 use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
 use crate::patch::Image;
 use std::ops::Range;
@@ -89,22 +90,27 @@ impl TargetInfo for Aarch64 {
         Abi { stack_pointer: "sp", call_sp_mod16: 0 }
     }
 
-    /// 3.13 enters uops with the C convention: frame, stack_pointer and
-    /// tstate in x0, x1, x2.
-    fn convention(&self, _target: Target, _set: &StencilSet) -> Convention {
-        Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default" }
+    /// 3.13: AAPCS64, frame/stack_pointer/tstate in x0, x1, x2; 3.14+:
+    /// `preserve_none`, x20, x21, x22. Read off the trampoline or shim when
+    /// the set has one with code.
+    fn convention(&self, target: Target, set: &StencilSet) -> Convention {
+        execute::aarch64::convention(target, set)
     }
 
-    fn static_sites(&self, _stencil: &Stencil, _image: &Image) -> Vec<SiteObservation> {
-        Vec::new()
+    fn static_sites(&self, stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
+        execute::aarch64::static_sites(stencil, image)
     }
 
-    fn transfer_class(&self, _bytes: &[u8], _ip: u64) -> TransferClass {
-        TransferClass::Other
+    fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass {
+        execute::aarch64::transfer_class(bytes, ip)
     }
 
-    fn format_instruction(&self, bytes: &[u8], _ip: u64) -> String {
-        bytes.iter().take(4).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+    fn format_instruction(&self, bytes: &[u8], ip: u64) -> String {
+        execute::aarch64::format_at(bytes, ip)
+    }
+
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
+        execute::aarch64::branch_target(bytes, ip)
     }
 
     /// `ldr x8, 8; br x8` and the 8-byte address (CPython's veneer).
@@ -112,7 +118,9 @@ impl TargetInfo for Aarch64 {
         16
     }
 
-    fn engine(&self, target: Target, _convention: Convention, _limit: u64) -> Result<Box<dyn Engine>, Unsupported> {
-        Err(target.unsupported("executing aarch64 stencils"))
+    fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported> {
+        let engine = execute::aarch64::UnicornArm64::new(convention, limit)
+            .map_err(|e| target.unsupported(format!("the Unicorn ARM64 engine ({e})")))?;
+        Ok(Box::new(engine))
     }
 }

@@ -236,6 +236,9 @@ pub trait TargetInfo: Sync {
     fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass;
     /// The instruction at the start of `bytes`, formatted for reports.
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String;
+    /// The target of the direct branch (call, jump, conditional jump) at the
+    /// start of `bytes`, at `ip`; `None` for any other instruction.
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64>;
     /// Bytes of one 3.14+ trampoline (a veneer to a far extern).
     fn trampoline_size(&self) -> u64;
     /// An execution engine for stencils of `target`.

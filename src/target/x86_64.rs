@@ -81,6 +81,10 @@ impl TargetInfo for X86_64 {
         execute::x86_64::format_at(bytes, ip)
     }
 
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
+        execute::x86_64::branch_target(bytes, ip)
+    }
+
     /// `jmp *0(%rip)` and the 8-byte address, padded to 16.
     fn trampoline_size(&self) -> u64 {
         16

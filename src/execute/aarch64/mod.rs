@@ -1,0 +1,576 @@
+//! AArch64: what a relocation site does (decoded by our own small A64
+//! decoder, `decode.rs`), the register convention stencils are entered with,
+//! and the machine facts the Unicorn engine (`execute::unicorn`) needs: the
+//! link register, `bl`/`blr` calls, `b`/`br`/`ret` exits.
+//!
+//! Every relocated field on AArch64 is a whole 4-byte instruction. When a
+//! patch rewrote the instruction into another kind (CPython's
+//! `patch_aarch64_33rx` turns `adrp`+`ldr` into `movz`+`nop`, `movz`+`movk`
+//! or `ldr` literal+`nop`), the site reports [`Effect::Formed`]: the value the
+//! original instruction's destination register holds once the new one ran.
+
+pub mod decode;
+
+use self::decode::{decode, writes, BranchRegKind, Insn, MemOp, MovOp};
+use super::unicorn::{ensure_mapped, le, Machine, RunState, Transfer, UnicornEngine};
+use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, RETURN_SENTINEL};
+use crate::model::{Effect, Stencil, StencilSet};
+use crate::patch::Image;
+use crate::target::{Target, Version};
+use unicorn_engine::unicorn_const::{uc_error, Arch, Arm64CpuModel, Mode};
+use unicorn_engine::{RegisterARM64, Unicorn};
+
+/// x0..x30, by number.
+const X: [RegisterARM64; 31] = [
+    RegisterARM64::X0,
+    RegisterARM64::X1,
+    RegisterARM64::X2,
+    RegisterARM64::X3,
+    RegisterARM64::X4,
+    RegisterARM64::X5,
+    RegisterARM64::X6,
+    RegisterARM64::X7,
+    RegisterARM64::X8,
+    RegisterARM64::X9,
+    RegisterARM64::X10,
+    RegisterARM64::X11,
+    RegisterARM64::X12,
+    RegisterARM64::X13,
+    RegisterARM64::X14,
+    RegisterARM64::X15,
+    RegisterARM64::X16,
+    RegisterARM64::X17,
+    RegisterARM64::X18,
+    RegisterARM64::X19,
+    RegisterARM64::X20,
+    RegisterARM64::X21,
+    RegisterARM64::X22,
+    RegisterARM64::X23,
+    RegisterARM64::X24,
+    RegisterARM64::X25,
+    RegisterARM64::X26,
+    RegisterARM64::X27,
+    RegisterARM64::X28,
+    RegisterARM64::X29,
+    RegisterARM64::X30,
+];
+
+const NAMES: [&str; 31] = [
+    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16",
+    "x17", "x18", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28", "x29", "x30",
+];
+
+/// x1..x17: what a C callee may leave anything in besides x0 (x18 is the
+/// platform register; a stub leaves it alone).
+const CALLER_SAVED: [RegisterARM64; 17] = {
+    let mut out = [RegisterARM64::X1; 17];
+    let mut i = 0;
+    while i < 17 {
+        out[i] = X[i + 1];
+        i += 1;
+    }
+    out
+};
+
+fn number(name: &str) -> Option<u8> {
+    NAMES.iter().position(|n| *n == name).map(|i| i as u8)
+}
+
+// Convention ------------------------------------------------------------------
+
+/// 3.13 enters uops with the C convention (x0, x1, x2); 3.14+ with
+/// `preserve_none` (x20, x21, x22), DOMAIN.md §5.
+fn default_convention(version: Version) -> Convention {
+    match version {
+        Version::V3_13 => Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default" },
+        Version::V3_14 => Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "default" },
+    }
+}
+
+/// Read the convention off the trampoline or shim: where the C arguments
+/// x0, x1, x2 (frame, stack_pointer, tstate) are when it calls the first uop
+/// (its first `bl`/`blr`/`b`). Register moves copy them; any other write
+/// loses them. When an argument sits in several registers (the shim's
+/// `mov x20, x0` leaves it in x0 too), the version's default decides, then a
+/// register it was moved into. Without a trampoline or shim, or when the
+/// code says nothing, the version's default.
+pub fn convention(target: Target, set: &StencilSet) -> Convention {
+    let default = default_convention(target.version);
+    let Some(entry) = set.stencils.iter().find(|s| entered_by_call(s) && !s.code.is_empty()) else {
+        return default;
+    };
+    let source: &'static str = if entry.name == "shim" { "shim" } else { "trampoline" };
+    // holds[r] = Some(k): register r holds argument k.
+    let mut holds: [Option<usize>; 31] = [None; 31];
+    holds[0] = Some(0);
+    holds[1] = Some(1);
+    holds[2] = Some(2);
+    for chunk in entry.code.chunks_exact(4) {
+        let w = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let insn = decode(w);
+        if matches!(insn, Insn::Branch { .. } | Insn::BranchReg { .. }) {
+            break;
+        }
+        // mov xd, xm = orr xd, xzr, xm
+        if w & 0xffe0_ffe0 == 0xaa00_03e0 {
+            let (rd, rm) = ((w & 31) as usize, ((w >> 16) & 31) as usize);
+            if rd < 31 {
+                holds[rd] = if rm < 31 { holds[rm] } else { None };
+            }
+            continue;
+        }
+        let clobbered = writes(w);
+        for (r, h) in holds.iter_mut().enumerate() {
+            if clobbered & (1 << r) != 0 {
+                *h = None;
+            }
+        }
+    }
+    let wanted = [default.frame, default.stack_pointer, default.tstate];
+    let mut found: [Option<&'static str>; 3] = [None; 3];
+    for (k, slot) in found.iter_mut().enumerate() {
+        let by_default = number(wanted[k]).filter(|&r| holds[r as usize] == Some(k));
+        let moved = (0..31).filter(|&r| r != k && holds[r] == Some(k)).min();
+        let original = (holds[k] == Some(k)).then_some(k);
+        *slot = by_default.map(|r| r as usize).or(moved).or(original).map(|r| NAMES[r]);
+    }
+    match found {
+        [Some(frame), Some(stack_pointer), Some(tstate)] => Convention { frame, stack_pointer, tstate, source },
+        _ => default,
+    }
+}
+
+// Decoding for the target tables ---------------------------------------------------
+
+fn word(bytes: &[u8]) -> Option<u32> {
+    bytes.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+pub fn transfer_class(bytes: &[u8], _ip: u64) -> TransferClass {
+    match word(bytes).map(decode) {
+        Some(Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. }) => TransferClass::Call,
+        Some(Insn::Branch { link: false, .. } | Insn::BranchReg { kind: BranchRegKind::Br, .. }) => TransferClass::Jump,
+        _ => TransferClass::Other,
+    }
+}
+
+/// A direct branch's (taken) target, conditional ones included.
+pub fn branch_target(bytes: &[u8], ip: u64) -> Option<u64> {
+    word(bytes).and_then(|w| decode(w).branch_target(ip))
+}
+
+pub fn format_at(bytes: &[u8], ip: u64) -> String {
+    match word(bytes) {
+        Some(w) => decode::format(w, ip),
+        None => format!("(truncated) {}", bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+// What a site does ----------------------------------------------------------------
+
+/// What evaluating a site told us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evaluation {
+    Known(Effect),
+    /// The instruction there does nothing a relocation could have asked for.
+    NotAnOperand,
+    /// It does, but that needs a register or memory we cannot read here.
+    Unknown,
+}
+
+impl Evaluation {
+    /// As an observation: `None` for a mangled site, skipped when unknown.
+    fn observation(self) -> Option<Option<Effect>> {
+        match self {
+            Evaluation::Known(e) => Some(Some(e)),
+            Evaluation::NotAnOperand => Some(None),
+            Evaluation::Unknown => None,
+        }
+    }
+}
+
+/// Register `n` (31: sp when `sp`, else the zero register); `None` when unknown.
+pub type Regs<'a> = &'a mut dyn FnMut(u8, bool) -> Option<u64>;
+/// `n` bytes of memory at an address, little-endian; `None` when unreadable.
+pub type Mem<'a> = &'a mut dyn FnMut(u64, usize) -> Option<u64>;
+
+fn truncate(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << bits) - 1)
+    }
+}
+
+fn width(sf: bool) -> u32 {
+    if sf {
+        64
+    } else {
+        32
+    }
+}
+
+/// A load's value as the register receives it.
+fn extend(raw: u64, op: MemOp, size: u8) -> u64 {
+    let bits = 8u32 << size;
+    match op {
+        MemOp::LoadSigned { to64 } if bits < 64 => truncate(decode::sext(raw, bits) as u64, width(to64)),
+        _ => raw,
+    }
+}
+
+/// The general register `insn` (at `pc`) writes and the value it leaves
+/// there: `Some(None)` when it writes none we follow, `None` when the value
+/// needs a register or memory we cannot read.
+pub fn result(insn: &Insn, pc: u64, reg: Regs, mem: Mem) -> Option<Option<(u8, u64)>> {
+    let to = |rd: u8, v: u64| Some((rd != 31).then_some((rd, v)));
+    match *insn {
+        Insn::Adrp { rd, imm } => to(rd, (pc & !0xfff).wrapping_add((imm << 12) as u64)),
+        Insn::Adr { rd, imm } => to(rd, pc.wrapping_add(imm as u64)),
+        Insn::AddSubImm { sf, sub, flags, rd, rn, imm, .. } => {
+            if rd == 31 && !flags {
+                return Some(None); // sp
+            }
+            let base = reg(rn, true)?;
+            let v = if sub { base.wrapping_sub(imm) } else { base.wrapping_add(imm) };
+            to(rd, truncate(v, width(sf)))
+        }
+        Insn::MovWide { sf, op, rd, imm16, hw } => {
+            let shift = 16 * hw as u32;
+            let imm = (imm16 as u64) << shift;
+            let v = match op {
+                MovOp::Z => imm,
+                MovOp::N => !imm,
+                MovOp::K => (reg(rd, false)? & !(0xffffu64 << shift)) | imm,
+            };
+            to(rd, truncate(v, width(sf)))
+        }
+        Insn::LdStImm { op: op @ (MemOp::Load | MemOp::LoadSigned { .. }), fp: false, size, rt, rn, offset } => {
+            let address = reg(rn, true)?.wrapping_add(offset);
+            to(rt, extend(mem(address, 1 << size)?, op, size))
+        }
+        Insn::LdrLiteral { op: op @ (MemOp::Load | MemOp::LoadSigned { .. }), fp: false, size, rt, offset } => {
+            to(rt, extend(mem(pc.wrapping_add(offset as u64), 1 << size)?, op, size))
+        }
+        _ => Some(None),
+    }
+}
+
+/// What the instruction `word` at `pc` does with the relocated field it is;
+/// `original` is the word objdump listed at that offset before patching.
+pub fn site_effect(word: u32, pc: u64, original: Option<u32>, reg: Regs, mem: Mem) -> Evaluation {
+    use Evaluation::{Known, NotAnOperand, Unknown};
+    let insn = decode(word);
+    if let Some(orig) = original.map(decode).filter(|o| !o.same_kind(&insn)) {
+        // Relaxed into another kind: what the original's register now holds.
+        let Some(dest) = orig.destination() else { return NotAnOperand };
+        let can_form = matches!(
+            insn,
+            Insn::Nop
+                | Insn::MovWide { .. }
+                | Insn::Adrp { .. }
+                | Insn::Adr { .. }
+                | Insn::AddSubImm { .. }
+                | Insn::LdStImm { op: MemOp::Load | MemOp::LoadSigned { .. }, fp: false, .. }
+                | Insn::LdrLiteral { op: MemOp::Load | MemOp::LoadSigned { .. }, fp: false, .. }
+        );
+        if !can_form {
+            return NotAnOperand;
+        }
+        return match result(&insn, pc, reg, mem) {
+            None => Unknown,
+            Some(Some((rd, value))) if rd == dest => Known(Effect::Formed { value }),
+            Some(_) => reg(dest, false).map_or(Unknown, |value| Known(Effect::Formed { value })),
+        };
+    }
+    let load = |address: u64, size: u8, mem: Mem| -> Evaluation {
+        // 128-bit loads: the low half is what can be judged.
+        let n = (1usize << size).min(8);
+        match mem(address, n) {
+            Some(value) => Known(Effect::Load { address, value, bits: 8 * n as u32 }),
+            None => Unknown,
+        }
+    };
+    match insn {
+        Insn::Branch { .. } | Insn::BranchCond { .. } | Insn::CompareBranch { .. } | Insn::TestBranch { .. } => {
+            let target = insn.branch_target(pc).unwrap_or(0);
+            Known(Effect::Transfer { target, slot: None })
+        }
+        Insn::Adrp { imm, .. } => {
+            Known(Effect::Address { value: (pc & !0xfff).wrapping_add((imm << 12) as u64), bits: 64 })
+        }
+        Insn::Adr { imm, .. } => Known(Effect::Address { value: pc.wrapping_add(imm as u64), bits: 64 }),
+        Insn::AddSubImm { sf, sub, rn, imm, .. } => match reg(rn, true) {
+            Some(base) => {
+                let v = if sub { base.wrapping_sub(imm) } else { base.wrapping_add(imm) };
+                Known(Effect::Address { value: truncate(v, width(sf)), bits: width(sf) })
+            }
+            None => Unknown,
+        },
+        Insn::LdStImm { op, size, rn, offset, .. } => {
+            let Some(base) = reg(rn, true) else { return Unknown };
+            let address = base.wrapping_add(offset);
+            match op {
+                MemOp::Load | MemOp::LoadSigned { .. } => load(address, size, mem),
+                MemOp::Store | MemOp::Prefetch => Known(Effect::MemoryOperand { address }),
+            }
+        }
+        Insn::LdrLiteral { op, size, offset, .. } => {
+            let address = pc.wrapping_add(offset as u64);
+            match op {
+                MemOp::Prefetch | MemOp::Store => Known(Effect::MemoryOperand { address }),
+                _ => load(address, size, mem),
+            }
+        }
+        Insn::MovWide { imm16, hw, .. } => {
+            Known(Effect::Immediate { value: (imm16 as u64) << (16 * hw as u32), bits: 64 })
+        }
+        Insn::Nop | Insn::BranchReg { .. } | Insn::Other(_) => NotAnOperand,
+    }
+}
+
+// Static observations -------------------------------------------------------------
+
+/// How far back (in instructions) a register's value is followed statically.
+const TRACK_WINDOW: u64 = 16;
+
+/// The patched code, with every offset some direct branch in it lands on.
+struct Code<'a> {
+    image: &'a Image,
+    targets: Vec<bool>,
+}
+
+impl Code<'_> {
+    fn word(&self, offset: u64) -> Option<u32> {
+        self.image.read_u32(self.image.code_addr + offset)
+    }
+
+    /// The value register `n` holds just before the instruction at `at`
+    /// runs, when a straight line of code from an `adrp`/`adr`/`movz`/`movk`/
+    /// `ldr` literal (within [`TRACK_WINDOW`] instructions, no branch landing
+    /// in between, nothing else writing `n`) decides it.
+    fn value_before(&self, at: u64, n: u8, depth: u32) -> Option<u64> {
+        if n == 31 || depth == 0 {
+            return None;
+        }
+        for k in 1..=TRACK_WINDOW {
+            let p = at.checked_sub(4 * k)?;
+            // Another path reaches the instructions after p.
+            if self.targets.get((p + 4) as usize).copied().unwrap_or(true) {
+                return None;
+            }
+            let w = self.word(p)?;
+            let insn = decode(w);
+            if insn.is_unconditional_transfer() {
+                return None;
+            }
+            if writes(w) & (1 << n) == 0 {
+                continue;
+            }
+            let sets = match insn {
+                Insn::Adrp { rd, .. } | Insn::Adr { rd, .. } => rd == n,
+                Insn::MovWide { rd, .. } => rd == n,
+                Insn::LdrLiteral { op: MemOp::Load | MemOp::LoadSigned { .. }, fp: false, rt, .. } => rt == n,
+                _ => false,
+            };
+            if !sets {
+                return None;
+            }
+            let pc = self.image.code_addr + p;
+            let mut reg = |r: u8, _sp: bool| if r == n { self.value_before(p, n, depth - 1) } else { None };
+            let mut mem = |a: u64, len: usize| self.image.read(a, len).map(le);
+            return match result(&insn, pc, &mut reg, &mut mem) {
+                Some(Some((rd, v))) if rd == n => Some(v),
+                _ => None,
+            };
+        }
+        None
+    }
+}
+
+/// Judge-ready observations of every site on the patched image, without
+/// running it: sites whose operands are the image alone, or registers a
+/// straight line of code just set (`adrp` then `ldr`/`add`, `movz` then
+/// `nop`/`movk`). The rest is left to the runs.
+pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
+    let len = image.code.len() as u64;
+    let mut targets = vec![false; len as usize + 1];
+    for off in (0..len.saturating_sub(3)).step_by(4) {
+        let Some(w) = image.read_u32(image.code_addr + off) else { continue };
+        if let Some(t) = decode(w).branch_target(image.code_addr + off) {
+            if let Some(o) = t.checked_sub(image.code_addr).filter(|o| *o <= len) {
+                targets[o as usize] = true;
+            }
+        }
+    }
+    let code = Code { image, targets };
+    let mut out = Vec::new();
+    for (i, reloc) in stencil.relocations.iter().enumerate() {
+        let original = stencil.instruction_at(reloc.offset);
+        let offset = original.map_or(reloc.offset, |o| o.offset) & !3;
+        let pc = image.code_addr + offset;
+        let Some(w) = code.word(offset) else {
+            out.push(SiteObservation { relocation: i, pc, len: 0, effect: None });
+            continue;
+        };
+        let original = original.and_then(|o| word(&o.bytes));
+        let mut reg = |r: u8, sp: bool| if sp && r == 31 { None } else { code.value_before(offset, r, 4) };
+        let mut mem = |a: u64, n: usize| image.read(a, n).map(le);
+        if let Some(effect) = site_effect(w, pc, original, &mut reg, &mut mem).observation() {
+            out.push(SiteObservation { relocation: i, pc, len: 4, effect });
+        }
+    }
+    out
+}
+
+// The machine ---------------------------------------------------------------------
+
+/// The ARM64 Unicorn engine.
+pub type UnicornArm64 = UnicornEngine<Arm64>;
+
+/// AArch64 for [`UnicornEngine`].
+pub struct Arm64;
+
+/// Linux's 48-bit user space.
+const USER_END: u64 = 0x0001_0000_0000_0000;
+
+fn read_reg(uc: &Unicorn<'_, RunState>, n: u8, sp: bool) -> Option<u64> {
+    match n {
+        31 if sp => uc.reg_read(RegisterARM64::SP).ok(),
+        31 => Some(0),
+        n => uc.reg_read(X[n as usize]).ok(),
+    }
+}
+
+impl Machine for Arm64 {
+    type Reg = RegisterARM64;
+    const NAME: &'static str = "ARM64";
+    const ARCH: Arch = Arch::ARM64;
+    const MODE: Mode = Mode::ARM;
+    const USER_END: u64 = USER_END;
+    /// `udf #0`.
+    const GUARD: [u8; 4] = [0; 4];
+    const MAX_INSN: usize = 4;
+    const SITE_LOOKBACK: u64 = 0;
+    const SP: RegisterARM64 = RegisterARM64::SP;
+    const RETURN_VALUE: RegisterARM64 = RegisterARM64::X0;
+    const GPRS: &'static [RegisterARM64] = &X;
+    const CALLER_SAVED: &'static [RegisterARM64] = &CALLER_SAVED;
+    const C_ARGS: [RegisterARM64; 3] = [RegisterARM64::X0, RegisterARM64::X1, RegisterARM64::X2];
+    const USES_ORIGINALS: bool = true;
+
+    fn register(name: &str) -> RegisterARM64 {
+        number(name).map_or(RegisterARM64::X0, |n| X[n as usize])
+    }
+
+    /// The most capable CPU (stencils may use any extension clang chose),
+    /// FP/SIMD enabled (CPACR_EL1.FPEN = 0b11).
+    fn init(uc: &mut Unicorn<'_, RunState>) -> Result<(), String> {
+        uc.ctl_set_cpu_model(Arm64CpuModel::MAX as i32).map_err(|e| format!("CPU model: {e:?}"))?;
+        let cpacr = uc.reg_read(RegisterARM64::CPACR_EL1).map_err(|e| format!("CPACR_EL1: {e:?}"))?;
+        uc.reg_write(RegisterARM64::CPACR_EL1, cpacr | (3 << 20)).map_err(|e| format!("CPACR_EL1: {e:?}"))
+    }
+
+    /// sp 16-byte aligned; x30 = the sentinel, so a `ret` leaves the trace.
+    fn enter(uc: &mut Unicorn<'_, RunState>, machine_sp: u64) -> u64 {
+        let sp = machine_sp & !0xf;
+        let _ = uc.reg_write(RegisterARM64::SP, sp);
+        let _ = uc.reg_write(RegisterARM64::X30, RETURN_SENTINEL);
+        let _ = uc.reg_write(RegisterARM64::NZCV, 0);
+        sp
+    }
+
+    /// `bl`/`blr` left the return address in x30.
+    fn callee(uc: &mut Unicorn<'_, RunState>) -> Option<(u64, u64)> {
+        let sp = uc.reg_read(RegisterARM64::SP).ok()?;
+        let lr = uc.reg_read(RegisterARM64::X30).ok()?;
+        Some((sp, lr))
+    }
+
+    /// The stub's `ret` changes nothing but the pc.
+    fn finish_stub(_uc: &mut Unicorn<'_, RunState>, _sp: u64) {}
+
+    fn exit_sp(_kind: ExitKind, sp: u64) -> u64 {
+        sp
+    }
+
+    fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer {
+        let Some(w) = word(bytes) else { return Transfer::Exit(ExitKind::Jump, false) };
+        let insn = decode(w);
+        let next = last_pc.wrapping_add(4);
+        match insn {
+            Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. } => Transfer::Call,
+            Insn::BranchReg { kind: BranchRegKind::Ret, .. } => Transfer::Exit(ExitKind::Return, false),
+            // Through a register: a relocation's value, or run-time data.
+            Insn::BranchReg { kind: BranchRegKind::Br, .. } => {
+                Transfer::Exit(ExitKind::Jump, !st.formed.contains(&target))
+            }
+            Insn::Branch { link: false, .. } => Transfer::Exit(ExitKind::Jump, false),
+            // A conditional branch not taken runs off the end.
+            Insn::BranchCond { .. } | Insn::CompareBranch { .. } | Insn::TestBranch { .. }
+                if target == next && insn.branch_target(last_pc) != Some(next) =>
+            {
+                Transfer::Exit(ExitKind::FallThrough, false)
+            }
+            Insn::BranchCond { .. } | Insn::CompareBranch { .. } | Insn::TestBranch { .. } => {
+                Transfer::Exit(ExitKind::Jump, false)
+            }
+            _ if target == next => Transfer::Exit(ExitKind::FallThrough, false),
+            _ => Transfer::Exit(ExitKind::Jump, false),
+        }
+    }
+
+    fn site_effect(
+        uc: &mut Unicorn<'_, RunState>,
+        relocation: usize,
+        addr: u64,
+        bytes: &[u8],
+        _field_addr: u64,
+    ) -> Option<Option<Effect>> {
+        let w = word(bytes)?;
+        let original = uc.get_data().originals.get(relocation).and_then(|b| word(b));
+        // Memory the instruction is about to read: make it exist first.
+        let mut reads: Vec<(u64, usize)> = Vec::new();
+        {
+            let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
+            let mut mem = |a: u64, n: usize| {
+                reads.push((a, n));
+                None
+            };
+            let _ = site_effect(w, addr, original, &mut reg, &mut mem);
+        }
+        for (a, n) in reads {
+            ensure_mapped(uc, a, n);
+        }
+        let mut mem = |a: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            uc.mem_read(a, &mut b).ok().map(|_| le(&b))
+        };
+        let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
+        let evaluation = site_effect(w, addr, original, &mut reg, &mut mem);
+        // What a relocation left in a register: a `br` through it is not computed.
+        let formed = result(&decode(w), addr, &mut reg, &mut mem);
+        if let Some(Some((_, v))) = formed {
+            uc.get_data_mut().formed.push(v);
+        }
+        evaluation.observation()
+    }
+
+    fn fault(e: uc_error) -> Option<super::Fault> {
+        // `udf`, `brk`: the stencil ran a trap.
+        (e == uc_error::EXCEPTION).then_some(super::Fault::InvalidInstruction)
+    }
+
+    fn debug_registers(uc: &Unicorn<'_, RunState>) -> String {
+        let r = |r| uc.reg_read(r).unwrap_or(0);
+        format!(
+            "x0={:#x} x1={:#x} x2={:#x} x8={:#x} x30={:#x} sp={:#x}",
+            r(RegisterARM64::X0),
+            r(RegisterARM64::X1),
+            r(RegisterARM64::X2),
+            r(RegisterARM64::X8),
+            r(RegisterARM64::X30),
+            r(RegisterARM64::SP)
+        )
+    }
+}
