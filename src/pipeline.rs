@@ -167,7 +167,7 @@ fn run_one(
 ) -> Vec<Finding> {
     let image = match patch::emit(stencil, placement, options.patcher) {
         Ok(image) => image,
-        Err(failure) if failure.assert.message.starts_with(patch::native::UNUSABLE) && !options.strict => {
+        Err(failure) if failure.assert.is_unusable() && !options.strict => {
             // `--jit-c`: the placed addresses are taken in our own process,
             // so the real C cannot run there. Not the stencil's fault.
             result.inconclusive += 1;
