@@ -16,7 +16,7 @@
 //! (a `FailureKind::Unusable` failure) are counted as skipped.
 
 use crate::model::PatchFn;
-use crate::patch::native::{self, NativePatcher};
+use crate::patch::native::NativePatcher;
 use crate::patch::{self, Image, PatchAssert, Patcher};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
 use stencilcheck::execute::{CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
-use stencilcheck::judge::{coverage, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
+use stencilcheck::judge::{coverage, judge_accounting, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
 use stencilcheck::model::{
     Arch, DataComment, DataCommentKind, Effect, EmitOp, PatchFn, RelocKind, Section, Stencil, StencilSet, Term,
 };
@@ -1164,4 +1164,82 @@ fn a_correct_pc32_load_of_an_extern_passes_statically() {
     let j = judge(&mut e, &s, &p, &image);
     assert!(j.dynamic_findings.is_empty(), "{:#?}", j.dynamic_findings);
     assert!(j.static_findings.is_empty(), "{:#?}", j.static_findings);
+}
+
+// ---------------------------------------------------------------------------
+// Accounting: every patched byte in a field or slot, every field written
+// ---------------------------------------------------------------------------
+
+fn accounting(s: &Stencil, index: u32) -> Vec<Finding> {
+    let p = place(s, 1, index).unwrap();
+    let image = patch::emit(s, &p, &Ports).unwrap();
+    judge_accounting(X86, s, &p, &image)
+}
+
+#[test]
+fn accounting_is_clean_for_correct_stencils_at_every_placement() {
+    for s in [uop(), jmp_continue()] {
+        for i in 0..16 {
+            assert!(accounting(&s, i).is_empty(), "{} placement {i}: {:?}", s.name, accounting(&s, i));
+        }
+    }
+}
+
+/// Moves the code hole at `offset` by `by` bytes (a writer's off-by-N).
+fn hole_moved(mut s: Stencil, offset: u64, by: i64) -> Stencil {
+    for op in &mut s.emit {
+        if let EmitOp::Patch(h) = op {
+            if h.section == Section::Code && h.offset == offset {
+                h.offset = (h.offset as i64 + by) as u64;
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn a_code_hole_moved_by_one_two_or_three_bytes_is_flagged_on_every_placement() {
+    // The relocation at code+18 is a PC32 `lea` (patch_32r): moving it keeps
+    // the patch "working" on the bytes, so only accounting sees it at once.
+    for by in [1i64, 2, 3, -1] {
+        let s = hole_moved(uop(), 18, by);
+        for i in 0..8 {
+            let Ok(p) = place(&s, 1, i) else { continue };
+            let Ok(image) = patch::emit(&s, &p, &Ports) else { continue };
+            let f = judge_accounting(X86, &s, &p, &image);
+            assert!(f.iter().any(|f| f.kind == FindingKind::Unaccounted), "moved by {by}, placement {i}: {f:?}");
+            assert!(
+                f.iter().any(|f| f.message.contains("written by no hole") && f.relocation == Some(R_STR)),
+                "moved by {by}: the relocation the hole left is named: {f:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_hole_without_a_relocation_and_a_relocation_without_a_hole_are_flagged() {
+    // Drop the oparg relocation comment: its hole now writes no field.
+    let mut s = uop();
+    s.relocations.remove(R_OPARG);
+    let f = accounting(&s, 0);
+    assert!(f.iter().any(|f| f.message.contains("holds no relocation's field") && f.site.as_ref().unwrap().offset == 11), "{f:?}");
+    // Drop the oparg hole instead: the relocation is written by nobody.
+    let mut s = uop();
+    s.emit.retain(|op| !matches!(op, EmitOp::Patch(h) if h.section == Section::Code && h.offset == 11));
+    let f = accounting(&s, 0);
+    assert!(f.iter().any(|f| f.message.contains("written by no hole") && f.relocation == Some(R_OPARG)), "{f:?}");
+}
+
+#[test]
+fn a_data_patch_outside_the_listed_slots_is_flagged() {
+    let mut s = uop();
+    // The slot comment for data+16 says it is at data+17: the patch writes
+    // bytes no comment lists.
+    for c in &mut s.data_comments {
+        if c.offset == 16 {
+            c.offset = 17;
+        }
+    }
+    let f = accounting(&s, 0);
+    assert!(f.iter().any(|f| f.kind == FindingKind::Unaccounted && f.site.as_ref().unwrap().section == Section::Data), "{f:?}");
 }

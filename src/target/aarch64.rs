@@ -70,6 +70,11 @@ impl TargetInfo for Aarch64 {
         }
     }
 
+    /// Every field is a whole instruction: a relaxation rewrites nothing else.
+    fn relaxable_bytes_before(&self, _expr: RelExpr) -> u64 {
+        0
+    }
+
     /// Branches and `adr` count from the instruction itself.
     fn pc_relative_referent(&self, s_plus_a: u64, _p: u64, _pc: u64, _next_pc: u64) -> u64 {
         s_plus_a

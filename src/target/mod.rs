@@ -223,6 +223,9 @@ pub trait TargetInfo: Sync {
     /// What a PC-relative field makes the instruction at `pc` (ending at
     /// `next_pc`, field at `p`) refer to, for `s_plus_a`.
     fn pc_relative_referent(&self, s_plus_a: u64, p: u64, pc: u64, next_pc: u64) -> u64;
+    /// Bytes before a relocated field that relaxing it may rewrite (x86-64's
+    /// `mov`→`lea`, `call *`→`nop; call`): patched bytes there are accounted for.
+    fn relaxable_bytes_before(&self, expr: RelExpr) -> u64;
     /// Addresses a user-space process can have.
     fn user_space(&self) -> Range<u64>;
     /// The longest instruction, in bytes (to read enough to decode one).
