@@ -76,7 +76,7 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
                 let mut engine = match set.target.engine(convention.clone(), options.instruction_limit) {
                     Ok(e) => e,
                     Err(e) => {
-                        *engine_error.lock().unwrap() = Some(e.to_string());
+                        *engine_error.lock().unwrap() = Some(e);
                         return;
                     }
                 };
@@ -90,7 +90,7 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
         }
     });
     if let Some(e) = engine_error.into_inner().unwrap() {
-        return Err(BadInput::in_file(set.path.display(), e));
+        return Err(BadInput::unsupported(set.path.display(), &e));
     }
     let mut results = Vec::with_capacity(slots.len());
     for slot in slots {
