@@ -31,6 +31,27 @@ const RELOCATIONS: &[RelocInfo] = &[
     RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G3, expr: RelExpr::AbsoluteChunk(3), patch_fn: PatchFn::Aarch64_16d, width: 4 },
 ];
 
+/// What kind of instruction a word is, as far as relaxations can tell
+/// (the fields patches write are masked out).
+fn class(word: u32) -> u32 {
+    use crate::patch::aarch64::{is_add_or_sub, is_adrp, is_ldr_or_str, is_mov};
+    if is_adrp(word) {
+        1
+    } else if is_ldr_or_str(word) {
+        // size, V, opc and the registers stay; imm12 is the patched field.
+        0x1000_0000 | (word & 0xFFC0_03FF)
+    } else if is_add_or_sub(word) {
+        0x2000_0000 | (word & 0xFF80_03FF)
+    } else if is_mov(word) {
+        // movz vs movk, hw and Rd stay; imm16 is the patched field.
+        0x3000_0000 | (word & 0xFFE0_001F)
+    } else if word & 0xFF00_0000 == 0x5800_0000 {
+        0x4000_0000 | (word & 0x1F) // ldr (literal)
+    } else {
+        word & 0xFC00_0000 // branches keep their opcode; anything else by its top bits
+    }
+}
+
 impl TargetInfo for Aarch64 {
     fn arch(&self) -> Arch {
         Arch::Aarch64
@@ -69,6 +90,11 @@ impl TargetInfo for Aarch64 {
             }
             _ => None,
         }
+    }
+
+    /// Every field is a whole instruction: a relaxation rewrites nothing else.
+    fn relaxable_bytes_before(&self, _expr: RelExpr) -> u64 {
+        0
     }
 
     /// Branches and `adr` count from the instruction itself.
@@ -111,6 +137,14 @@ impl TargetInfo for Aarch64 {
 
     fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
         execute::aarch64::branch_target(bytes, ip)
+    }
+
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool {
+        let word = |b: &[u8]| b.get(..4).and_then(|w| w.try_into().ok()).map(u32::from_le_bytes);
+        match (word(original), word(patched)) {
+            (Some(a), Some(b)) => class(a) != class(b),
+            _ => false,
+        }
     }
 
     /// `ldr x8, 8; br x8` and the 8-byte address (CPython's veneer).
