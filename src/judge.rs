@@ -150,7 +150,11 @@ fn check_site(
     let Some(s) = placement.symbol(&reloc.symbol, stencil) else {
         // An object-local symbol a header does not place: somewhere in the
         // stencil's read-only data.
-        let (start, end) = (placement.data, placement.data + stencil.rodata_len());
+        let (mut start, mut end) = (placement.data, placement.data + stencil.rodata_len());
+        if matches!(expr, RelExpr::Page | RelExpr::GotPage) {
+            // An `adrp` forms the page: one of the pages the data spans.
+            (start, end) = (start & PAGE_MASK, (end.max(start + 1) - 1) & PAGE_MASK | 0xfff);
+        }
         let actual = referred.unwrap_or(0);
         return (!(start..end).contains(&actual)).then_some((start, actual, "referred to"));
     };

@@ -329,7 +329,11 @@ pub fn place_within(
                 // space: fall back to anywhere the window fits.
                 code = pick_code(&mut rng, sp, Layout::Scattered, stencil, &span);
             }
-            let data = pick_data(&mut rng, sp, layout, stencil, code, &span);
+            // CPython pads code and data to the target's alignment, so uops and
+            // their data start aligned (a no-op where it is 1).
+            let align = info.code_alignment();
+            code &= !(align - 1);
+            let data = pick_data(&mut rng, sp, layout, stencil, code, &span) & !(align - 1);
             taken.reserve(code, stencil.code_size().max(1));
             taken.reserve(data, stencil.data_size().max(1));
             (code, data, None)
@@ -354,11 +358,18 @@ pub fn place_within(
         }
     }
     let mut targets = [0u64; 3];
+    let terms = [Term::JumpTarget, Term::ErrorTarget, Term::Top];
     for i in 0..targets.len() {
+        // A target a relative code hole names (aarch64 3.13's `b` to
+        // instruction_starts[...]) lies in that hole's reach, like the trace
+        // it is part of.
+        let reach = constraints.reach_of_term(&terms[i]);
+        let align = info.code_alignment();
         // Distinct targets, so a swapped jump/error hole can never look right.
-        let pick = |rng: &mut ChaCha8Rng| match &trace {
-            Some(trace) => trace.instruction_start(rng, stencil),
-            None => pick_target(rng, sp, layout, &taken, stencil, code),
+        let pick = |rng: &mut ChaCha8Rng| match (&trace, &reach) {
+            (Some(trace), _) => trace.instruction_start(rng, stencil),
+            (None, None) => pick_target(rng, sp, layout, &taken, stencil, code) & !(align - 1),
+            (None, Some(r)) => pick_target_within(rng, sp, layout, stencil, code, r, align),
         };
         let mut t = pick(&mut rng);
         while targets[..i].contains(&t) {
@@ -454,9 +465,13 @@ impl<'a> Constraints<'a> {
 
     /// Reach an extern must keep from the code when a relative code hole names it.
     fn reach_of(&self, symbol: &Symbol) -> Option<Range<i64>> {
-        let name = symbol.to_string();
+        self.reach_of_term(&Term::Symbol(symbol.to_string()))
+    }
+
+    /// Reach a value must keep from the code when a relative code hole names its term.
+    fn reach_of_term(&self, term: &Term) -> Option<Range<i64>> {
         self.relative_holes()
-            .filter(|(_, v, _)| v.term == Term::Symbol(name.clone()))
+            .filter(|(_, v, _)| &v.term == term)
             .map(|(off, v, r)| (r.start + off as i64 - v.addend)..(r.end + off as i64 - v.addend))
             .reduce(|a, b| a.start.max(b.start)..a.end.min(b.end))
     }
@@ -642,6 +657,36 @@ fn pick_target(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, taken: &Taken, s
         _ => random_user(g, sp, PAGE),
     };
     pick_free(rng, sp, taken, 1, draw)
+}
+
+/// A jump/error target within `reach` of the code (offsets from `code`),
+/// `align`ed, outside the stencil's own code: near it, at either edge of the
+/// reach (RelativeEdge), or anywhere in reach.
+fn pick_target_within(
+    rng: &mut ChaCha8Rng,
+    sp: Space,
+    layout: Layout,
+    stencil: &Stencil,
+    code: u64,
+    reach: &Range<i64>,
+    align: u64,
+) -> u64 {
+    let lo = (code as i64).saturating_add(reach.start).max(sp.min as i64) as u64;
+    let hi = (code as i64).saturating_add(reach.end).min(sp.end as i64) as u64;
+    let own = code..code + stencil.code_size().max(1);
+    let lo_aligned = (lo + align - 1) & !(align - 1);
+    for _ in 0..256 {
+        let t = match layout {
+            Layout::RelativeEdge if rng.gen_bool(0.5) => lo_aligned,
+            Layout::RelativeEdge => hi.saturating_sub(1) & !(align - 1),
+            Layout::Compact | Layout::Low | Layout::High => near(rng, code, 2 * PAGE, 4 * MIB) & !(align - 1),
+            _ => rng.gen_range(lo..hi.max(lo + 1)) & !(align - 1),
+        };
+        if (lo..hi).contains(&t) && !own.contains(&t) {
+            return t;
+        }
+    }
+    own.end.next_multiple_of(align)
 }
 
 fn pick_oparg(rng: &mut ChaCha8Rng) -> u16 {

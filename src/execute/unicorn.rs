@@ -61,6 +61,12 @@ pub trait Machine: 'static {
     /// Site decoding needs the instruction objdump listed at each
     /// relocation (to see a relaxation change its kind).
     const USES_ORIGINALS: bool = false;
+    /// Zero bytes after the last instruction are padding (aarch64's code is
+    /// padded to 8 bytes with `udf #0`), not code: a stub returning into
+    /// them returned past the code.
+    const ZERO_PADDING: bool = false;
+    /// Call [`Machine::step`] before every instruction.
+    const TRACKS_REGISTERS: bool = false;
 
     /// The register a convention names.
     fn register(name: &str) -> Self::Reg;
@@ -91,6 +97,9 @@ pub trait Machine: 'static {
         bytes: &[u8],
         field_addr: u64,
     ) -> Option<Option<Effect>>;
+    /// Before the instruction at code offset `offset` runs (`site`: it holds
+    /// a relocated field): keep [`RunState::formed`].
+    fn step(_st: &mut RunState, _offset: usize, _site: bool) {}
     /// A machine's own reading of an emulator error, before the common one.
     fn fault(_e: uc_error) -> Option<Fault> {
         None
@@ -133,9 +142,12 @@ pub struct RunState {
     time_hit: bool,
     /// One past the highest mappable address.
     user_end: u64,
-    /// Values relocation sites left in registers this run: a jump through a
-    /// register holding one of them goes where a relocation said.
-    pub formed: Vec<u64>,
+    /// Registers (bit n: register n, as the machine numbers them) whose
+    /// value a relocation site formed and nothing overwrote since: a jump
+    /// through one goes where a relocation said. Kept by [`Machine::step`].
+    pub formed: u64,
+    /// The patched code, for machines that decode every step.
+    pub code_bytes: Vec<u8>,
     /// Per relocation: the instruction objdump listed there (before
     /// patching), when the machine asks for it.
     pub originals: Vec<Vec<u8>>,
@@ -183,7 +195,8 @@ impl<M: Machine> UnicornEngine<M> {
             deadline: std::time::Instant::now(),
             time_hit: false,
             user_end: M::USER_END,
-            formed: Vec::new(),
+            formed: 0,
+            code_bytes: Vec::new(),
             originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
@@ -288,7 +301,8 @@ impl<M: Machine> UnicornEngine<M> {
         st.per_site = vec![0; stencil.relocations.len()];
         st.fields = fields;
         st.sites.clear();
-        st.formed.clear();
+        st.formed = 0;
+        st.code_bytes = if M::TRACKS_REGISTERS { image.code.clone() } else { Vec::new() };
         st.instructions = 0;
         st.last_pc = 0;
         st.left_to = None;
@@ -345,6 +359,15 @@ impl<M: Machine> UnicornEngine<M> {
         }
         M::finish_stub(&mut self.uc, sp);
         Some(ret)
+    }
+
+    /// Only padding from `addr` to the end of the code.
+    fn padding_from(&self, addr: u64) -> bool {
+        if !M::ZERO_PADDING {
+            return false;
+        }
+        let mut rest = vec![0u8; self.uc.get_data().code.end.saturating_sub(addr) as usize];
+        self.uc.mem_read(addr, &mut rest).is_ok() && rest.iter().all(|b| *b == 0)
     }
 
     fn classify_fault(&self, e: uc_error, pc: u64) -> RunEnd {
@@ -414,7 +437,7 @@ impl<M: Machine> Engine for UnicornEngine<M> {
                         break RunEnd::CallLimit { pc: left_to };
                     }
                     match self.stub_return(&mut trace, last_pc, left_to) {
-                        Some(ret) if self.uc.get_data().code.contains(&ret) => pc = ret,
+                        Some(ret) if self.uc.get_data().code.contains(&ret) && !self.padding_from(ret) => pc = ret,
                         Some(ret) => {
                             let sp = self.uc.reg_read(M::SP).unwrap_or(0);
                             let kind = ExitKind::AfterNoReturnCall;
@@ -474,6 +497,10 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
     }
     let st = uc.get_data_mut();
     let offset = (addr - st.code.start) as usize;
+    if M::TRACKS_REGISTERS {
+        let site = st.maybe_site[offset];
+        M::step(st, offset, site);
+    }
     if st.maybe_site[offset] {
         observe::<M>(uc, addr, size);
     }

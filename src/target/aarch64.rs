@@ -107,6 +107,11 @@ impl TargetInfo for Aarch64 {
         0x1_0000..0x0001_0000_0000_0000
     }
 
+    /// Code and data padded to 8 bytes (`alignment=8` in `_targets.py`).
+    fn code_alignment(&self) -> u64 {
+        8
+    }
+
     fn max_instruction_len(&self) -> usize {
         4
     }

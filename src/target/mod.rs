@@ -228,6 +228,9 @@ pub trait TargetInfo: Sync {
     fn relaxable_bytes_before(&self, expr: RelExpr) -> u64;
     /// Addresses a user-space process can have.
     fn user_space(&self) -> Range<u64>;
+    /// What CPython pads each stencil's code and data to (3.13's
+    /// `_targets.py` alignment): uops and their data start aligned to it.
+    fn code_alignment(&self) -> u64;
     /// The longest instruction, in bytes (to read enough to decode one).
     fn max_instruction_len(&self) -> usize;
     fn abi(&self) -> Abi;

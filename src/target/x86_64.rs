@@ -65,6 +65,11 @@ impl TargetInfo for X86_64 {
         USER_SPACE
     }
 
+    /// Byte-granular: x86-64 stencils are not padded.
+    fn code_alignment(&self) -> u64 {
+        1
+    }
+
     fn max_instruction_len(&self) -> usize {
         15
     }

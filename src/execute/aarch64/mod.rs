@@ -458,6 +458,8 @@ impl Machine for Arm64 {
     const CALLER_SAVED: &'static [RegisterARM64] = &CALLER_SAVED;
     const C_ARGS: [RegisterARM64; 3] = [RegisterARM64::X0, RegisterARM64::X1, RegisterARM64::X2];
     const USES_ORIGINALS: bool = true;
+    const ZERO_PADDING: bool = true;
+    const TRACKS_REGISTERS: bool = true;
 
     fn register(name: &str) -> RegisterARM64 {
         number(name).map_or(RegisterARM64::X0, |n| X[n as usize])
@@ -502,8 +504,8 @@ impl Machine for Arm64 {
             Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. } => Transfer::Call,
             Insn::BranchReg { kind: BranchRegKind::Ret, .. } => Transfer::Exit(ExitKind::Return, false),
             // Through a register: a relocation's value, or run-time data.
-            Insn::BranchReg { kind: BranchRegKind::Br, .. } => {
-                Transfer::Exit(ExitKind::Jump, !st.formed.contains(&target))
+            Insn::BranchReg { kind: BranchRegKind::Br, rn } => {
+                Transfer::Exit(ExitKind::Jump, rn == 31 || st.formed & (1 << rn) == 0)
             }
             Insn::Branch { link: false, .. } => Transfer::Exit(ExitKind::Jump, false),
             // A conditional branch not taken runs off the end.
@@ -547,13 +549,18 @@ impl Machine for Arm64 {
             uc.mem_read(a, &mut b).ok().map(|_| le(&b))
         };
         let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
-        let evaluation = site_effect(w, addr, original, &mut reg, &mut mem);
-        // What a relocation left in a register: a `br` through it is not computed.
-        let formed = result(&decode(w), addr, &mut reg, &mut mem);
-        if let Some(Some((_, v))) = formed {
-            uc.get_data_mut().formed.push(v);
+        site_effect(w, addr, original, &mut reg, &mut mem).observation()
+    }
+
+    /// What a relocation site writes is formed; anything else overwrites.
+    fn step(st: &mut RunState, offset: usize, site: bool) {
+        let Some(w) = st.code_bytes.get(offset..offset + 4).and_then(word) else { return };
+        st.formed &= !(writes(w) as u64);
+        if site {
+            if let Some(rd) = decode(w).destination() {
+                st.formed |= 1 << rd;
+            }
         }
-        evaluation.observation()
     }
 
     fn fault(e: uc_error) -> Option<super::Fault> {
