@@ -352,7 +352,15 @@ pub fn place_within(
     for symbol in stencil.symbols() {
         if let Symbol::External(name) = &symbol {
             let site = constraints.first_site(&symbol).unwrap_or(code);
-            let addr = pick_extern(&mut rng, sp, layout, &taken, code, site, constraints.reach_of(&symbol));
+            let reach = constraints.reach_of(&symbol);
+            let addr = pick_extern(&mut rng, sp, layout, &taken, code, site, reach.clone());
+            // Aligned like code (a `bl` lands on an instruction; a no-op where
+            // the alignment is 1), and still in reach.
+            let align = info.code_alignment();
+            let mut addr = addr & !(align - 1);
+            if reach.is_some_and(|r| (addr.wrapping_sub(code) as i64) < r.start) {
+                addr += align;
+            }
             taken.reserve(addr, 16);
             externs.insert(name.clone(), addr);
         }

@@ -581,3 +581,294 @@ impl Machine for Arm64 {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObjdumpInstruction, RelocKind, Relocation, Symbol};
+    use crate::target::{Arch, ObjectFormat};
+
+    const CODE: u64 = 0x4000_1234_5000;
+    const DATA: u64 = CODE + 0x3000;
+
+    fn words(ws: &[u32]) -> Vec<u8> {
+        ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
+        code.chunks_exact(4)
+            .enumerate()
+            .map(|(i, b)| ObjdumpInstruction {
+                offset: 4 * i as u64,
+                bytes: b.to_vec(),
+                text: format_at(b, 4 * i as u64),
+                line: 0,
+            })
+            .collect()
+    }
+
+    fn reloc(offset: u64, kind: RelocKind, symbol: &str) -> Relocation {
+        Relocation { offset, kind, symbol: Symbol::classify(symbol), addend: 0, line: 0, text: String::new() }
+    }
+
+    fn stencil(name: &str, original: &[u32], relocations: Vec<Relocation>) -> Stencil {
+        let code = words(original);
+        Stencil {
+            name: name.into(),
+            line: 1,
+            instructions: listing(&code),
+            code,
+            data: vec![0; 0x40],
+            relocations,
+            data_comments: Vec::new(),
+            emit: Vec::new(),
+            locals: Default::default(),
+            ordinals: Default::default(),
+            trampoline_mask: Vec::new(),
+            got_mask: Vec::new(),
+        }
+    }
+
+    fn image(patched: &[u32], slot: u64) -> Image {
+        let mut data = vec![0; 0x40];
+        data[0x10..0x18].copy_from_slice(&slot.to_le_bytes());
+        Image::new(CODE, words(patched), DATA, data)
+    }
+
+    /// Evaluate with fixed registers (x8 = `x8`, sp = 0x1000) and memory
+    /// (DATA+0x10 holds `slot`, anything else unreadable).
+    fn eval(word: u32, pc: u64, original: Option<u32>, x8: Option<u64>, slot: u64) -> Evaluation {
+        let mut reg = |n: u8, sp: bool| match (n, sp) {
+            (8, _) => x8,
+            (31, true) => Some(0x1000),
+            (31, false) => Some(0),
+            _ => None,
+        };
+        let mut mem = |a: u64, n: usize| (a == DATA + 0x10 && n <= 8).then_some(slot & (u64::MAX >> (64 - 8 * n)));
+        site_effect(word, pc, original, &mut reg, &mut mem)
+    }
+
+    const ADRP_X8: u32 = 0x9000_0008;
+    const LDR_X8: u32 = 0xf940_0108; // ldr x8, [x8]
+    const NOP: u32 = decode::NOP;
+
+    fn movz_x8(imm: u32) -> u32 {
+        0xd280_0000 | (imm << 5) | 8
+    }
+    fn movk16_x8(imm: u32) -> u32 {
+        0xf2a0_0000 | (imm << 5) | 8
+    }
+    /// `ldr x8, #off` (literal).
+    fn ldr_lit_x8(off: i64) -> u32 {
+        0x5800_0000 | ((((off / 4) as u32) & 0x7ffff) << 5) | 8
+    }
+    /// `adrp x8` of the page `pages` away.
+    fn adrp_x8(pages: i64) -> u32 {
+        let imm = pages as u32 & 0x1f_ffff;
+        ADRP_X8 | ((imm & 3) << 29) | ((imm >> 2) << 5)
+    }
+    /// `ldr x8, [x8, #lo12]` (scaled by 8).
+    fn ldr_x8_lo12(lo12: u64) -> u32 {
+        LDR_X8 | (((lo12 / 8) as u32) << 10)
+    }
+
+    #[test]
+    fn adrp_forms_its_page_above_and_below() {
+        let pc = CODE + 0x104;
+        assert_eq!(eval(adrp_x8(3), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Address { value: CODE + 0x3000, bits: 64 }));
+        // A negative page count is sign-extended (wasmtime PR 11734's bug zero-extended it).
+        assert_eq!(
+            eval(adrp_x8(-0x10_0000), pc, Some(ADRP_X8), None, 0),
+            Evaluation::Known(Effect::Address { value: CODE - (1 << 32), bits: 64 })
+        );
+        assert_eq!(eval(adrp_x8(-1), pc, None, None, 0), Evaluation::Known(Effect::Address { value: CODE - 0x1000, bits: 64 }));
+    }
+
+    #[test]
+    fn lo12_loads_and_adds_use_the_base_register() {
+        let pc = CODE + 0x108;
+        // ldr x8, [x8, #0x10]: address x8 + 0x10, the 8 bytes there.
+        assert_eq!(
+            eval(ldr_x8_lo12(0x10), pc, Some(LDR_X8), Some(DATA), 0xfeed),
+            Evaluation::Known(Effect::Load { address: DATA + 0x10, value: 0xfeed, bits: 64 })
+        );
+        // ldrb w8, [x8, #0x10]: unscaled, 8 bits.
+        let ldrb = 0x3940_0108 | (0x10 << 10);
+        assert_eq!(
+            eval(ldrb, pc, Some(0x3940_0108), Some(DATA), 0x1234),
+            Evaluation::Known(Effect::Load { address: DATA + 0x10, value: 0x34, bits: 8 })
+        );
+        // add x8, x8, #0x123
+        assert_eq!(
+            eval(0x9104_8d08, pc, Some(0x9100_0108), Some(DATA), 0),
+            Evaluation::Known(Effect::Address { value: DATA + 0x123, bits: 64 })
+        );
+        // str x9, [x8, #0x8]: only the address.
+        assert_eq!(
+            eval(0xf900_0509, pc, Some(0xf900_0109), Some(DATA), 0),
+            Evaluation::Known(Effect::MemoryOperand { address: DATA + 8 })
+        );
+        // The base unknown: left to the runs.
+        assert_eq!(eval(ldr_x8_lo12(0x10), pc, Some(LDR_X8), None, 0), Evaluation::Unknown);
+        // Unreadable memory: unknown too.
+        assert_eq!(eval(ldr_x8_lo12(0x18), pc, Some(LDR_X8), Some(DATA), 0), Evaluation::Unknown);
+    }
+
+    #[test]
+    fn branches_transfer_to_their_target() {
+        let pc = CODE + 0x40;
+        for (w, target) in [
+            (0x1400_0010u32, pc + 0x40),     // b
+            (0x97ff_fff0, pc - 0x40),        // bl
+            (0x5400_0260, pc + 0x4c),        // b.eq
+            (0xb400_00a8, pc + 0x14),        // cbz x8
+            (0x37f8_0088, pc + 0x10),        // tbnz w8, #31
+        ] {
+            assert_eq!(eval(w, pc, Some(w), None, 0), Evaluation::Known(Effect::Transfer { target, slot: None }), "{w:#x}");
+        }
+        // A branch patched into something else is no branch.
+        assert_eq!(eval(NOP, pc, Some(0x1400_0000), None, 0), Evaluation::NotAnOperand);
+    }
+
+    #[test]
+    fn movz_movk_carry_their_chunk() {
+        let movk48 = 0xf2e0_0000 | (0xbeef << 5) | 1;
+        assert_eq!(eval(movk48, 0, Some(0xf2e0_0001), None, 0), Evaluation::Known(Effect::Immediate { value: 0xbeef << 48, bits: 64 }));
+        assert_eq!(eval(movz_x8(0x1234), 0, Some(movz_x8(0)), None, 0), Evaluation::Known(Effect::Immediate { value: 0x1234, bits: 64 }));
+    }
+
+    #[test]
+    fn relaxed_pairs_report_what_the_register_holds() {
+        let pc = CODE + 0x100;
+        // movz x8 in place of adrp: the immediate.
+        assert_eq!(eval(movz_x8(0xbeef), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Formed { value: 0xbeef }));
+        // nop in place of the ldr: x8 as the movz left it.
+        assert_eq!(eval(NOP, pc + 4, Some(LDR_X8), Some(0xbeef), 0), Evaluation::Known(Effect::Formed { value: 0xbeef }));
+        assert_eq!(eval(NOP, pc + 4, Some(LDR_X8), None, 0), Evaluation::Unknown);
+        // movk x8 in place of the ldr: x8 after the movk.
+        assert_eq!(
+            eval(movk16_x8(0xdead), pc + 4, Some(LDR_X8), Some(0xffff_beef), 0),
+            Evaluation::Known(Effect::Formed { value: 0xdead_beef })
+        );
+        // ldr literal in place of adrp: the loaded value.
+        let lit = ldr_lit_x8((DATA + 0x10 - pc) as i64);
+        assert_eq!(eval(lit, pc, Some(ADRP_X8), None, 0x7777_0000_1234), Evaluation::Known(Effect::Formed { value: 0x7777_0000_1234 }));
+        // Left as a pair: ordinary effects, not Formed.
+        assert!(matches!(eval(adrp_x8(3), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Address { .. })));
+        // Rewritten into something that forms nothing: mangled.
+        assert_eq!(eval(0x1400_0000, pc, Some(ADRP_X8), None, 0), Evaluation::NotAnOperand);
+        // A movz of another register leaves x8 as it was.
+        let movz_x9 = 0xd280_0000 | (5 << 5) | 9;
+        assert_eq!(eval(movz_x9, pc, Some(ADRP_X8), Some(42), 0), Evaluation::Known(Effect::Formed { value: 42 }));
+    }
+
+    fn got_pair_stencil(original: &[u32], at: u64) -> Stencil {
+        stencil(
+            "_PAIR",
+            original,
+            vec![
+                reloc(at, RelocKind::Aarch64_ADR_GOT_PAGE, "PyFoo"),
+                reloc(at + 4, RelocKind::Aarch64_LD64_GOT_LO12_NC, "PyFoo"),
+            ],
+        )
+    }
+
+    #[test]
+    fn static_sites_follow_a_straight_line_from_the_first_half() {
+        // adrp x8, DATA page; mov x9, x1 (not x8); ldr x8, [x8, #0x10]
+        let original = [ADRP_X8, 0xaa01_03e9, LDR_X8, 0xd65f_03c0];
+        let mut s = got_pair_stencil(&original, 0);
+        s.relocations[1].offset = 8;
+        let pages = ((DATA >> 12) - (CODE >> 12)) as i64;
+        let im = image(&[adrp_x8(pages), 0xaa01_03e9, ldr_x8_lo12(0x10), 0xd65f_03c0], 0xabcd);
+        let sites = static_sites(&s, &im);
+        assert_eq!(sites.len(), 2);
+        assert_eq!(sites[0].effect, Some(Effect::Address { value: DATA, bits: 64 }));
+        assert_eq!(sites[1].effect, Some(Effect::Load { address: DATA + 0x10, value: 0xabcd, bits: 64 }));
+        assert_eq!(sites[1].pc, CODE + 8);
+    }
+
+    #[test]
+    fn static_sites_stop_at_a_write_or_a_branch_landing_between() {
+        let pages = ((DATA >> 12) - (CODE >> 12)) as i64;
+        // adrp x8; add x8, x8, #1 (writes x8); ldr x8, [x8, #0x10]
+        let original = [ADRP_X8, 0x9100_0508, LDR_X8];
+        let mut s = got_pair_stencil(&original, 0);
+        s.relocations[1].offset = 8;
+        let im = image(&[adrp_x8(pages), 0x9100_0508, ldr_x8_lo12(0x10)], 1);
+        assert_eq!(static_sites(&s, &im).len(), 1, "the ldr's base is not the adrp's any more");
+        // b.eq +8 at 0 lands on the ldr at 8: another path reaches it.
+        let original = [0x5400_0040, ADRP_X8, LDR_X8];
+        let mut s = got_pair_stencil(&original, 4);
+        s.relocations[1].offset = 8;
+        let im = image(&[0x5400_0040, adrp_x8(pages), ldr_x8_lo12(0x10)], 1);
+        assert_eq!(static_sites(&s, &im).len(), 1, "a branch lands on the second half");
+    }
+
+    #[test]
+    fn static_sites_of_relaxed_pairs() {
+        // movz+nop: the nop's x8 comes from the movz.
+        let s = got_pair_stencil(&[ADRP_X8, LDR_X8], 0);
+        let sites = static_sites(&s, &image(&[movz_x8(0x42), NOP], 0));
+        let effects: Vec<_> = sites.iter().map(|o| o.effect).collect();
+        assert_eq!(effects, vec![Some(Effect::Formed { value: 0x42 }), Some(Effect::Formed { value: 0x42 })]);
+        // movz+movk
+        let sites = static_sites(&s, &image(&[movz_x8(0xbeef), movk16_x8(0xdead)], 0));
+        assert_eq!(sites[1].effect, Some(Effect::Formed { value: 0xdead_beef }));
+        // ldr literal + nop
+        let lit = ldr_lit_x8((DATA + 0x10 - CODE) as i64);
+        let sites = static_sites(&s, &image(&[lit, NOP], 0x1234_5678_9abc));
+        assert_eq!(sites[0].effect, Some(Effect::Formed { value: 0x1234_5678_9abc }));
+        assert_eq!(sites[1].effect, Some(Effect::Formed { value: 0x1234_5678_9abc }));
+    }
+
+    fn set_with(version: Version, entry: Option<Stencil>) -> StencilSet {
+        StencilSet {
+            path: "t.h".into(),
+            target: Target::new(Arch::Aarch64, ObjectFormat::Elf, version),
+            stencils: entry.into_iter().collect(),
+            symbols_map: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn convention_read_off_the_shim_or_by_version() {
+        let t13 = Target::new(Arch::Aarch64, ObjectFormat::Elf, Version::V3_13);
+        let t14 = Target::new(Arch::Aarch64, ObjectFormat::Elf, Version::V3_14);
+        let c = convention(t13, &set_with(Version::V3_13, None));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate, c.source), ("x0", "x1", "x2", "default"));
+        let c = convention(t14, &set_with(Version::V3_14, None));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate, c.source), ("x20", "x21", "x22", "default"));
+        // CPython main's shim: mov x21, x1; mov x22, x2; stp; mov x20, x0; bl
+        let shim = stencil("shim", &[0xaa01_03f5, 0xaa02_03f6, 0xa909_4ff4, 0xaa00_03f4, 0x9400_000c], vec![]);
+        let c = convention(t14, &set_with(Version::V3_14, Some(shim)));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate, c.source), ("x20", "x21", "x22", "shim"));
+        // A shim moving elsewhere (mov x25, x0; mov x26, x1; mov x27, x2): read, not defaulted.
+        let shim = stencil("shim", &[0xaa00_03f9, 0xaa01_03fa, 0xaa02_03fb, 0x9400_0002], vec![]);
+        let c = convention(t14, &set_with(Version::V3_14, Some(shim)));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate), ("x25", "x26", "x27"));
+        // A 3.13 trampoline keeping a copy (mov x19, x0) still calls with x0..x2.
+        let tramp = stencil("trampoline", &[0xaa00_03f3, 0x9400_0002], vec![]);
+        let c = convention(t13, &set_with(Version::V3_13, Some(tramp)));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate, c.source), ("x0", "x1", "x2", "trampoline"));
+        // An argument register overwritten before the call: nothing to read, the default.
+        let tramp = stencil("shim", &[0xd280_0000, 0x9400_0002], vec![]);
+        let c = convention(t14, &set_with(Version::V3_14, Some(tramp)));
+        assert_eq!(c.source, "default");
+    }
+
+    #[test]
+    fn transfer_classes_and_branch_targets() {
+        let b = |w: u32| w.to_le_bytes();
+        assert_eq!(transfer_class(&b(0x9400_0010), 0), TransferClass::Call);
+        assert_eq!(transfer_class(&b(0xd63f_0100), 0), TransferClass::Call);
+        assert_eq!(transfer_class(&b(0x1400_0010), 0), TransferClass::Jump);
+        assert_eq!(transfer_class(&b(0xd61f_0060), 0), TransferClass::Jump);
+        assert_eq!(transfer_class(&b(0x5400_0260), 0), TransferClass::Other);
+        assert_eq!(transfer_class(&b(0xd65f_03c0), 0), TransferClass::Other);
+        assert_eq!(branch_target(&b(0x5400_0260), 0x58), Some(0xa4));
+        assert_eq!(branch_target(&b(0x17ff_ffff), 0x1000), Some(0xffc));
+        assert_eq!(branch_target(&b(ADRP_X8), 0x1000), None);
+        assert_eq!(format_at(&b(0x9400_0010), 0x1000), "bl 0x1040");
+    }
+}
