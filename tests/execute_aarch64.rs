@@ -483,3 +483,58 @@ fn fp_and_simd_instructions_run() {
     let (_, trace) = run(&mut engine(), &s, &p);
     assert_eq!(exit(&trace).0, ExitKind::FallThrough, "{:?}", trace.end);
 }
+
+/// `stp x29, x30; bl PyFunc; ldp x29, x30; br xN`: where the stub leaves xN.
+fn call_then_br(n: u32) -> Stencil {
+    stencil(
+        "_CALL_BR",
+        &[STP_FP_LR, BL, LDP_FP_LR, 0xd61f_0000 | (n << 5)],
+        0,
+        vec![reloc(4, RelocKind::Aarch64_CALL26, "PyFunc")],
+        vec![],
+        vec![hole(PatchFn::Aarch64_26r, Section::Code, 4, Term::Symbol("PyFunc".into()), 0)],
+    )
+}
+
+#[test]
+fn the_stub_returns_in_x0_and_scrambles_only_caller_saved_registers() {
+    let mut e = engine();
+    for index in 0..4 {
+        // x0: the made-up return value.
+        let s = call_then_br(0);
+        let p = placed(&s, 21, index);
+        let (_, trace) = run(&mut e, &s, &p);
+        assert_eq!(exit(&trace).1, trace.calls[0].returned);
+        // x9: scrambled from the seed and the call's number (x1 is the first).
+        let s = call_then_br(9);
+        let (_, trace) = run(&mut e, &s, &p);
+        assert_eq!(exit(&trace).1, stencilcheck::place::splitmix(p.contents_seed ^ 8));
+        // x19 (callee-saved): still its made-up entry contents.
+        let s = call_then_br(19);
+        let (_, trace) = run(&mut e, &s, &p);
+        let contents = Contents {
+            seed: p.contents_seed,
+            heap: p.heap,
+            heap_size: p.heap_size,
+            interesting: &p.externs.values().copied().collect::<Vec<_>>(),
+        };
+        assert_eq!(exit(&trace), (ExitKind::Jump, contents.word(p.contents_seed ^ (19 * 8)), trace.entry_sp, true));
+    }
+}
+
+#[test]
+fn uops_get_the_convention_and_the_shim_gets_c_arguments() {
+    let conv = Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "shim" };
+    let mut e = UnicornArm64::new(conv, 1000).unwrap();
+    // ldr x9, [x20, #0x10]; br x9
+    let uop = raw("_UOP", &[0xf940_0a89, BR_X9]);
+    // ldr x9, [x0, #0x10]; br x9, entered as the shim
+    let shim = raw("shim", &[LDR_X9_X0_16, BR_X9]);
+    for s in [uop, shim] {
+        let p = placed(&s, 8, 0);
+        let (_, trace) = run(&mut e, &s, &p);
+        let contents = Contents { seed: p.contents_seed, heap: p.heap, heap_size: p.heap_size, interesting: &[] };
+        assert_eq!(exit(&trace).1, contents.word(p.frame + 0x10), "{}", s.name);
+        assert_eq!(trace.entered_by_call, s.name == "shim");
+    }
+}
