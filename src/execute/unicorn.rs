@@ -258,7 +258,7 @@ impl<M: Machine> UnicornEngine<M> {
                 .mem_map(r.start, r.end - r.start, Prot::READ | Prot::EXEC)
                 .map_err(|e| format!("cannot map {:#x}..{:#x}: {e:?}", r.start, r.end))?;
             // Traps everywhere the image does not cover.
-            let guard: Vec<u8> = M::GUARD.iter().copied().cycle().take((r.end - r.start) as usize).collect();
+            let guard = M::GUARD.repeat(((r.end - r.start) / 4) as usize);
             self.uc.mem_write(r.start, &guard).ok();
             self.fixed.push((r.start, r.end - r.start));
         }
