@@ -518,6 +518,13 @@ fn load_patch_value_forms() {
         ("-0x4", v(Term::Zero, -4)),
         ("0xfffffffffffffffc", v(Term::Zero, -4)),
         ("", v(Term::Zero, 0)),
+        // 3.14+: the trace GOT slot of an ordinal, as CPython writes it on
+        // aarch64 and (minus 4) on x86-64.
+        ("got_symbol_address(0x2, state)", v(Term::GotSymbol(2), 0)),
+        ("got_symbol_address(0x0, state) - 4", v(Term::GotSymbol(0), -4)),
+        ("got_symbol_address(0x1f, state) + -0x4", v(Term::GotSymbol(0x1f), -4)),
+        ("instruction->operand1 + 0x78", v(Term::Operand(1), 0x78)),
+        ("(uintptr_t)data - 0x8", v(Term::Data, -8)),
     ];
     for (text, want) in cases {
         let got = lex(text).and_then(|t| value_of(&t));
@@ -546,6 +553,11 @@ fn load_patch_value_forms() {
         "(int)data",
         "0x",
         "0x1g",
+        "got_symbol_address(0x1)",
+        "got_symbol_address(0x1, code)",
+        "got_symbol_address(0x100000000, state)",
+        "got_symbol_address(0x1, state) - instruction->oparg",
+        "(uintptr_t)data - ",
     ] {
         assert_eq!(lex(bad).and_then(|t| value_of(&t)), None, "`{bad}` should not parse");
     }
@@ -757,5 +769,478 @@ fn load_real_headers_if_present() {
         }
         let nop = set.stencils.iter().find(|s| s.name == "_NOP").expect("_NOP");
         assert!(nop.code.is_empty() && nop.emit.is_empty());
+    }
+}
+
+// ---- CPython 3.14+ ------------------------------------------------------------------
+
+/// A hand-written x86-64 header in the 3.14+ shape (not CPython's text):
+/// a shim, a uop with a trace-GOT call, a `_JIT_` slot, a string, trimmed
+/// bodies; a uop with an all-zero data part (no data_body) and an aarch64-
+/// free trampoline-less table; a `_Py_JIT_HAS_SHIM_CFI`-style block.
+pub(crate) const FIXTURE_314: &str = r#"// 0123456789abcdef
+// fixture: made up for stencilcheck's loader tests (3.14+ layout)
+
+void
+emit_shim(
+    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,
+    const _PyUOpInstruction *instruction, jit_state *state)
+{
+    // 0000000000000000 <_JIT_ENTRY>:
+    // 0: 49 89 fc                      movq    %rdi, %r12
+    // 3: c3                            retq
+    const unsigned char code_body[4] = {
+        0x49, 0x89, 0xfc, 0xc3,
+    };
+    memcpy(code, code_body, sizeof(code_body));
+#ifdef _Py_JIT_HAS_SHIM_CFI
+    register_shim_cfi(code);
+#endif
+}
+
+void
+emit__FIX_CALL(
+    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,
+    const _PyUOpInstruction *instruction, jit_state *state)
+{
+    // 0000000000000000 <_JIT_ENTRY>:
+    // 0: 48 8b 35 00 00 00 00          movq    (%rip), %rsi            # 0x7 <_JIT_ENTRY+0x7>
+    // 0000000000000003:  R_X86_64_REX_GOTPCRELX       _JIT_OPERAND0-0x4
+    // 7: ff 15 00 00 00 00             callq   *(%rip)                 # 0xd <_JIT_ENTRY+0xd>
+    // 0000000000000009:  R_X86_64_GOTPCRELX   PyFix_Call-0x4
+    // d: 48 85 c0                      testq   %rax, %rax
+    // 10: 0f 84 00 00 00 00             je      0x16 <_JIT_ENTRY+0x16>
+    // 0000000000000012:  R_X86_64_PLT32       _JIT_ERROR_TARGET-0x4
+    const unsigned char code_body[22] = {
+        0x48, 0x8b, 0x35, 0x00, 0x00, 0x00, 0x00, 0xff,
+        0x15, 0x00, 0x00, 0x00, 0x00, 0x48, 0x85, 0xc0,
+        0x0f, 0x84,
+    };
+    // 0: 'hi\x00'
+    // 3: 00 00 00 00 00
+    // 8: OPERAND0
+    const unsigned char data_body[16] = {
+        0x68, 0x69,
+    };
+    memcpy(data, data_body, sizeof(data_body));
+    patch_got_symbol(state, 0x1);
+    patch_64(data + 0x8, instruction->operand0);
+    memcpy(code, code_body, sizeof(code_body));
+    patch_x86_64_32rx(code + 0x3, (uintptr_t)data + 0x4);
+    patch_x86_64_32rx(code + 0x9, got_symbol_address(0x1, state) - 4);
+    patch_32r(code + 0x12, state->instruction_starts[instruction->error_target] + -0x4);
+}
+
+void
+emit__FIX_SLOT(
+    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,
+    const _PyUOpInstruction *instruction, jit_state *state)
+{
+    // 0000000000000000 <_JIT_ENTRY>:
+    // 0: 48 8b 05 00 00 00 00          movq    (%rip), %rax            # 0x7 <_JIT_ENTRY+0x7>
+    // 0000000000000003:  R_X86_64_REX_GOTPCRELX       _JIT_OPARG-0x4
+    // 7: 0f 85 00 00 00 00             jne     0xd <_JIT_ENTRY+0xd>
+    // 0000000000000009:  R_X86_64_PLT32       _JIT_JUMP_TARGET-0x4
+    const unsigned char code_body[13] = {
+        0x48, 0x8b, 0x05, 0x00, 0x00, 0x00, 0x00, 0x0f,
+        0x85,
+    };
+    // 0: OPARG
+    patch_64(data + 0x0, instruction->oparg);
+    memcpy(code, code_body, sizeof(code_body));
+    patch_x86_64_32rx(code + 0x3, (uintptr_t)data + -0x4);
+    patch_32r(code + 0x9, state->instruction_starts[instruction->jump_target] + -0x4);
+}
+
+void
+emit__FIX_EMPTY(
+    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,
+    const _PyUOpInstruction *instruction, jit_state *state)
+{
+}
+
+static_assert(SYMBOL_MASK_WORDS >= 1, "SYMBOL_MASK_WORDS too small");
+
+typedef struct {
+    void (*emit)(
+        unsigned char *code, unsigned char *data, _PyExecutorObject *executor,
+        const _PyUOpInstruction *instruction, jit_state *state);
+    size_t code_size;
+    size_t data_size;
+    symbol_mask trampoline_mask;
+    symbol_mask got_mask;
+} StencilGroup;
+
+static const StencilGroup shim = {emit_shim, 4, 0, {0}, {0}};
+
+static const StencilGroup stencil_groups[MAX_UOP_REGS_ID + 1] = {
+    [_FIX_CALL] = {emit__FIX_CALL, 22, 16, {0}, {0x02}},
+    [_FIX_SLOT] = {emit__FIX_SLOT, 13, 8, {0}, {0}},
+    [_FIX_EMPTY] = {emit__FIX_EMPTY, 0, 0, {0}, {0}},
+};
+
+static const void * const symbols_map[3] = {
+    0,
+    [1] = &PyFix_Call,
+    &PyFix_Unused,
+};
+
+#define _Py_JIT_HAS_SHIM_CFI 1
+#if defined(_Py_JIT_HAS_SHIM_CFI)
+static const unsigned char shim_cfi[] = {
+    0x01, 0x02,
+};
+#endif
+"#;
+
+fn parse_314(text: &str) -> StencilSet {
+    parse(PATH, text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn with_314(from: &str, to: &str) -> String {
+    assert!(FIXTURE_314.contains(from), "fixture lacks `{from}`");
+    FIXTURE_314.replacen(from, to, 1)
+}
+
+#[test]
+fn load_314_dialect_is_read_off_the_content() {
+    use crate::target::{ObjectFormat, Version};
+    assert_eq!(dialect(FIXTURE), Version::V3_13);
+    assert_eq!(dialect(FIXTURE_314), Version::V3_14);
+    // A comment naming jit_state does not make a 3.13 header 3.14+.
+    assert_eq!(dialect(&format!("// jit_state *state\n{FIXTURE}")), Version::V3_13);
+    let set = parse_314(FIXTURE_314);
+    assert_eq!(set.target.version, Version::V3_14);
+    assert_eq!(set.target.format, ObjectFormat::Elf);
+    assert_eq!(set.arch(), Arch::X86_64);
+    let set = parse(PATH, FIXTURE).unwrap();
+    assert_eq!(set.target.version, Version::V3_13);
+}
+
+#[test]
+fn load_314_fixture_field_by_field() {
+    let set = parse_314(FIXTURE_314);
+    let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["shim", "_FIX_CALL", "_FIX_SLOT", "_FIX_EMPTY"]);
+    assert_eq!(set.symbols_map, [None, Some("PyFix_Call".to_string()), Some("PyFix_Unused".to_string())]);
+
+    let shim = &set.stencils[0];
+    assert_eq!(shim.code, [0x49, 0x89, 0xfc, 0xc3]);
+    assert_eq!(shim.emit, [EmitOp::CopyCode { line: line_of(FIXTURE_314, "memcpy(code") }], "the #ifdef'd call is skipped");
+
+    let call = &set.stencils[1];
+    assert_eq!(call.code.len(), 22, "zero-extended to code_body[22]");
+    assert_eq!(&call.code[16..], &[0x0f, 0x84, 0, 0, 0, 0]);
+    assert_eq!(call.data.len(), 16);
+    assert_eq!(&call.data[..3], b"hi\0");
+    assert_eq!(call.ordinals, std::collections::BTreeMap::from([(1, "PyFix_Call".to_string())]));
+    assert_eq!((call.trampoline_mask.clone(), call.got_mask.clone()), (vec![0], vec![2]));
+    let l = |needle: &str| line_of(FIXTURE_314, needle);
+    let patch = |func, section, offset, value, needle: &str| {
+        EmitOp::Patch(PatchCall { func, section, offset, value, line: l(needle) })
+    };
+    assert_eq!(
+        call.emit,
+        [
+            EmitOp::CopyData { line: l("memcpy(data, data_body") },
+            patch(PatchFn::GotSymbol, Section::Got, 1, v(Term::Ordinal(1), 0), "patch_got_symbol(state, 0x1)"),
+            patch(PatchFn::P64, Section::Data, 8, v(Term::Operand(0), 0), "patch_64(data + 0x8"),
+            EmitOp::CopyCode {
+                line: FIXTURE_314.lines().enumerate().skip(call.line).find(|(_, t)| t.contains("memcpy(code")).unwrap().0 + 1
+            },
+            patch(PatchFn::X86_64_32rx, Section::Code, 3, v(Term::Data, 4), "code + 0x3, (uintptr_t)data + 0x4"),
+            patch(PatchFn::X86_64_32rx, Section::Code, 9, v(Term::GotSymbol(1), -4), "got_symbol_address(0x1, state) - 4"),
+            patch(PatchFn::P32r, Section::Code, 0x12, v(Term::ErrorTarget, -4), "code + 0x12"),
+        ]
+    );
+    let kinds: Vec<(u64, RelocKind, Symbol)> = call.relocations.iter().map(|r| (r.offset, r.kind, r.symbol.clone())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (3, RelocKind::X86_64_REX_GOTPCRELX, Symbol::Operand(0)),
+            (9, RelocKind::X86_64_GOTPCRELX, Symbol::External("PyFix_Call".into())),
+            (0x12, RelocKind::X86_64_PLT32, Symbol::ErrorTarget),
+        ]
+    );
+    assert_eq!(call.data_comments.len(), 3);
+
+    // No data_body: the data part is the table's 8 zero bytes, and the
+    // comment after the code_body is its slot.
+    let slot = &set.stencils[2];
+    assert_eq!(slot.data, [0; 8]);
+    assert_eq!(
+        slot.data_comments,
+        [DataComment { offset: 0, kind: DataCommentKind::Slot(v(Term::Oparg, 0)), line: l("// 0: OPARG") }]
+    );
+    assert!(slot.ordinals.is_empty() && !slot.emit.iter().any(|op| matches!(op, EmitOp::CopyData { .. })));
+    let empty = &set.stencils[3];
+    assert!(empty.code.is_empty() && empty.data.is_empty() && empty.emit.is_empty());
+}
+
+#[test]
+fn load_314_omitted_bodies_take_the_table_sizes() {
+    // An all-zero code_body is left out too: the sizes come from the table
+    // and the comments split into the code listing and the data listing.
+    let text = FIXTURE_314
+        .replacen("    const unsigned char code_body[13] = {\n        0x48, 0x8b, 0x05, 0x00, 0x00, 0x00, 0x00, 0x0f,\n        0x85,\n    };\n", "", 1)
+        .replacen("    // 0: 48 8b 05 00 00 00 00          movq    (%rip), %rax            # 0x7 <_JIT_ENTRY+0x7>\n", "    // 0: 00 00 00 00 00 00 00          addb    %al, (%rax)\n", 1)
+        .replacen("    // 7: 0f 85 00 00 00 00             jne     0xd <_JIT_ENTRY+0xd>\n", "    // 7: 00 00 00 00 00 00             addb    %al, (%rax)\n", 1);
+    let set = parse_314(&text);
+    let slot = &set.stencils[2];
+    assert_eq!(slot.code, [0; 13]);
+    assert_eq!(slot.instructions.len(), 2);
+    assert_eq!(slot.relocations.len(), 2);
+    assert_eq!(slot.data_comments.len(), 1, "`0: OPARG` is the data's");
+    // Non-zero instruction bytes with no code_body: the body went missing.
+    let text = FIXTURE_314.replacen(
+        "    const unsigned char code_body[13] = {\n        0x48, 0x8b, 0x05, 0x00, 0x00, 0x00, 0x00, 0x0f,\n        0x85,\n    };\n",
+        "",
+        1,
+    );
+    assert_err_at(&text, line_of(&text, "// 0: 48 8b 05"), "has no code_body");
+    // A declared size that disagrees with the table.
+    let text = with_314("code_body[13]", "code_body[14]");
+    assert_err_at(&text, line_of(&text, "[_FIX_SLOT]"), "code_size 13");
+}
+
+#[test]
+fn load_314_ordinals_must_name_symbols() {
+    let text = with_314("got_symbol_address(0x1, state) - 4", "got_symbol_address(0x0, state) - 4");
+    assert_err_at(&text, line_of(&text, "got_symbol_address(0x0"), "symbols_map[0] (line");
+    let text = with_314("patch_got_symbol(state, 0x1);", "patch_got_symbol(state, 0x3);");
+    assert_err_at(&text, line_of(&text, "patch_got_symbol(state, 0x3)"), "has 3 entries");
+    let cut = line_of(FIXTURE_314, "static const void * const symbols_map");
+    let text: String = FIXTURE_314.lines().take(cut - 1).map(|l| format!("{l}\n")).collect();
+    assert_err_at(&text, line_of(&text, "patch_got_symbol(state, 0x1)"), "has no symbols_map");
+    // Unused 0 entries and unused symbols are fine; the ordinals are what the holes use.
+    let set = parse_314(&with_314("    &PyFix_Unused,\n", "    0,\n"));
+    assert_eq!(set.symbols_map.len(), 3);
+}
+
+#[test]
+fn load_314_statement_forms() {
+    let l = 7;
+    let got = statement_of("patch_got_symbol(state, 0x2);", l);
+    assert_eq!(
+        got,
+        Ok(EmitOp::Patch(PatchCall { func: PatchFn::GotSymbol, section: Section::Got, offset: 2, value: v(Term::Ordinal(2), 0), line: l }))
+    );
+    let tramp = statement_of("patch_aarch64_trampoline(code + 0x8, 0x1, state);", l);
+    assert_eq!(
+        tramp,
+        Ok(EmitOp::Patch(PatchCall {
+            func: PatchFn::Aarch64_Trampoline,
+            section: Section::Code,
+            offset: 8,
+            value: v(Term::Ordinal(1), 0),
+            line: l
+        }))
+    );
+    let x86 = statement_of("patch_x86_64_trampoline(code + 0x11, 0x0, state);", l);
+    assert!(matches!(x86, Ok(EmitOp::Patch(PatchCall { func: PatchFn::X86_64_Trampoline, offset: 0x11, .. }))));
+    // Display (model.rs) spells every form back so that it parses again.
+    for op in [got, tramp, x86, statement_of("patch_aarch64_33rx(code + 0x4, got_symbol_address(0x3, state));", l)] {
+        let Ok(EmitOp::Patch(p)) = op else { panic!() };
+        assert_eq!(statement_of(&format!("{p};"), l), Ok(EmitOp::Patch(p.clone())), "{p}");
+    }
+    for (bad, part) in [
+        ("patch_got_symbol(0x2);", "expected `patch_got_symbol(state, ORDINAL)`"),
+        ("patch_got_symbol(code + 0x2, 0x2);", "expected `patch_got_symbol(state, ORDINAL)`"),
+        ("patch_got_symbol(state, x);", "bad symbol ordinal `x`"),
+        ("patch_aarch64_trampoline(code + 0x8, 0x1);", "(location, ORDINAL, state)"),
+        ("patch_aarch64_trampoline(code + 0x8, 0x1, data);", "(location, ORDINAL, state)"),
+        ("patch_aarch64_trampoline(stack + 0x8, 0x1, state);", "cannot parse patch location"),
+        ("patch_aarch64_trampoline(code + 0x8, 0x100000000, state);", "bad symbol ordinal"),
+    ] {
+        let e = statement_of(bad, l).unwrap_err();
+        assert!(e.contains(part), "`{bad}`: {e}");
+    }
+}
+
+fn statement_of(t: &str, line: usize) -> Result<EmitOp, String> {
+    cexpr::statement(t, line)
+}
+
+#[test]
+fn load_314_footer_forms() {
+    // Masks of several words; an entry without masks (older main).
+    let set = parse_314(&with_314("{emit__FIX_CALL, 22, 16, {0}, {0x02}}", "{emit__FIX_CALL, 22, 16, {0x1, 0x80000000}, {0x02, 0}}"));
+    assert_eq!(set.stencils[1].trampoline_mask, [1, 0x8000_0000]);
+    assert_eq!(set.stencils[1].got_mask, [2, 0]);
+    let set = parse_314(&with_314("{emit__FIX_SLOT, 13, 8, {0}, {0}}", "{emit__FIX_SLOT, 13, 8}"));
+    assert!(set.stencils[2].trampoline_mask.is_empty() && set.stencils[2].got_mask.is_empty());
+    // One-line symbols_map.
+    let text = FIXTURE_314.replace(
+        "static const void * const symbols_map[3] = {\n    0,\n    [1] = &PyFix_Call,\n    &PyFix_Unused,\n};",
+        "static const void * const symbols_map[3] = { 0, &PyFix_Call, 0 };",
+    );
+    assert_eq!(parse_314(&text).symbols_map, [None, Some("PyFix_Call".into()), None]);
+
+    let entry = line_of(FIXTURE_314, "[_FIX_CALL]");
+    for (from, to, part) in [
+        ("{0}, {0x02}}", "{0}, {0x2g}}", "malformed symbol mask `{0x2g}`"),
+        ("{0}, {0x02}}", "{0}, 0x02}", "malformed symbol mask `0x02`"),
+        ("{0}, {0x02}}", "{0}, {0x02}, {0}, {0}}", "has 7 fields"),
+        ("{0}, {0x02}}", "{0}, {0x100000000}}", "malformed symbol mask"),
+    ] {
+        let text = with_314(from, to);
+        assert_err_at(&text, entry, part);
+    }
+    let map = line_of(FIXTURE_314, "static const void * const symbols_map");
+    for (from, to, at, part) in [
+        ("    &PyFix_Unused,\n", "    &PyFix_Unused, 0,\n", map + 3, "symbols_map[3] has an entry [3]"),
+        ("    [1] = &PyFix_Call,\n", "    [0] = &PyFix_Call,\n", map + 2, "symbols_map[0] is given twice"),
+        ("    &PyFix_Unused,\n", "    PyFix_Unused,\n", map + 3, "malformed symbols_map entry `PyFix_Unused`"),
+        ("symbols_map[3] = {", "symbols_map[x] = {", map, "bad symbols_map size"),
+        ("symbols_map[3] = {", "symbols_map[3] {", map, "expected `= {`"),
+        ("    &PyFix_Unused,\n};", "    &PyFix_Unused,\n}", map + 4, "expected `;`"),
+    ] {
+        let text = with_314(from, to);
+        assert_err_at(&text, at, part);
+    }
+    let text = format!("{FIXTURE_314}static const void * const symbols_map[1] = {{ 0 }};\n");
+    assert_err_at(&text, text.lines().count(), "a second symbols_map");
+    let cut = line_of(FIXTURE_314, "[1] = &PyFix_Call");
+    let text: String = FIXTURE_314.lines().take(cut).map(|l| format!("{l}\n")).collect();
+    assert_err_at(&text, cut, "truncated: symbols_map");
+}
+
+#[test]
+fn load_314_mixed_dialects_are_refused() {
+    // A 3.13 signature in a 3.14+ header.
+    let text = with_314(
+        "emit__FIX_SLOT(\n    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,\n    const _PyUOpInstruction *instruction, jit_state *state)",
+        "emit__FIX_SLOT(\n    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,\n    const _PyUOpInstruction *instruction, uintptr_t instruction_starts[])",
+    );
+    assert_err_at(&text, line_of(&text, "emit__FIX_SLOT("), "3.13 signature");
+    // jit_state calls in a 3.13 header.
+    for (from, to) in [
+        ("patch_64(data + 0x8, instruction->oparg);", "patch_got_symbol(state, 0x1);"),
+        ("patch_32r(code + 0x1c, (uintptr_t)data + -0x2);", "patch_32r(code + 0x1c, got_symbol_address(0x1, state) - 4);"),
+    ] {
+        let text = with(from, to);
+        assert_err_at(&text, line_of(FIXTURE, from), "needs CPython 3.14+'s jit_state");
+    }
+}
+
+#[test]
+fn load_314_foreign_relocations_are_not_supported() {
+    for (kind, part) in [
+        ("X86_64_RELOC_GOT_LOAD", "relocation X86_64_RELOC_GOT_LOAD is not supported for x86_64 Mach-O CPython 3.14+"),
+        ("ARM64_RELOC_BRANCH26", "relocation ARM64_RELOC_BRANCH26 is not supported for aarch64 Mach-O CPython 3.14+"),
+        ("IMAGE_REL_AMD64_REL32", "relocation IMAGE_REL_AMD64_REL32 is not supported for x86_64 COFF CPython 3.14+"),
+        ("IMAGE_REL_I386_DIR32", "i686 COFF is not a target"),
+        ("R_X86_64_BOGUS", "unknown relocation type `R_X86_64_BOGUS`"),
+    ] {
+        let text = with_314("R_X86_64_GOTPCRELX   PyFix_Call-0x4", &format!("{kind}   PyFix_Call-0x4"));
+        assert_err_at(&text, line_of(FIXTURE_314, "R_X86_64_GOTPCRELX   PyFix_Call"), part);
+    }
+    // 32-bit objdump prints 8-digit relocation offsets.
+    let text = with_314("0000000000000009:  R_X86_64_GOTPCRELX", "00000009:  IMAGE_REL_I386_REL32");
+    assert_err_at(&text, line_of(FIXTURE_314, "0000000000000009:"), "IMAGE_REL_I386_REL32 is not supported");
+}
+
+#[test]
+fn load_314_every_prefix_and_mutation_parses_or_errs() {
+    use rand::{Rng, SeedableRng};
+    let lines: Vec<&str> = FIXTURE_314.lines().collect();
+    for n in 0..=lines.len() {
+        let text: String = lines[..n].iter().map(|l| format!("{l}\n")).collect();
+        let result = std::panic::catch_unwind(|| parse(PATH, &text));
+        let result = result.unwrap_or_else(|_| panic!("panicked on the first {n} lines"));
+        if let Err(e) = &result {
+            let line: usize = e.location.rsplit(':').next().and_then(|l| l.parse().ok()).expect("file:line");
+            assert!(line >= 1 && line <= n.max(1), "line {line} out of range for {n} lines: {e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+    }
+    for (cut, _) in FIXTURE_314.char_indices() {
+        assert!(std::panic::catch_unwind(|| parse(PATH, &FIXTURE_314[..cut])).is_ok(), "panicked at byte {cut}");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(314);
+    let bytes = FIXTURE_314.as_bytes();
+    for _ in 0..3000 {
+        let mut m = bytes.to_vec();
+        for _ in 0..rng.gen_range(1..4) {
+            let i = rng.gen_range(0..m.len());
+            match rng.gen_range(0..3) {
+                0 => m[i] = b"{}[],;:()&+-0x1 \n#/"[rng.gen_range(0..19)],
+                1 => m[i] ^= 1 << rng.gen_range(0..7),
+                _ => {
+                    m.remove(i);
+                }
+            }
+        }
+        let text = String::from_utf8_lossy(&m).into_owned();
+        let r = std::panic::catch_unwind(|| parse(PATH, &text));
+        assert!(r.is_ok(), "panicked on:\n{text}");
+    }
+}
+
+/// The real headers (CPython 3.13.5's, and main's expected test headers, when
+/// present locally): truncated or byte-flipped anywhere, they load or fail
+/// with one line naming a line of the file, never a panic.
+#[test]
+fn load_real_headers_truncated_and_flipped_never_panic() {
+    use rand::{Rng, SeedableRng};
+    let mut paths: Vec<String> = REAL.iter().map(|p| p.to_string()).collect();
+    if let Ok(dir) = std::fs::read_dir("/tmp/cpython-main/test") {
+        let mut more: Vec<String> = dir.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).filter(|p| p.ends_with(".h")).collect();
+        more.sort();
+        paths.extend(more);
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+    for path in &paths {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            println!("note: {path} is absent; skipping");
+            continue;
+        };
+        let big = text.len() > 100_000;
+        let (cuts, flips) = if big { (4, 4) } else { (200, 300) };
+        let total = text.lines().count().max(1);
+        let check = |t: &str, what: &str| {
+            let r = std::panic::catch_unwind(|| parse(path, t)).unwrap_or_else(|_| panic!("{path}: panicked ({what})"));
+            if let Err(e) = r {
+                let line: usize = e.location.rsplit(':').next().and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("{path}: no line in `{e}`"));
+                assert!(line >= 1 && line <= total + 1, "{path}: line {line} of {total} ({what}): {e}");
+                assert!(!e.to_string().contains('\n'));
+            }
+        };
+        for _ in 0..cuts {
+            let mut cut = rng.gen_range(0..text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            check(&text[..cut], &format!("cut at byte {cut}"));
+        }
+        for _ in 0..flips {
+            let mut b = text.clone().into_bytes();
+            let i = rng.gen_range(0..b.len());
+            b[i] = b"{}[],;:()&+-0x1 \n#/ez"[rng.gen_range(0..21)];
+            check(&String::from_utf8_lossy(&b), &format!("byte {i} changed"));
+        }
+    }
+}
+
+/// Main's expected test headers (3.14+ layout) for Linux load when present.
+#[test]
+fn load_main_test_headers_if_present() {
+    use crate::target::Version;
+    for (triple, arch) in [("x86_64-unknown-linux-gnu", Arch::X86_64), ("aarch64-unknown-linux-gnu", Arch::Aarch64)] {
+        let path = format!("/tmp/cpython-main/test/{triple}.h");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            println!("note: {path} is absent; skipping");
+            continue;
+        };
+        let set = parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((set.arch(), set.target.version), (arch, Version::V3_14), "{path}");
+        assert_eq!(set.stencils[0].name, "shim");
+        let patch_lines = text.lines().filter(|l| l.trim_start().starts_with("patch_")).count();
+        assert_eq!(set.stencils.iter().map(|s| s.holes().count()).sum::<usize>(), patch_lines);
+        for s in &set.stencils {
+            for h in s.holes().filter(|h| h.section == Section::Code) {
+                assert!(s.relocations.iter().any(|r| r.offset == h.offset), "{}: {h} has no relocation", s.name);
+            }
+        }
     }
 }
