@@ -132,7 +132,7 @@ pub fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("stencilcheck: error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(e.kind.exit_code())
         }
     }
 }
@@ -160,7 +160,7 @@ where
     let mut out = String::new();
     match dispatch(cli.command, &mut out) {
         Ok(code) => (code, out, String::new()),
-        Err(e) => (2, out, format!("stencilcheck: error: {e}\n")),
+        Err(e) => (e.kind.exit_code(), out, format!("stencilcheck: error: {e}\n")),
     }
 }
 
@@ -173,10 +173,18 @@ fn diff(args: &DiffArgs, out: &mut String) -> Result<u8, BadInput> {
 }
 
 fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
+    let shown = args.input.as_ref().map_or("(embedded corpus)".to_string(), |p| p.display().to_string());
+    if args.placements == 0 && args.placement.is_none() {
+        // A gate that runs nothing must not pass.
+        return Err(BadInput::in_file(&shown, "--placements 0 would check nothing"));
+    }
     let set = match &args.input {
         Some(input) => load::load_path(input)?,
         None => crate::corpus::load()?,
     };
+    if set.stencils.is_empty() {
+        return Err(BadInput::in_file(&shown, "no stencils to verify"));
+    }
     if args.cross_check_objdump {
         let checked = crate::load::crosscheck::check(&set)?;
         eprintln!("cross-check: {checked}");

@@ -13,10 +13,10 @@
 //! or "an assert fired") must be the same. Assert messages may differ.
 //!
 //! Cases whose placement cannot be mapped in this process
-//! ([`native::UNUSABLE`]) are counted as skipped.
+//! (a `FailureKind::Unusable` failure) are counted as skipped.
 
 use crate::model::PatchFn;
-use crate::patch::native::{self, NativePatcher};
+use crate::patch::native::NativePatcher;
 use crate::patch::{self, Image, PatchAssert, Patcher};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -113,7 +113,7 @@ pub fn compare(case: &Case, native: &dyn Patcher) -> Option<Option<Difference>> 
     };
     let n = run(native);
     if let Err(a) = &n {
-        if a.message.starts_with(native::UNUSABLE) {
+        if a.is_unusable() {
             return None;
         }
     }
@@ -392,7 +392,7 @@ pub fn compare_emits(
             };
             let theirs = patch::emit(st, &p, native);
             if let Err(f) = &theirs {
-                if f.assert.message.starts_with(native::UNUSABLE) {
+                if f.assert.is_unusable() {
                     s.skipped += 1;
                     continue;
                 }

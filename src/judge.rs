@@ -6,7 +6,7 @@
 //! patch call is only named in a finding to show where the bug is.
 
 use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
-use crate::model::{DataCommentKind, Effect, PatchCall, Section, Stencil, Symbol};
+use crate::model::{DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol};
 use crate::target::{RelExpr, Target};
 use crate::patch::{EmitFailure, Image};
 use crate::place::Placement;
@@ -52,6 +52,14 @@ pub enum FindingKind {
     Fault,
     /// The run did not finish within its instruction or call budget.
     Hang,
+    /// Patches and relocations do not account for each other: a hole with
+    /// no relocation, a relocation no hole writes, or a patched byte outside
+    /// every relocation field and data slot.
+    Unaccounted,
+    /// A branch lands on an instruction a relaxation rewrote together with
+    /// the one before it (CPython issue 146128): the path through the
+    /// branch runs half a relaxed pair.
+    RelaxedBranchTarget,
 }
 
 /// Where in the stencil a finding is.
@@ -399,6 +407,170 @@ pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image)
                 }),
                 expected: Some(shown(stencil, placement, expected)),
                 actual: Some(shown(stencil, placement, actual)),
+            });
+        }
+    }
+    out
+}
+
+/// Every byte the patches changed must be accounted for, and every
+/// relocation written: a static rule over the patched image, the same on
+/// every placement (a hole patched a few bytes off is a finding whether or
+/// not a run reaches it).
+pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement, image: &Image) -> Vec<Finding> {
+    let info = target.info();
+    let mut out = Vec::new();
+    let finding = |section: Section, offset: u64, message: String, hole: Option<&PatchCall>, relocation: Option<usize>| Finding {
+        kind: FindingKind::Unaccounted,
+        message,
+        relocation,
+        at: None,
+        site: Some(Site {
+            section,
+            offset,
+            address: match section {
+                Section::Code => placement.code + offset,
+                _ => placement.data + offset,
+            },
+            instruction: None,
+            instruction_offset: None,
+            relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+            relocation_line: relocation.map(|i| stencil.relocations[i].line),
+            hole: hole.map(PatchCall::to_string),
+            hole_line: hole.map(|h| h.line),
+        }),
+        expected: None,
+        actual: None,
+    };
+    let fields: Vec<(usize, std::ops::Range<u64>)> =
+        stencil.relocations.iter().enumerate().map(|(i, r)| (i, r.offset..r.offset + r.kind.width())).collect();
+    let code_holes: Vec<&PatchCall> = stencil.holes().filter(|h| h.section == Section::Code).collect();
+    for hole in &code_holes {
+        let written = hole.offset..hole.offset + hole.func.width();
+        let starts_a_field = fields.iter().any(|(_, f)| written.contains(&f.start) && f.end <= written.end);
+        if !starts_a_field {
+            out.push(finding(
+                Section::Code,
+                hole.offset,
+                format!(
+                    "hole {hole} (line {}) writes code+{:#x}..{:#x}, which holds no relocation's field",
+                    hole.line, written.start, written.end
+                ),
+                Some(hole),
+                None,
+            ));
+        }
+    }
+    for (i, field) in &fields {
+        let written = code_holes.iter().any(|h| h.offset <= field.start && field.end <= h.offset + h.func.width());
+        if !written {
+            let r = &stencil.relocations[*i];
+            out.push(finding(
+                Section::Code,
+                field.start,
+                format!("relocation `{}` (line {}) is written by no hole", r.text, r.line),
+                None,
+                Some(*i),
+            ));
+        }
+    }
+    // Patched bytes: inside a field (or the opcode bytes its relaxation may
+    // rewrite) in code; inside a slot the data comments list in data.
+    let allowed_code = |off: u64| {
+        stencil.relocations.iter().any(|r| {
+            let before = target.expr(r.kind).map_or(0, |e| info.relaxable_bytes_before(e));
+            (r.offset.saturating_sub(before)..r.offset + r.kind.width()).contains(&off)
+        })
+    };
+    let copied = |copy: fn(&EmitOp) -> bool| stencil.emit.iter().any(copy);
+    if copied(|op| matches!(op, EmitOp::CopyCode { .. })) || stencil.code.iter().all(|b| *b == 0) {
+        if let Some(off) = (0..stencil.code.len()).find(|&k| image.code[k] != stencil.code[k] && !allowed_code(k as u64)) {
+            let hole = code_holes.iter().find(|h| (h.offset..h.offset + h.func.width()).contains(&(off as u64))).copied();
+            out.push(finding(
+                Section::Code,
+                off as u64,
+                format!(
+                    "code+{off:#x} was patched ({:#04x} -> {:#04x}) but lies in no relocation's field",
+                    stencil.code[off], image.code[off]
+                ),
+                hole,
+                None,
+            ));
+        }
+    }
+    let slots: Vec<std::ops::Range<u64>> = stencil
+        .data_comments
+        .iter()
+        .filter(|c| matches!(c.kind, DataCommentKind::Slot(_)))
+        .map(|c| c.offset..c.offset + 8)
+        .collect();
+    if copied(|op| matches!(op, EmitOp::CopyData { .. })) || stencil.data.iter().all(|b| *b == 0) {
+        let unlisted = (0..stencil.data.len()).find(|&k| {
+            image.data[k] != stencil.data[k] && !slots.iter().any(|s| s.contains(&(k as u64)))
+        });
+        if let Some(off) = unlisted {
+            let hole = stencil
+                .holes()
+                .find(|h| h.section == Section::Data && (h.offset..h.offset + h.func.width()).contains(&(off as u64)));
+            out.push(finding(
+                Section::Data,
+                off as u64,
+                format!(
+                    "data+{off:#x} was patched ({:#04x} -> {:#04x}) but lies in no slot the data comments list",
+                    stencil.data[off], image.data[off]
+                ),
+                hole,
+                None,
+            ));
+        }
+    }
+    out
+}
+
+/// Every branch target inside a stencil is a possible entry: a relaxation
+/// that rewrote a pair's second instruction into something that depends on
+/// the first (`patch_aarch64_33rx`: `ldr` → `nop`/`movk`) is wrong where a
+/// branch lands on that second instruction, skipping the first.
+pub fn judge_relaxed_pairs(target: Target, stencil: &Stencil, placement: &Placement, image: &Image) -> Vec<Finding> {
+    let info = target.info();
+    let mut out = Vec::new();
+    let pairs = stencil.holes().filter(|h| h.section == Section::Code && h.func.patches_pair());
+    for pair in pairs {
+        let second = pair.offset + 4;
+        let Some(original) = stencil.code.get(second as usize..second as usize + 4) else { continue };
+        let Some(patched) = image.read(placement.code + second, 4) else { continue };
+        if !info.relaxed(original, patched) {
+            continue;
+        }
+        for branch in &stencil.instructions {
+            let at = placement.code + branch.offset;
+            if info.branch_target(&branch.bytes, at) != Some(placement.code + second) {
+                continue;
+            }
+            let relocation = stencil.relocations.iter().position(|r| r.offset == second);
+            out.push(Finding {
+                kind: FindingKind::RelaxedBranchTarget,
+                message: format!(
+                    "the branch at code+{:#x} (`{}`) lands on code+{second:#x}, the second half of the pair {pair} relaxed into `{}`: that path skips the first half",
+                    branch.offset,
+                    branch.text,
+                    info.format_instruction(patched, placement.code + second)
+                ),
+                relocation,
+                at: Some(branch.offset),
+                site: Some(Site {
+                    section: Section::Code,
+                    offset: second,
+                    address: placement.code + second,
+                    instruction: Some(info.format_instruction(patched, placement.code + second)),
+                    instruction_offset: Some(second),
+                    relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+                    relocation_line: relocation.map(|i| stencil.relocations[i].line),
+                    hole: Some(pair.to_string()),
+                    hole_line: Some(pair.line),
+                }),
+                expected: None,
+                actual: None,
             });
         }
     }

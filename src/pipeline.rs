@@ -76,7 +76,7 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
                 let mut engine = match set.target.engine(convention.clone(), options.instruction_limit) {
                     Ok(e) => e,
                     Err(e) => {
-                        *engine_error.lock().unwrap() = Some(e.to_string());
+                        *engine_error.lock().unwrap() = Some(e);
                         return;
                     }
                 };
@@ -90,7 +90,7 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
         }
     });
     if let Some(e) = engine_error.into_inner().unwrap() {
-        return Err(BadInput::in_file(set.path.display(), e));
+        return Err(BadInput::unsupported(set.path.display(), &e));
     }
     let mut results = Vec::with_capacity(slots.len());
     for slot in slots {
@@ -167,7 +167,7 @@ fn run_one(
 ) -> Vec<Finding> {
     let image = match patch::emit(stencil, placement, options.patcher) {
         Ok(image) => image,
-        Err(failure) if failure.assert.message.starts_with(patch::native::UNUSABLE) && !options.strict => {
+        Err(failure) if failure.assert.is_unusable() && !options.strict => {
             // `--jit-c`: the placed addresses are taken in our own process,
             // so the real C cannot run there. Not the stencil's fault.
             result.inconclusive += 1;
@@ -179,6 +179,8 @@ fn run_one(
     let static_sites = set.target.info().static_sites(stencil, &image);
     let mut findings = judge::judge_sites(set.target, stencil, placement, &image, &static_sites);
     findings.extend(judge::judge_data_slots(stencil, placement, &image));
+    findings.extend(judge::judge_accounting(set.target, stencil, placement, &image));
+    findings.extend(judge::judge_relaxed_pairs(set.target, stencil, placement, &image));
     let trace = engine.run(stencil, placement, &image);
     findings.extend(judge::judge_sites(set.target, stencil, placement, &image, &trace.sites));
     let run = judge::judge_run(set.target, stencil, placement, &trace, options.strict);

@@ -257,3 +257,32 @@ fn strict_findings_replay_with_strict() {
         assert!(again.contains(&finding), "`{replay}` does not reproduce\n  {finding}\nit shows:\n{again}");
     }
 }
+
+#[test]
+fn a_gate_that_checks_nothing_fails() {
+    // --placements 0 used to print "N correct" and exit 0.
+    let o = verify("good.h", &["--placements", "0"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("--placements 0"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    // A filter that matches nothing is bad input too.
+    let o = verify("good.h", &["--stencil", "_NO_SUCH_UOP"]);
+    assert_eq!(code(&o), 2, "{}", stderr(&o));
+    assert!(stderr(&o).contains("_NO_SUCH_UOP"), "{}", stderr(&o));
+}
+
+#[test]
+fn unsupported_and_bad_input_have_their_own_exit_codes() {
+    let (code, _, err) = stencilcheck::cli::run(["stencilcheck", "verify", "tests/fixtures/malformed-garbage-expr.h"]);
+    assert_eq!(code, 2, "{err}");
+    // Valid input for a combination the targets refuse is 3, not 2: an
+    // x86-64 stencil whose relocation only aarch64 knows.
+    let e = stencilcheck::error::BadInput::unsupported(
+        "x.h",
+        &stencilcheck::target::Target::elf(stencilcheck::target::Arch::X86_64)
+            .expr(stencilcheck::model::RelocKind::Aarch64_CALL26)
+            .unwrap_err(),
+    );
+    assert_eq!(e.kind.exit_code(), 3);
+    assert_eq!(e.to_string(), "x.h: relocation R_AARCH64_CALL26 is not supported for x86_64 ELF CPython 3.13");
+}

@@ -167,7 +167,7 @@ fn a_taken_address_range_is_reported_as_an_unusable_placement() {
     let addr = mine.as_ptr() as u64;
     let mut im = Image::new(addr, vec![0; 8], addr + 4096, vec![0; 8]);
     let err = native.patch(PatchFn::P64, &mut im, addr, 1).unwrap_err();
-    assert!(err.message.starts_with(native::UNUSABLE), "{}", err.message);
+    assert!(err.is_unusable(), "{}", err.message);
 }
 
 #[test]
@@ -336,12 +336,7 @@ struct Taken;
 
 impl Patcher for Taken {
     fn patch(&self, func: PatchFn, _: &mut Image, location: u64, value: u64) -> Result<(), stencilcheck::patch::PatchAssert> {
-        Err(stencilcheck::patch::PatchAssert {
-            func,
-            location,
-            value,
-            message: format!("{}: test", native::UNUSABLE),
-        })
+        Err(stencilcheck::patch::PatchAssert::unusable(func, location, value, "test"))
     }
     fn name(&self) -> &str {
         "taken"
@@ -370,7 +365,7 @@ fn an_unusable_placement_is_inconclusive_not_a_finding() {
         } else {
             assert!(r.findings.is_empty());
             assert_eq!(r.inconclusive, 3);
-            assert!(r.first_inconclusive.as_ref().unwrap().1.starts_with(native::UNUSABLE));
+            assert!(r.first_inconclusive.as_ref().unwrap().1.starts_with("placement unusable"));
         }
     }
 }

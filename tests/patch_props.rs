@@ -334,6 +334,7 @@ fn rx_mutant(bug: RxBug) -> impl Fn(&mut Image, u64, u64) -> Result<(), PatchAss
             location,
             value,
             message: m.to_string(),
+            kind: Default::default(),
         };
         let read_at = match bug {
             RxBug::ReadsValueNotSlot => value,
@@ -538,6 +539,7 @@ fn mutant_32r_absolute_address_in_pc_relative_field_is_caught() {
                 location,
                 value,
                 message: "range".into(),
+                kind: Default::default(),
             });
         }
         im.write(location, &(value as u32).to_le_bytes()).unwrap();
@@ -995,6 +997,7 @@ fn mutant_26r_unscaled_offset_is_caught() {
                 location,
                 value,
                 message: "x".into(),
+                kind: Default::default(),
             });
         }
         let mut w = im.read_u32(location).unwrap();

@@ -120,7 +120,7 @@ impl Image {
         }
     }
 
-    fn bytes_of_mut(&mut self, region: Region) -> &mut Vec<u8> {
+    pub fn bytes_of_mut(&mut self, region: Region) -> &mut Vec<u8> {
         match region {
             Region::Code => &mut self.code,
             Region::Data => &mut self.data,
@@ -227,6 +227,29 @@ pub struct PatchAssert {
     pub location: u64,
     pub value: u64,
     pub message: String,
+    pub kind: FailureKind,
+}
+
+/// Why a patch call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    /// The patch function's own check fired (or it touched memory outside
+    /// the stencil's regions): the stencil or the patcher is wrong.
+    #[default]
+    Assert,
+    /// The placement cannot be reproduced by this patcher (its addresses
+    /// are taken in stencilcheck's own process): nobody's fault.
+    Unusable,
+}
+
+impl PatchAssert {
+    /// A placement this patcher cannot use (see [`FailureKind::Unusable`]).
+    pub fn unusable(func: PatchFn, location: u64, value: u64, why: impl Into<String>) -> PatchAssert {
+        PatchAssert { func, location, value, message: format!("placement unusable: {}", why.into()), kind: FailureKind::Unusable }
+    }
+    pub fn is_unusable(&self) -> bool {
+        self.kind == FailureKind::Unusable
+    }
 }
 
 impl fmt::Display for PatchAssert {
@@ -339,6 +362,7 @@ impl Site {
             location: self.location,
             value: self.value,
             message: message.into(),
+            kind: FailureKind::Assert,
         }
     }
 
@@ -555,6 +579,7 @@ pub fn emit(
                             location: 0,
                             value,
                             message: format!("ordinal {ordinal:#x} has no slot in the trace's GOT (its got_mask bit is clear)"),
+                            kind: FailureKind::Assert,
                         },
                     });
                 };
@@ -569,7 +594,7 @@ pub fn emit(
                 let value = placement.value(&call.value, stencil);
                 let fail = |message: String| EmitFailure {
                     call: call.clone(),
-                    assert: PatchAssert { func: call.func, location, value, message },
+                    assert: PatchAssert { func: call.func, location, value, message, kind: Default::default() },
                 };
                 let width = call.func.width();
                 if call.offset.checked_add(width).is_none_or(|end| end > size) {

@@ -31,21 +31,18 @@
 //!    finding). Calls are serialised by a process-wide mutex.
 //!
 //! When a placed address range is already taken in our own process (or lies
-//! below `vm.mmap_min_addr`), the call fails with a [`PatchAssert`] whose
-//! message starts with [`UNUSABLE`]: the placement cannot be reproduced here.
+//! below `vm.mmap_min_addr`), the call fails with a [`PatchAssert`] of kind
+//! [`FailureKind::Unusable`]: the placement cannot be reproduced here.
 //! With the placements stencilcheck makes (random 47-bit addresses) this is
 //! rare.
 
-use super::{Image, PatchAssert, Patcher};
+use super::{Region, Image, PatchAssert, Patcher};
 use crate::error::BadInput;
 use crate::model::{PatchFn, StencilSet, EmitOp};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Message prefix of a [`PatchAssert`] that means "this placement cannot be
-/// mapped in stencilcheck's process", not "the C asserted".
-pub const UNUSABLE: &str = "placement unusable";
 
 // ---------------------------------------------------------------------------
 // The extractor
@@ -590,10 +587,7 @@ static NATIVE: Mutex<Option<Mapping>> = Mutex::new(None);
 
 /// The parts of `ranges` outside the image's code and data.
 fn outside(ranges: &[(u64, u64)], image: &Image) -> Vec<(u64, u64)> {
-    let mut holes: Vec<(u64, u64)> = [(image.code_addr, image.code.len()), (image.data_addr, image.data.len())]
-        .into_iter()
-        .map(|(a, n)| (a, a + n as u64))
-        .collect();
+    let mut holes: Vec<(u64, u64)> = image.regions().map(|(_, a, b)| (a, a + b.len() as u64)).collect();
     holes.sort();
     let mut out = Vec::new();
     for &(s, e) in ranges {
@@ -683,10 +677,9 @@ fn page_size() -> u64 {
 /// merged when they touch.
 fn page_ranges(image: &Image) -> Vec<(u64, u64)> {
     let ps = page_size();
-    let mut ranges: Vec<(u64, u64)> = [(image.code_addr, image.code.len()), (image.data_addr, image.data.len())]
-        .into_iter()
-        .filter(|(_, len)| *len > 0)
-        .map(|(a, len)| (a & !(ps - 1), (a + len as u64 + ps - 1) & !(ps - 1)))
+    let mut ranges: Vec<(u64, u64)> = image
+        .regions()
+        .map(|(_, a, b)| (a & !(ps - 1), (a + b.len() as u64 + ps - 1) & !(ps - 1)))
         .collect();
     ranges.sort();
     let mut merged: Vec<(u64, u64)> = Vec::new();
@@ -702,9 +695,9 @@ fn page_ranges(image: &Image) -> Vec<(u64, u64)> {
 /// Anonymous pages mapped at fixed addresses; unmapped on drop.
 struct Mapping {
     ranges: Vec<(u64, u64)>,
-    /// `(code_addr, code_len, data_addr, data_len)` of the image whose
-    /// outside bytes are known to be FILL.
-    geometry: Option<(u64, usize, u64, usize)>,
+    /// `(address, length)` of each region of the image whose outside bytes
+    /// are known to be FILL.
+    geometry: Option<Vec<(u64, usize)>>,
 }
 
 impl Mapping {
@@ -725,13 +718,13 @@ impl Mapping {
             };
             if p == libc::MAP_FAILED {
                 let err = std::io::Error::last_os_error();
-                return Err(format!("{UNUSABLE}: cannot map {start:#x}..{end:#x} in stencilcheck's process ({err})"));
+                return Err(format!("cannot map {start:#x}..{end:#x} in stencilcheck's process ({err})"));
             }
             if p as u64 != start {
                 // Old kernels ignore the flag and map elsewhere.
                 // SAFETY: p..p+len was just mapped by us.
                 unsafe { libc::munmap(p, len) };
-                return Err(format!("{UNUSABLE}: {start:#x}..{end:#x} is taken in stencilcheck's process"));
+                return Err(format!("{start:#x}..{end:#x} is taken in stencilcheck's process"));
             }
             m.ranges.push((start, end));
         }
@@ -753,19 +746,19 @@ const FILL: u8 = 0xa5;
 
 impl Patcher for NativePatcher {
     fn patch(&self, func: PatchFn, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
-        let fail = |message: String| PatchAssert { func, location, value, message };
+        let fail = |message: String| PatchAssert { func, location, value, message, kind: Default::default() };
         let Some(&wrapper) = self.funcs.get(&func) else {
             return Err(fail(format!("{func} is not defined in {}", self.name)));
         };
         let mut kept = NATIVE.lock().unwrap_or_else(|e| e.into_inner());
         let ranges = page_ranges(image);
-        let geometry = (image.code_addr, image.code.len(), image.data_addr, image.data.len());
+        let geometry: Vec<(u64, usize)> = image.regions().map(|(_, a, b)| (a, b.len())).collect();
         if kept.as_ref().is_none_or(|m| m.ranges != ranges) {
             *kept = None; // unmaps the previous emit's pages first
-            *kept = Some(Mapping::new(&ranges).map_err(fail)?);
+            *kept = Some(Mapping::new(&ranges).map_err(|m| PatchAssert::unusable(func, location, value, m))?);
         }
         let mapping = kept.as_mut().expect("mapped above");
-        if mapping.geometry != Some(geometry) {
+        if mapping.geometry.as_ref() != Some(&geometry) {
             // New pages, or the same pages holding another image: every byte
             // outside this image must be FILL.
             // SAFETY: the ranges are mapped RW.
@@ -776,10 +769,11 @@ impl Patcher for NativePatcher {
             }
             mapping.geometry = Some(geometry);
         }
-        // SAFETY: code and data lie in the kept mapping (same ranges).
+        // SAFETY: every region lies in the kept mapping (same ranges).
         unsafe {
-            std::ptr::copy_nonoverlapping(image.code.as_ptr(), image.code_addr as *mut u8, image.code.len());
-            std::ptr::copy_nonoverlapping(image.data.as_ptr(), image.data_addr as *mut u8, image.data.len());
+            for (_, addr, bytes) in image.regions() {
+                std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr as *mut u8, bytes.len());
+            }
         }
         let mut msg = [0 as libc::c_char; 512];
         // SAFETY: the wrapper catches asserts and faults itself; `location` is
@@ -787,8 +781,11 @@ impl Patcher for NativePatcher {
         let rc = unsafe { wrapper(location as *mut u8, value, msg.as_mut_ptr(), msg.len()) };
         // SAFETY: as above.
         unsafe {
-            std::ptr::copy_nonoverlapping(image.code_addr as *const u8, image.code.as_mut_ptr(), image.code.len());
-            std::ptr::copy_nonoverlapping(image.data_addr as *const u8, image.data.as_mut_ptr(), image.data.len());
+            for region in [Region::Code, Region::Data, Region::Trampolines, Region::Got] {
+                let (addr, _) = image.bytes_of(region);
+                let bytes = image.bytes_of_mut(region);
+                std::ptr::copy_nonoverlapping(addr as *const u8, bytes.as_mut_ptr(), bytes.len());
+            }
         }
         let mut stray = None;
         for (s, e) in outside(&ranges, image) {

@@ -223,6 +223,9 @@ pub trait TargetInfo: Sync {
     /// What a PC-relative field makes the instruction at `pc` (ending at
     /// `next_pc`, field at `p`) refer to, for `s_plus_a`.
     fn pc_relative_referent(&self, s_plus_a: u64, p: u64, pc: u64, next_pc: u64) -> u64;
+    /// Bytes before a relocated field that relaxing it may rewrite (x86-64's
+    /// `mov`→`lea`, `call *`→`nop; call`): patched bytes there are accounted for.
+    fn relaxable_bytes_before(&self, expr: RelExpr) -> u64;
     /// Addresses a user-space process can have.
     fn user_space(&self) -> Range<u64>;
     /// The longest instruction, in bytes (to read enough to decode one).
@@ -234,6 +237,12 @@ pub trait TargetInfo: Sync {
     fn static_sites(&self, stencil: &Stencil, image: &Image) -> Vec<SiteObservation>;
     /// Call, jump or neither, for the instruction at the start of `bytes`.
     fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass;
+    /// The target of the direct branch (conditional or not, call or jump) at
+    /// the start of `bytes`, if it is one.
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64>;
+    /// True when patching turned the instruction `original` into another
+    /// kind of instruction (a relaxation), not just new field values.
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool;
     /// The instruction at the start of `bytes`, formatted for reports.
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String;
     /// Bytes of one 3.14+ trampoline (a veneer to a far extern).

@@ -47,6 +47,15 @@ impl TargetInfo for X86_64 {
         }
     }
 
+    /// `patch_x86_64_32rx` may rewrite the opcode and ModRM bytes of a GOT load.
+    fn relaxable_bytes_before(&self, expr: RelExpr) -> u64 {
+        if expr == RelExpr::Got {
+            2
+        } else {
+            0
+        }
+    }
+
     /// RIP-relative: the displacement counts from the end of the instruction.
     fn pc_relative_referent(&self, s_plus_a: u64, p: u64, _pc: u64, next_pc: u64) -> u64 {
         s_plus_a.wrapping_add(next_pc.wrapping_sub(p))
@@ -75,6 +84,14 @@ impl TargetInfo for X86_64 {
 
     fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass {
         execute::x86_64::transfer_class(bytes, ip)
+    }
+
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
+        execute::x86_64::branch_target(bytes, ip)
+    }
+
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool {
+        execute::x86_64::mnemonic(original, 0) != execute::x86_64::mnemonic(patched, 0)
     }
 
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String {
