@@ -9,7 +9,7 @@
 
 use super::cexpr::{is_symbol_name, parse_signed, split_addend};
 use super::scanner::Comments;
-use crate::error::BadInput;
+use crate::error::{BadInput, Refusal};
 use crate::model::{DataComment, DataCommentKind, ObjdumpInstruction, RelocKind, Relocation, Symbol, Term, Value};
 use crate::target::{Arch, ObjectFormat, Target, Version};
 
@@ -60,17 +60,21 @@ const FOREIGN: &[(&str, Option<Arch>, &str, ObjectFormat)] = &[
     ("IMAGE_REL_I386_", None, "i686", ObjectFormat::Coff),
 ];
 
-/// Why a relocation type name is refused: a typed "not supported" for the
-/// Mach-O and COFF families, "unknown" for anything else.
-fn refuse_kind(kind: &str, version: Version) -> String {
+/// Why a relocation type name is refused: a typed "not supported" (exit 3)
+/// for the Mach-O and COFF families, bad input ("unknown") for anything else.
+fn refuse_kind(file: &str, line: usize, kind: &str, version: Version) -> BadInput {
+    let unsupported = |message: String| BadInput {
+        kind: Refusal::Unsupported,
+        ..BadInput::at_line(file, line, message)
+    };
     match FOREIGN.iter().find(|(prefix, ..)| kind.starts_with(prefix)) {
         Some((_, Some(arch), _, format)) => {
-            Target::new(*arch, *format, version).unsupported(format!("relocation {kind}")).to_string()
+            unsupported(Target::new(*arch, *format, version).unsupported(format!("relocation {kind}")).to_string())
         }
-        Some((_, None, machine, format)) => {
-            format!("relocation {kind} is not supported: {machine} {format} is not a target stencilcheck has")
-        }
-        None => format!("unknown relocation type `{kind}`"),
+        Some((_, None, machine, format)) => unsupported(format!(
+            "relocation {kind} is not supported: {machine} {format} is not a target stencilcheck has"
+        )),
+        None => BadInput::at_line(file, line, format!("unknown relocation type `{kind}`")),
     }
 }
 
@@ -123,7 +127,7 @@ pub(super) fn code_disassembly(file: &str, comments: &[(usize, &str)], version: 
         // 16 digits on 64-bit targets; 8 on 32-bit ones (never an
         // instruction's offset: stencils are a few KiB).
         if head.len() == 16 || head.len() == 8 {
-            out.relocations.push(relocation(no, c, version).map_err(|m| err(no, m))?);
+            out.relocations.push(relocation(file, no, c, version)?);
             continue;
         }
         let (bytes, words, text) = split_encoding(tail);
@@ -152,12 +156,13 @@ pub(super) fn code_disassembly(file: &str, comments: &[(usize, &str)], version: 
 }
 
 /// `000000000000000c:  R_X86_64_GOTPCREL    _JIT_OPARG-0x4` → a relocation.
-fn relocation(no: usize, c: &str, version: Version) -> Result<Relocation, String> {
-    let r = relocation_line(c).ok_or_else(|| format!("malformed relocation line `{c}`"))?;
-    let kind = RelocKind::from_name(r.kind).ok_or_else(|| refuse_kind(r.kind, version))?;
+fn relocation(file: &str, no: usize, c: &str, version: Version) -> Result<Relocation, BadInput> {
+    let err = |m: String| BadInput::at_line(file, no, m);
+    let r = relocation_line(c).ok_or_else(|| err(format!("malformed relocation line `{c}`")))?;
+    let kind = RelocKind::from_name(r.kind).ok_or_else(|| refuse_kind(file, no, r.kind, version))?;
     let (name, addend) = r.symbol_and_addend();
     if name.is_empty() {
-        return Err(format!("relocation without a symbol: `{c}`"));
+        return Err(err(format!("relocation without a symbol: `{c}`")));
     }
     Ok(Relocation { offset: r.offset, kind, symbol: Symbol::classify(name), addend, line: no, text: c.to_string() })
 }

@@ -1125,6 +1125,7 @@ fn load_314_mixed_dialects_are_refused() {
 
 #[test]
 fn load_314_foreign_relocations_are_not_supported() {
+    use crate::error::Refusal;
     for (kind, part) in [
         ("X86_64_RELOC_GOT_LOAD", "relocation X86_64_RELOC_GOT_LOAD is not supported for x86_64 Mach-O CPython 3.14+"),
         ("ARM64_RELOC_BRANCH26", "relocation ARM64_RELOC_BRANCH26 is not supported for aarch64 Mach-O CPython 3.14+"),
@@ -1134,6 +1135,9 @@ fn load_314_foreign_relocations_are_not_supported() {
     ] {
         let text = with_314("R_X86_64_GOTPCRELX   PyFix_Call-0x4", &format!("{kind}   PyFix_Call-0x4"));
         assert_err_at(&text, line_of(FIXTURE_314, "R_X86_64_GOTPCRELX   PyFix_Call"), part);
+        // Valid input we cannot handle (exit 3) versus bad input (exit 2).
+        let want = if kind.starts_with("R_") { Refusal::BadInput } else { Refusal::Unsupported };
+        assert_eq!(parse_err(&text).kind, want, "{kind}");
     }
     // 32-bit objdump prints 8-digit relocation offsets.
     let text = with_314("0000000000000009:  R_X86_64_GOTPCRELX", "00000009:  IMAGE_REL_I386_REL32");
