@@ -113,7 +113,8 @@ impl<'a> Scanner<'a> {
         let mut out = Vec::new();
         while let Some((no, line)) = self.peek() {
             let t = line.trim();
-            if !t.is_empty() && !(self.skip_preprocessor && t.starts_with('#')) {
+            let skipped = t.is_empty() || (self.skip_preprocessor && t.starts_with('#'));
+            if !skipped {
                 let Some(c) = t.strip_prefix("//") else { break };
                 out.push((no, c.trim()));
             }
