@@ -799,7 +799,7 @@ sc_map(uint64_t ranges[][2], uint32_t n)
         if (p == MAP_FAILED || (uint64_t)(uintptr_t)p != s) {
             int err = errno;
             if (p != MAP_FAILED) munmap(p, e - s);
-            snprintf(sc_msg, sizeof sc_msg, "cannot map %#llx..%#llx in the patch worker (%s)",
+            snprintf(sc_msg, sizeof sc_msg, "cannot map 0x%llx..0x%llx in the patch worker (%s)",
                      (unsigned long long)s, (unsigned long long)e,
                      p == MAP_FAILED ? strerror(err) : "the kernel mapped it elsewhere");
             sc_unmap();
@@ -884,7 +884,7 @@ sc_call(const struct sc_request *h, uint64_t ranges[][2], uint64_t regions[][2],
     if (status == SC_FAULT) {
         int sig = sc_sig;
         if (sig == SIGSEGV || sig == SIGBUS) {
-            snprintf(sc_msg, sizeof sc_msg, "%s: %s accessed %#llx, outside the stencil's code and data",
+            snprintf(sc_msg, sizeof sc_msg, "%s: %s accessed 0x%llx, outside the stencil's code and data",
                      sig == SIGBUS ? "SIGBUS" : "SIGSEGV", sc_current, (unsigned long long)(uintptr_t)sc_sig_addr);
         }
         else {
@@ -938,7 +938,7 @@ sc_call(const struct sc_request *h, uint64_t ranges[][2], uint64_t regions[][2],
                 uint64_t dirty = sc_first_dirty(s, next);
                 if (dirty) {
                     status = SC_STRAY;
-                    snprintf(sc_msg, sizeof sc_msg, "%s wrote at %#llx, outside the stencil's code and data",
+                    snprintf(sc_msg, sizeof sc_msg, "%s wrote at 0x%llx, outside the stencil's code and data",
                              sc_current, (unsigned long long)dirty);
                 }
                 s = skip_to;
