@@ -1614,10 +1614,7 @@ impl Patcher for NativePatcher {
         if healthy {
             self.pool.lock().unwrap_or_else(|e| e.into_inner()).push(worker);
         }
-        if !printed.is_empty() && matches!(reply.status, ST_OK | ST_ASSERT | ST_STRAY) {
-            return Err(failure(FailureKind::Crash, format!("{call} wrote to stdout or stderr: {}", quoted(&printed, 200))));
-        }
-        match reply.status {
+        let outcome = match reply.status {
             ST_OK => Ok(()),
             ST_ASSERT | ST_STRAY => Err(failure(FailureKind::Assert, reply.message)),
             // A wild access: what the ports report as an access outside the
@@ -1626,7 +1623,22 @@ impl Patcher for NativePatcher {
             ST_UNUSABLE => Err(PatchAssert::unusable(func, location, value, reply.message)),
             ST_CRASH => Err(failure(FailureKind::Crash, format!("{call}: {}", reply.message))),
             other => Err(failure(FailureKind::Crash, format!("{call}: the patch worker answered status {other}"))),
+        };
+        if printed.is_empty() {
+            return outcome;
         }
+        let wrote = format!("wrote to stdout or stderr: {}", quoted(&printed, 200));
+        Err(match outcome {
+            Ok(()) => failure(FailureKind::Crash, format!("{call} {wrote}")),
+            Err(mut e) => {
+                if !e.message.starts_with(&call) {
+                    e.message = format!("{call}: {}", e.message);
+                }
+                e.message.push_str(&format!("; it also {wrote}"));
+                e.kind = FailureKind::Crash;
+                e
+            }
+        })
     }
 
     fn name(&self) -> &str {
