@@ -56,6 +56,10 @@ pub enum FindingKind {
     /// no relocation, a relocation no hole writes, or a patched byte outside
     /// every relocation field and data slot.
     Unaccounted,
+    /// A branch lands on an instruction a relaxation rewrote together with
+    /// the one before it (CPython issue 146128): the path through the
+    /// branch runs half a relaxed pair.
+    RelaxedBranchTarget,
 }
 
 /// Where in the stencil a finding is.
@@ -518,6 +522,56 @@ pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement
                 hole,
                 None,
             ));
+        }
+    }
+    out
+}
+
+/// Every branch target inside a stencil is a possible entry: a relaxation
+/// that rewrote a pair's second instruction into something that depends on
+/// the first (`patch_aarch64_33rx`: `ldr` → `nop`/`movk`) is wrong where a
+/// branch lands on that second instruction, skipping the first.
+pub fn judge_relaxed_pairs(target: Target, stencil: &Stencil, placement: &Placement, image: &Image) -> Vec<Finding> {
+    let info = target.info();
+    let mut out = Vec::new();
+    let pairs = stencil.holes().filter(|h| h.section == Section::Code && h.func.patches_pair());
+    for pair in pairs {
+        let second = pair.offset + 4;
+        let Some(original) = stencil.code.get(second as usize..second as usize + 4) else { continue };
+        let Some(patched) = image.read(placement.code + second, 4) else { continue };
+        if !info.relaxed(original, patched) {
+            continue;
+        }
+        for branch in &stencil.instructions {
+            let at = placement.code + branch.offset;
+            if info.branch_target(&branch.bytes, at) != Some(placement.code + second) {
+                continue;
+            }
+            let relocation = stencil.relocations.iter().position(|r| r.offset == second);
+            out.push(Finding {
+                kind: FindingKind::RelaxedBranchTarget,
+                message: format!(
+                    "the branch at code+{:#x} (`{}`) lands on code+{second:#x}, the second half of the pair {pair} relaxed into `{}`: that path skips the first half",
+                    branch.offset,
+                    branch.text,
+                    info.format_instruction(patched, placement.code + second)
+                ),
+                relocation,
+                at: Some(branch.offset),
+                site: Some(Site {
+                    section: Section::Code,
+                    offset: second,
+                    address: placement.code + second,
+                    instruction: Some(info.format_instruction(patched, placement.code + second)),
+                    instruction_offset: Some(second),
+                    relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+                    relocation_line: relocation.map(|i| stencil.relocations[i].line),
+                    hole: Some(pair.to_string()),
+                    hole_line: Some(pair.line),
+                }),
+                expected: None,
+                actual: None,
+            });
         }
     }
     out

@@ -415,6 +415,10 @@ impl PatchFn {
             _ => 4,
         }
     }
+    /// Patches two instructions as one (and may relax them together).
+    pub fn patches_pair(self) -> bool {
+        self == PatchFn::Aarch64_33rx
+    }
     /// Takes CPython's `jit_state *state` (3.14+): trampolines and the GOT.
     pub fn takes_state(self) -> bool {
         matches!(self, PatchFn::Aarch64_Trampoline | PatchFn::X86_64_Trampoline | PatchFn::GotSymbol)

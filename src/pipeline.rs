@@ -180,6 +180,7 @@ fn run_one(
     let mut findings = judge::judge_sites(set.target, stencil, placement, &image, &static_sites);
     findings.extend(judge::judge_data_slots(stencil, placement, &image));
     findings.extend(judge::judge_accounting(set.target, stencil, placement, &image));
+    findings.extend(judge::judge_relaxed_pairs(set.target, stencil, placement, &image));
     let trace = engine.run(stencil, placement, &image);
     findings.extend(judge::judge_sites(set.target, stencil, placement, &image, &trace.sites));
     let run = judge::judge_run(set.target, stencil, placement, &trace, options.strict);

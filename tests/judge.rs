@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
 use stencilcheck::execute::{CallRecord, Engine, ExitKind, RunEnd, SiteObservation, Trace};
-use stencilcheck::judge::{coverage, judge_accounting, judge_data_slots, judge_run, judge_sites, Finding, FindingKind};
+use stencilcheck::judge::{
+    coverage, judge_accounting, judge_data_slots, judge_relaxed_pairs, judge_run, judge_sites, Finding, FindingKind,
+};
 use stencilcheck::model::{
     Arch, DataComment, DataCommentKind, Effect, EmitOp, PatchFn, RelocKind, Section, Stencil, StencilSet, Term,
 };
@@ -1242,4 +1244,73 @@ fn a_data_patch_outside_the_listed_slots_is_flagged() {
     }
     let f = accounting(&s, 0);
     assert!(f.iter().any(|f| f.kind == FindingKind::Unaccounted && f.site.as_ref().unwrap().section == Section::Data), "{f:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Branches into relaxed pairs (CPython issue 146128)
+// ---------------------------------------------------------------------------
+
+/// aarch64: `[cbz x0, ldr] ; adrp x8, slot ; ldr x8, [x8, slot] ; ret`, the
+/// adrp+ldr GOT pair of `_JIT_OPARG` patched as one by `patch_aarch64_33rx`.
+/// With `branch`, the `cbz` lands on the `ldr`; without, a `nop` stands there.
+fn pair_stencil(branch: bool) -> Stencil {
+    let words: [u32; 4] = [if branch { 0xB400_0040 } else { 0xD503_201F }, 0x9000_0008, 0xF940_0108, 0xD65F_03C0];
+    let texts = [if branch { "cbz x0, 0x8" } else { "nop" }, "adrp x8, 0x0", "ldr x8, [x8]", "ret"];
+    let code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let instructions = words
+        .iter()
+        .zip(texts)
+        .enumerate()
+        .map(|(i, (w, t))| stencilcheck::model::ObjdumpInstruction {
+            offset: 4 * i as u64,
+            bytes: w.to_le_bytes().to_vec(),
+            text: t.to_string(),
+            line: 10 + i,
+        })
+        .collect();
+    Stencil {
+        locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
+        name: "_PAIR".into(),
+        line: 1,
+        instructions,
+        code,
+        data: vec![0; 8],
+        relocations: vec![
+            reloc(4, RelocKind::Aarch64_ADR_GOT_PAGE, "_JIT_OPARG", 0, 20),
+            reloc(8, RelocKind::Aarch64_LD64_GOT_LO12_NC, "_JIT_OPARG", 0, 21),
+        ],
+        data_comments: vec![slot(0, Term::Oparg, 30)],
+        emit: vec![
+            EmitOp::CopyData { line: 31 },
+            hole(PatchFn::P64, Section::Data, 0, Term::Oparg, 0, 32),
+            EmitOp::CopyCode { line: 33 },
+            hole(PatchFn::Aarch64_33rx, Section::Code, 4, Term::Data, 0, 34),
+        ],
+    }
+}
+
+#[test]
+fn a_branch_into_a_relaxed_pair_is_flagged_and_the_same_stencil_without_it_is_not() {
+    let a64 = stencilcheck::target::Target::elf(Arch::Aarch64);
+    for (branch, want) in [(true, true), (false, false)] {
+        let s = pair_stencil(branch);
+        for i in 0..8 {
+            let p = stencilcheck::place::place(a64, &s, 1, i).unwrap();
+            let image = patch::emit(&s, &p, &Ports).unwrap();
+            // The oparg is below 2^16: 33rx always relaxes the pair to movz+nop.
+            let f = judge_relaxed_pairs(a64, &s, &p, &image);
+            assert_eq!(!f.is_empty(), want, "branch {branch}, placement {i}: {f:?}");
+            if want {
+                assert_eq!(f[0].kind, FindingKind::RelaxedBranchTarget);
+                assert_eq!(f[0].at, Some(0), "named at the branch");
+                assert_eq!(f[0].site.as_ref().unwrap().offset, 8, "and at the pair's second half");
+                assert!(f[0].message.contains("patch_aarch64_33rx(code + 0x4"), "{}", f[0].message);
+                // Everything else about the stencil is in order.
+                assert!(judge_accounting(a64, &s, &p, &image).is_empty());
+            }
+        }
+    }
 }

@@ -141,6 +141,17 @@ fn decode(bytes: &[u8], ip: u64) -> (Instruction, ConstantOffsets) {
     (insn, offsets)
 }
 
+/// The target of a direct (near) branch or call.
+pub fn branch_target(bytes: &[u8], ip: u64) -> Option<u64> {
+    let (insn, _) = decode(bytes, ip);
+    matches!(insn.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32).then(|| insn.near_branch_target())
+}
+
+/// The instruction's mnemonic (what a relaxation changes).
+pub fn mnemonic(bytes: &[u8], ip: u64) -> Mnemonic {
+    decode(bytes, ip).0.mnemonic()
+}
+
 pub fn transfer_class(bytes: &[u8], ip: u64) -> super::TransferClass {
     use super::TransferClass;
     let (insn, _) = decode(bytes, ip);

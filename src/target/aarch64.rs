@@ -30,6 +30,27 @@ const RELOCATIONS: &[RelocInfo] = &[
     RelocInfo { kind: RelocKind::Aarch64_MOVW_UABS_G3, expr: RelExpr::AbsoluteChunk(3), patch_fn: PatchFn::Aarch64_16d, width: 4 },
 ];
 
+/// What kind of instruction a word is, as far as relaxations can tell
+/// (the fields patches write are masked out).
+fn class(word: u32) -> u32 {
+    use crate::patch::aarch64::{is_add_or_sub, is_adrp, is_ldr_or_str, is_mov};
+    if is_adrp(word) {
+        1
+    } else if is_ldr_or_str(word) {
+        // size, V, opc and the registers stay; imm12 is the patched field.
+        0x1000_0000 | (word & 0xFFC0_03FF)
+    } else if is_add_or_sub(word) {
+        0x2000_0000 | (word & 0xFF80_03FF)
+    } else if is_mov(word) {
+        // movz vs movk, hw and Rd stay; imm16 is the patched field.
+        0x3000_0000 | (word & 0xFFE0_001F)
+    } else if word & 0xFF00_0000 == 0x5800_0000 {
+        0x4000_0000 | (word & 0x1F) // ldr (literal)
+    } else {
+        word & 0xFC00_0000 // branches keep their opcode; anything else by its top bits
+    }
+}
+
 impl TargetInfo for Aarch64 {
     fn arch(&self) -> Arch {
         Arch::Aarch64
@@ -106,6 +127,29 @@ impl TargetInfo for Aarch64 {
 
     fn transfer_class(&self, _bytes: &[u8], _ip: u64) -> TransferClass {
         TransferClass::Other
+    }
+
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
+        let word = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?);
+        let sext = |v: u32, bits: u32| ((v as i64) << (64 - bits)) >> (64 - bits);
+        let words = if word & 0x7C00_0000 == 0x1400_0000 {
+            sext(word & 0x03FF_FFFF, 26) // b, bl
+        } else if word & 0xFF00_0010 == 0x5400_0000 || word & 0x7E00_0000 == 0x3400_0000 {
+            sext((word >> 5) & 0x7FFFF, 19) // b.cond, cbz, cbnz
+        } else if word & 0x7E00_0000 == 0x3600_0000 {
+            sext((word >> 5) & 0x3FFF, 14) // tbz, tbnz
+        } else {
+            return None;
+        };
+        Some(ip.wrapping_add((words * 4) as u64))
+    }
+
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool {
+        let word = |b: &[u8]| b.get(..4).and_then(|w| w.try_into().ok()).map(u32::from_le_bytes);
+        match (word(original), word(patched)) {
+            (Some(a), Some(b)) => class(a) != class(b),
+            _ => false,
+        }
     }
 
     fn format_instruction(&self, bytes: &[u8], _ip: u64) -> String {

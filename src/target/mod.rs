@@ -237,6 +237,12 @@ pub trait TargetInfo: Sync {
     fn static_sites(&self, stencil: &Stencil, image: &Image) -> Vec<SiteObservation>;
     /// Call, jump or neither, for the instruction at the start of `bytes`.
     fn transfer_class(&self, bytes: &[u8], ip: u64) -> TransferClass;
+    /// The target of the direct branch (conditional or not, call or jump) at
+    /// the start of `bytes`, if it is one.
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64>;
+    /// True when patching turned the instruction `original` into another
+    /// kind of instruction (a relaxation), not just new field values.
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool;
     /// The instruction at the start of `bytes`, formatted for reports.
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String;
     /// Bytes of one 3.14+ trampoline (a veneer to a far extern).

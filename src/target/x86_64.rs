@@ -86,6 +86,14 @@ impl TargetInfo for X86_64 {
         execute::x86_64::transfer_class(bytes, ip)
     }
 
+    fn branch_target(&self, bytes: &[u8], ip: u64) -> Option<u64> {
+        execute::x86_64::branch_target(bytes, ip)
+    }
+
+    fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool {
+        execute::x86_64::mnemonic(original, 0) != execute::x86_64::mnemonic(patched, 0)
+    }
+
     fn format_instruction(&self, bytes: &[u8], ip: u64) -> String {
         execute::x86_64::format_at(bytes, ip)
     }
