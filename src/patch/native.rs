@@ -1015,7 +1015,7 @@ main(int argc, char **argv)
 
 /// The worker program's C: prelude, prototypes, the extracted items under
 /// `#line` directives naming `path`, the entry table (one per
-/// [`Extracted::entry_points`], in that order) and [`WORKER`].
+/// [`Extracted::entry_points`], in that order) and the worker's `main`.
 pub fn generate(ex: &Extracted, path: &str) -> String {
     let quoted = path.replace('\\', "\\\\").replace('"', "\\\"");
     let mut c = String::from(PRELUDE);
