@@ -32,26 +32,64 @@ fn rate(runs: u64, d: Duration) -> f64 {
     runs as f64 / d.as_secs_f64().max(1e-9)
 }
 
-pub fn bench(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sync)) -> Result<String, BadInput> {
+/// One input's numbers.
+struct Measured {
+    input: String,
+    target: String,
+    stencils: usize,
+    load_ms: f64,
+    /// (label, stencil runs per second)
+    rates: Vec<(String, f64)>,
+}
+
+/// Each input's stages side by side (one column per input, so targets
+/// compare in one run), with every rate also as a ratio to the first input.
+pub fn bench(paths: &[std::path::PathBuf], o: &BenchOptions, patcher: &(dyn Patcher + Sync)) -> Result<String, BadInput> {
+    let measured = paths.iter().map(|p| measure(p, o, patcher)).collect::<Result<Vec<_>, _>>()?;
     let mut out = String::new();
-    let (load, _) = best(o.repeat, || crate::load::load_path(path).map(|_| 0))?;
-    let set = crate::load::load_path(path)?;
+    let _ = writeln!(out, "bench: {} placements per stencil, seed {}, best of {}", o.placements, o.seed, o.repeat);
+    for (i, m) in measured.iter().enumerate() {
+        let _ = writeln!(out, "  [{}] {} ({}, {} stencils)", i + 1, m.input, m.target, m.stencils);
+    }
+    let header: String = (1..=measured.len()).map(|i| format!("{:>16}", format!("[{i}]"))).collect();
+    let _ = writeln!(out, "  {:<30}{header}", "stencil runs/s");
     let _ = writeln!(
         out,
-        "bench: {} ({} stencils x {} placements, seed {}, best of {})",
-        path.display(),
-        set.stencils.len(),
-        o.placements,
-        o.seed,
-        o.repeat
+        "  {:<30}{}",
+        "load (ms)",
+        measured.iter().map(|m| format!("{:>16.1}", m.load_ms)).collect::<String>()
     );
-    let _ = writeln!(out, "  {:<28} {:>10.1} ms", "load", load.as_secs_f64() * 1e3);
+    for (row, (label, _)) in measured[0].rates.iter().enumerate() {
+        let first = measured[0].rates[row].1;
+        let cells: String = measured
+            .iter()
+            .map(|m| {
+                let r = m.rates.get(row).map_or(0.0, |x| x.1);
+                if measured.len() > 1 {
+                    format!("{:>16}", format!("{r:.0} ({:.2}x)", r / first.max(1e-9)))
+                } else {
+                    format!("{r:>16.0}")
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "  {label:<30}{cells}");
+    }
+    Ok(out)
+}
+
+fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sync)) -> Result<Measured, BadInput> {
+    let (load, _) = best(o.repeat, || crate::load::load_path(path).map(|_| 0))?;
+    let set = crate::load::load_path(path)?;
+    let mut rates = Vec::new();
     let (d, n) = best(o.repeat, || place_and_patch(&set, o, patcher, false))?;
-    let _ = writeln!(out, "  {:<28} {:>10.0} stencil runs/s", "place + patch", rate(n, d));
+    rates.push(("place + patch".to_string(), rate(n, d)));
     let (d, n) = best(o.repeat, || place_and_patch(&set, o, patcher, true))?;
-    let _ = writeln!(out, "  {:<28} {:>10.0} stencil runs/s", "place + patch + static judge", rate(n, d));
-    let mut unicorn_one = 0.0;
-    for threads in [1, o.threads.max(1)] {
+    rates.push(("place + patch + static judge".to_string(), rate(n, d)));
+    let mut threads_to_run = vec![1];
+    if o.threads > 1 {
+        threads_to_run.push(o.threads);
+    }
+    for threads in threads_to_run {
         let options = pipeline::Options {
             seed: o.seed,
             placements: o.placements,
@@ -65,17 +103,16 @@ pub fn bench(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + 
         let (d, n) = best(o.repeat, || {
             pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum())
         })?;
-        let r = rate(n, d);
-        if threads == 1 {
-            unicorn_one = r;
-        }
         let label = format!("full, unicorn, {threads} thread{}", if threads == 1 { "" } else { "s" });
-        let _ = writeln!(out, "  {:<28} {:>10.0} stencil runs/s ({:.2}x one thread)", label, r, r / unicorn_one);
-        if o.threads <= 1 {
-            break;
-        }
+        rates.push((label, rate(n, d)));
     }
-    Ok(out)
+    Ok(Measured {
+        input: path.display().to_string(),
+        target: set.target.to_string(),
+        stencils: set.stencils.len(),
+        load_ms: load.as_secs_f64() * 1e3,
+        rates,
+    })
 }
 
 fn place_and_patch(set: &StencilSet, o: &BenchOptions, patcher: &dyn Patcher, judge_too: bool) -> Result<u64, BadInput> {

@@ -63,7 +63,10 @@ pub struct DiffPatchArgs {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    pub input: PathBuf,
+    /// One or more inputs (headers, objects, directories): measured side by
+    /// side, with ratios to the first.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     #[arg(long, default_value_t = 16)]
@@ -231,7 +234,7 @@ fn bench(args: &BenchArgs, out: &mut String) -> Result<u8, BadInput> {
         repeat: args.repeat,
         threads: args.threads.unwrap_or_else(default_threads),
     };
-    out.push_str(&crate::bench::bench(&args.input, &options, &patch::Ports)?);
+    out.push_str(&crate::bench::bench(&args.inputs, &options, &patch::Ports)?);
     Ok(0)
 }
 

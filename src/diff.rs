@@ -23,6 +23,10 @@ pub fn diff(header: &StencilSet, objects: &StencilSet) -> Vec<Difference> {
     let theirs: BTreeMap<&str, &Stencil> = header.stencils.iter().map(|s| (s.name.as_str(), s)).collect();
     for (name, h) in &theirs {
         match ours.get(name) {
+            // CPython writes an empty group for a trampoline the target does
+            // not need (aarch64 3.13: not GHC's convention) and compiles no
+            // object for it: nothing to compare, on purpose.
+            None if h.code.is_empty() && h.data.is_empty() && h.holes().next().is_none() => {}
             None => out.push(Difference { stencil: name.to_string(), what: "in the header, no object".into() }),
             Some(o) => stencil(h, o, &mut out),
         }

@@ -12,12 +12,15 @@
 //! patchers run on copies of the same image; the outcomes (resulting bytes,
 //! or "an assert fired") must be the same. Assert messages may differ.
 //!
-//! Cases whose placement cannot be mapped in this process
-//! (a `FailureKind::Unusable` failure) are counted as skipped.
+//! Cases whose placement cannot be mapped in the patch worker
+//! (a `FailureKind::Unusable` failure) are counted as skipped. A jit.c that
+//! ends, hangs or crashes its worker, writes output or damages its heap
+//! (a `FailureKind::Crash` failure) always differs, even where the ports
+//! assert: a crash is never "the same outcome".
 
 use crate::model::PatchFn;
 use crate::patch::native::NativePatcher;
-use crate::patch::{self, Image, PatchAssert, Patcher};
+use crate::patch::{self, FailureKind, Image, PatchAssert, Patcher};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt::Write as _;
@@ -59,6 +62,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn outcome(r: &Result<Image, PatchAssert>, case: &Case) -> String {
     match r {
+        Err(a) if a.kind == FailureKind::Crash => format!("crashed: {}", a.message.replace('\n', " ")),
         Err(a) => format!("assert: {}", a.message.replace('\n', " ")),
         Ok(im) => {
             // Bytes around the location (where a patch writes).
@@ -120,7 +124,7 @@ pub fn compare(case: &Case, native: &dyn Patcher) -> Option<Option<Difference>> 
     let p = run(&patch::Ports);
     let same = match (&p, &n) {
         (Ok(a), Ok(b)) => a == b,
-        (Err(_), Err(_)) => true,
+        (Err(_), Err(b)) => b.kind != FailureKind::Crash,
         _ => false,
     };
     Some((!same).then(|| Difference { case: case.clone(), ports: p, native: n }))
@@ -402,7 +406,7 @@ pub fn compare_emits(
             let head = format!("DIFFERENCE {} placement {index} ({:?} layout, seed {seed})", st.name, p.layout);
             match (&ours, &theirs) {
                 (Ok(a), Ok(b)) if a == b => {}
-                (Err(a), Err(b)) if a.call == b.call => {}
+                (Err(a), Err(b)) if a.call == b.call && b.assert.kind != FailureKind::Crash => {}
                 (Ok(a), Ok(b)) => {
                     let mut first = None;
                     for (section, x, y) in [(Section::Code, &a.code, &b.code), (Section::Data, &a.data, &b.data)] {

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use stencilcheck::judge::FindingKind;
-use stencilcheck::model::{EmitOp, PatchFn, Section, StencilSet};
+use stencilcheck::model::{EmitOp, PatchFn, RelocKind, Section, StencilSet};
 use stencilcheck::pipeline::{self, Options, Outcome, Seen};
 
 const PLACEMENTS: u32 = 64;
@@ -426,4 +426,311 @@ fn a_displacement_pointing_outside_the_image_is_not_mangled() {
         "{}",
         describe(&outcome)
     );
+}
+
+// ---- CPython 3.14+ fixtures ---------------------------------------------------------
+//
+// `3.14-x86_64/` and `3.14-aarch64/` hold headers in the 3.14+ layout, built
+// by `scripts/make-fixture.py --layout 3.14` from `asm-3.14/`; their variants
+// carry ONE edit each, named by their `// BUG:` line.
+
+use std::collections::BTreeMap;
+use stencilcheck::model::{Stencil, Term};
+use stencilcheck::target::{Arch, Version};
+
+fn stencil<'s>(set: &'s StencilSet, name: &str) -> &'s Stencil {
+    set.stencils.iter().find(|s| s.name == name).unwrap_or_else(|| panic!("no stencil {name}"))
+}
+
+fn ordinals(pairs: &[(u32, &str)]) -> BTreeMap<u32, String> {
+    pairs.iter().map(|(n, s)| (*n, s.to_string())).collect()
+}
+
+/// The text of emit_NAME in a fixture file.
+fn function_text(file: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(path(file)).unwrap();
+    let start = text.find(&format!("\nemit_{name}(\n")).unwrap_or_else(|| panic!("{file}: no emit_{name}"));
+    let end = start + text[start..].find("\n}\n").unwrap();
+    text[start..end].to_string()
+}
+
+#[test]
+fn v314_x86_64_fixture_loads_as_written() {
+    let set = load("3.14-x86_64/good.h");
+    assert_eq!((set.arch(), set.target.version), (Arch::X86_64, Version::V3_14));
+    let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["shim", "_FX_CALL_GLOBAL", "_FX_GUARD"]);
+    assert_eq!(set.symbols_map, [Some("PyFx_Type".to_string()), Some("PyFx_Lookup".to_string())]);
+
+    let shim = stencil(&set, "shim");
+    assert_eq!((shim.code_size(), shim.data_size()), (43, 0));
+    assert!(shim.ordinals.is_empty() && shim.relocations.is_empty());
+
+    let call = stencil(&set, "_FX_CALL_GLOBAL");
+    assert_eq!((call.code_size(), call.data_size()), (53, 16));
+    assert_eq!(call.ordinals, ordinals(&[(0, "PyFx_Type"), (1, "PyFx_Lookup")]));
+    assert_eq!((&call.trampoline_mask[..], &call.got_mask[..]), (&[0][..], &[0x3][..]));
+    assert!(call.data.starts_with(b"fx\0"));
+    // code_body[53] lists no trailing zeros (the error jump's displacement).
+    assert!(function_text("3.14-x86_64/good.h", "_FX_CALL_GLOBAL").contains("        0xe9,\n    };"));
+    assert_eq!(&call.code[48..], &[0xe9, 0, 0, 0, 0]);
+    let got: Vec<(u64, &Term, i64)> = call
+        .holes()
+        .filter(|h| matches!(h.value.term, Term::GotSymbol(_) | Term::Ordinal(_)))
+        .map(|h| (h.offset, &h.value.term, h.value.addend))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, &Term::Ordinal(0), 0),
+            (1, &Term::Ordinal(1), 0),
+            (0x16, &Term::GotSymbol(0), -4),
+            (0x1c, &Term::GotSymbol(1), -4),
+        ]
+    );
+    assert_eq!(call.holes().filter(|h| h.section == Section::Got).count(), 2);
+    let error = call.holes().find(|h| h.offset == 0x31).unwrap();
+    assert_eq!(error.value.term, Term::ErrorTarget);
+    assert!(call.holes().any(|h| h.section == Section::Data && h.value.term == Term::Operand(0)));
+
+    // No data_body: its one _JIT_EXECUTOR slot is zero until patched.
+    let guard = stencil(&set, "_FX_GUARD");
+    assert_eq!((guard.code_size(), guard.data_size()), (61, 8));
+    assert_eq!(guard.data, [0; 8]);
+    let text = function_text("3.14-x86_64/good.h", "_FX_GUARD");
+    assert!(!text.contains("data_body") && !text.contains("memcpy(data"));
+    assert_eq!(guard.ordinals, ordinals(&[(0, "PyFx_Type")]));
+    assert_eq!(guard.got_mask, [0x1]);
+    let targets: Vec<(u64, &Term)> = guard
+        .holes()
+        .filter(|h| matches!(h.value.term, Term::JumpTarget | Term::ErrorTarget | Term::Operand(1)))
+        .map(|h| (h.offset, &h.value.term))
+        .collect();
+    assert_eq!(targets, [(0x11, &Term::JumpTarget), (0x1c, &Term::ErrorTarget), (0x22, &Term::Operand(1))]);
+    // The trailing jump to _JIT_CONTINUE was cut off the code and its listing.
+    assert!(guard.relocations.iter().all(|r| r.offset < 61));
+    for s in &set.stencils {
+        for h in s.holes().filter(|h| h.section == Section::Code) {
+            assert!(s.relocations.iter().any(|r| r.offset == h.offset), "{}: {h}", s.name);
+        }
+    }
+}
+
+#[test]
+fn v314_aarch64_fixture_loads_as_written() {
+    let set = load("3.14-aarch64/good.h");
+    assert_eq!((set.arch(), set.target.version), (Arch::Aarch64, Version::V3_14));
+    let names: Vec<&str> = set.stencils.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["shim", "_FX_CALL_GLOBAL", "_FX_CALL_HELPER"]);
+    let syms = ["PyFx_Type", "PyFx_Lookup", "PyFx_Helper", "PyFx_Fallback"];
+    assert_eq!(set.symbols_map, syms.map(|s| Some(s.to_string())));
+    assert_eq!(stencil(&set, "shim").code_size(), 72);
+
+    let call = stencil(&set, "_FX_CALL_GLOBAL");
+    assert_eq!((call.code_size(), call.data_size()), (64, 8));
+    assert_eq!(call.data, [0; 8], "no data_body: only a _JIT_OPERAND0 slot");
+    assert_eq!(call.ordinals, ordinals(&[(0, "PyFx_Type"), (1, "PyFx_Lookup")]));
+    assert_eq!((&call.trampoline_mask[..], &call.got_mask[..]), (&[0][..], &[0x3][..]));
+    let pairs: Vec<(u64, PatchFn, &Term)> = call
+        .holes()
+        .filter(|h| h.func == PatchFn::Aarch64_33rx)
+        .map(|h| (h.offset, h.func, &h.value.term))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (0xc, PatchFn::Aarch64_33rx, &Term::Data),
+            (0x14, PatchFn::Aarch64_33rx, &Term::GotSymbol(0)),
+            (0x1c, PatchFn::Aarch64_33rx, &Term::GotSymbol(1)),
+        ]
+    );
+
+    let helper = stencil(&set, "_FX_CALL_HELPER");
+    assert_eq!((helper.code_size(), helper.data_size()), (60, 0));
+    assert_eq!(helper.ordinals, ordinals(&[(2, "PyFx_Helper"), (3, "PyFx_Fallback")]));
+    assert_eq!((&helper.trampoline_mask[..], &helper.got_mask[..]), (&[0xc][..], &[0][..]));
+    let calls: Vec<(u64, PatchFn, Section, &Term)> = helper
+        .holes()
+        .filter(|h| h.func.takes_state())
+        .map(|h| (h.offset, h.func, h.section, &h.value.term))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            (0x1c, PatchFn::Aarch64_Trampoline, Section::Code, &Term::Ordinal(2)),
+            (0x24, PatchFn::Aarch64_Trampoline, Section::Code, &Term::Ordinal(3)),
+        ]
+    );
+    let by_offset = |o: u64| helper.holes().find(|h| h.offset == o).unwrap();
+    assert_eq!((by_offset(0x2c).func, &by_offset(0x2c).value.term), (PatchFn::Aarch64_19r, &Term::JumpTarget));
+    assert_eq!((by_offset(0x38).func, &by_offset(0x38).value.term), (PatchFn::Aarch64_26r, &Term::ErrorTarget));
+    assert_eq!((by_offset(0xc).func, &by_offset(0xc).value.term), (PatchFn::Aarch64_16d, &Term::Operand(1)));
+    let kinds: Vec<RelocKind> = helper.relocations.iter().map(|r| r.kind).collect();
+    assert!(kinds.contains(&RelocKind::Aarch64_CALL26) && kinds.contains(&RelocKind::Aarch64_CONDBR19));
+}
+
+/// Each 3.14+ variant loads, and differs from its good.h in one stencil's
+/// emit body or in one symbols_map entry, nothing else.
+#[test]
+fn v314_each_variant_changes_one_thing() {
+    let shown = |set: &StencilSet, name: &str| -> Vec<String> {
+        stencil(set, name)
+            .emit
+            .iter()
+            .map(|op| match op {
+                EmitOp::CopyData { .. } => "copy data".to_string(),
+                EmitOp::CopyCode { .. } => "copy code".to_string(),
+                EmitOp::Patch(p) => p.to_string(),
+            })
+            .collect()
+    };
+    for (dir, file, changed) in [
+        ("3.14-x86_64", "wrong-got-ordinal.h", Some("_FX_CALL_GLOBAL")),
+        ("3.14-x86_64", "wrong-symbols-map.h", None),
+        ("3.14-x86_64", "missing-got-patch.h", Some("_FX_CALL_GLOBAL")),
+        ("3.14-x86_64", "swapped-targets.h", Some("_FX_GUARD")),
+        ("3.14-aarch64", "wrong-got-ordinal.h", Some("_FX_CALL_GLOBAL")),
+        ("3.14-aarch64", "trampoline-wrong-ordinal.h", Some("_FX_CALL_HELPER")),
+        ("3.14-aarch64", "trampoline-wrong-symbols-map.h", None),
+        ("3.14-aarch64", "missing-got-patch.h", Some("_FX_CALL_GLOBAL")),
+        ("3.14-aarch64", "swapped-targets.h", Some("_FX_CALL_HELPER")),
+    ] {
+        let good = load(&format!("{dir}/good.h"));
+        let name = format!("{dir}/{file}");
+        let text = std::fs::read_to_string(path(&name)).unwrap();
+        assert!(text.starts_with("// BUG: "), "{name}");
+        let set = load(&name);
+        assert_eq!(set.target, good.target, "{name}");
+        for s in &good.stencils {
+            let same = shown(&good, &s.name) == shown(&set, &s.name);
+            assert_eq!(!same, changed == Some(s.name.as_str()), "{name}: emit_{}", s.name);
+            let other = stencil(&set, &s.name);
+            let relocs = |s: &Stencil| s.relocations.iter().map(|r| r.text.clone()).collect::<Vec<_>>();
+            assert_eq!((&other.code, &other.data, relocs(other)), (&s.code, &s.data, relocs(s)), "{name}");
+            assert_eq!((&other.trampoline_mask, &other.got_mask), (&s.trampoline_mask, &s.got_mask), "{name}");
+        }
+        let map_changes = good.symbols_map.iter().zip(&set.symbols_map).filter(|(a, b)| a != b).count();
+        assert_eq!(map_changes, usize::from(changed.is_none()), "{name}: symbols_map");
+    }
+}
+
+#[test]
+fn v314_x86_64_good_is_correct() {
+    let set = load("3.14-x86_64/good.h");
+    for (seed, placements) in [(1, PLACEMENTS), (2, 32)] {
+        let outcome = verify(&set, &options(seed, placements));
+        assert_eq!(outcome.results.len(), 3);
+        assert!(findings(&outcome).is_empty(), "seed {seed}:\n{}", describe(&outcome));
+        assert_eq!(
+            (outcome.convention.frame, outcome.convention.stack_pointer, outcome.convention.tstate),
+            ("r12", "r13", "r14"),
+            "read off the shim"
+        );
+        for r in &outcome.results {
+            assert_eq!(r.runs, placements, "{}", r.name);
+            assert_eq!(r.inconclusive, 0, "{}: {:?}", r.name, r.first_inconclusive);
+            assert_eq!(r.holes_covered, r.holes, "{}", r.name);
+        }
+    }
+}
+
+#[test]
+fn v314_x86_64_wrong_got_ordinal_calls_the_other_symbol() {
+    let (set, outcome) = run("3.14-x86_64/wrong-got-ordinal.h");
+    let seen = only_in(&outcome, "_FX_CALL_GLOBAL");
+    assert_eq!(kinds(&seen), BTreeSet::from([FindingKind::WrongValue]));
+    let f = at(&seen, FindingKind::WrongValue, Section::Code, 0x1c);
+    assert_eq!(labels(f), ("PyFx_Lookup", "PyFx_Type"));
+    assert!(hole(f).contains("got_symbol_address(0x0, state)"), "{}", hole(f));
+    assert_eq!(f.runs, PLACEMENTS);
+    assert_replays(&set, "_FX_CALL_GLOBAL", f);
+}
+
+#[test]
+fn v314_x86_64_wrong_symbols_map_entry_fills_the_slot_wrongly() {
+    let (set, outcome) = run("3.14-x86_64/wrong-symbols-map.h");
+    let seen = only_in(&outcome, "_FX_CALL_GLOBAL");
+    let f = at(&seen, FindingKind::WrongValue, Section::Code, 0x1c);
+    assert_eq!(labels(f), ("PyFx_Lookup", "PyFx_Other"));
+    assert_eq!(f.runs, PLACEMENTS);
+    assert_replays(&set, "_FX_CALL_GLOBAL", f);
+}
+
+#[test]
+fn v314_x86_64_missing_got_patch_leaves_the_slot_stale() {
+    let (set, outcome) = run("3.14-x86_64/missing-got-patch.h");
+    let seen = only_in(&outcome, "_FX_CALL_GLOBAL");
+    let f = at(&seen, FindingKind::WrongValue, Section::Code, 0x1c);
+    assert_eq!(labels(f).0, "PyFx_Lookup");
+    assert_ne!(labels(f).1, "PyFx_Lookup");
+    assert!(hole(f).contains("got_symbol_address(0x1, state)"), "{}", hole(f));
+    assert_eq!(f.runs, PLACEMENTS);
+    assert_replays(&set, "_FX_CALL_GLOBAL", f);
+}
+
+#[test]
+fn v314_x86_64_swapped_targets_go_to_each_others_target() {
+    let (set, outcome) = run("3.14-x86_64/swapped-targets.h");
+    let seen = only_in(&outcome, "_FX_GUARD");
+    assert_eq!(kinds(&seen), BTreeSet::from([FindingKind::WrongValue]));
+    let jump = at(&seen, FindingKind::WrongValue, Section::Code, 0x11);
+    assert_eq!(labels(jump), ("_JIT_JUMP_TARGET", "_JIT_ERROR_TARGET"));
+    let error = at(&seen, FindingKind::WrongValue, Section::Code, 0x1c);
+    assert_eq!(labels(error), ("_JIT_ERROR_TARGET", "_JIT_JUMP_TARGET"));
+    assert_eq!(seen.len(), 2);
+    for f in [jump, error] {
+        assert_eq!(f.runs, PLACEMENTS);
+        assert_replays(&set, "_FX_GUARD", f);
+    }
+}
+
+// aarch64: the same verdicts, once the aarch64 engine runs stencils.
+
+/// Findings only in `stencil`, and one of them at one of `offsets` in its code.
+fn flagged_at(file: &str, stencil: &str, offsets: &[u64]) {
+    let (set, outcome) = run(file);
+    let seen = only_in(&outcome, stencil);
+    let hit = seen
+        .iter()
+        .find(|s| s.finding.site.as_ref().is_some_and(|site| site.section == Section::Code && offsets.contains(&site.offset)))
+        .unwrap_or_else(|| panic!("{file}: nothing at code+{offsets:x?}:\n{}", describe(&outcome)));
+    assert_replays(&set, stencil, hit);
+}
+
+#[test]
+#[ignore = "needs the aarch64 engine"]
+fn v314_aarch64_good_is_correct() {
+    let set = load("3.14-aarch64/good.h");
+    let outcome = verify(&set, &options(1, PLACEMENTS));
+    assert!(findings(&outcome).is_empty(), "{}", describe(&outcome));
+    assert_eq!(
+        (outcome.convention.frame, outcome.convention.stack_pointer, outcome.convention.tstate),
+        ("x20", "x21", "x22")
+    );
+}
+
+#[test]
+#[ignore = "needs the aarch64 engine"]
+fn v314_aarch64_wrong_got_ordinal_is_flagged() {
+    flagged_at("3.14-aarch64/wrong-got-ordinal.h", "_FX_CALL_GLOBAL", &[0x1c, 0x20]);
+}
+
+#[test]
+#[ignore = "needs the aarch64 engine"]
+fn v314_aarch64_missing_got_patch_is_flagged() {
+    flagged_at("3.14-aarch64/missing-got-patch.h", "_FX_CALL_GLOBAL", &[0x1c, 0x20]);
+}
+
+#[test]
+#[ignore = "needs the aarch64 engine"]
+fn v314_aarch64_trampoline_to_the_wrong_symbol_is_flagged() {
+    flagged_at("3.14-aarch64/trampoline-wrong-ordinal.h", "_FX_CALL_HELPER", &[0x1c]);
+    flagged_at("3.14-aarch64/trampoline-wrong-symbols-map.h", "_FX_CALL_HELPER", &[0x1c]);
+}
+
+#[test]
+#[ignore = "needs the aarch64 engine"]
+fn v314_aarch64_swapped_targets_are_flagged() {
+    flagged_at("3.14-aarch64/swapped-targets.h", "_FX_CALL_HELPER", &[0x2c]);
+    flagged_at("3.14-aarch64/swapped-targets.h", "_FX_CALL_HELPER", &[0x38]);
 }

@@ -9,8 +9,9 @@
 
 use stencilcheck::model::PatchFn;
 use stencilcheck::patch::native::{self, NativePatcher};
-use stencilcheck::patch::{Image, Patcher, Ports};
+use stencilcheck::patch::{FailureKind, Image, Patcher, Ports};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 const JIT_C: &str = "/tmp/cpython-src/Python-3.13.5/Python/jit.c";
 const HEADER: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_stencils.h";
@@ -157,17 +158,26 @@ fn synthetic_jit_c_patches_like_the_ports_and_reports_asserts_and_faults() {
 }
 
 #[test]
-fn a_taken_address_range_is_reported_as_an_unusable_placement() {
+fn a_placement_the_worker_cannot_map_is_unusable_and_ours_do_not_matter() {
     if !have_cc() {
         return;
     }
     let (_dir, path) = write_jit_c(SYNTHETIC);
     let native = NativePatcher::from_path(Path::new(&path)).unwrap();
-    let mine = [0u8; 64];
-    let addr = mine.as_ptr() as u64;
-    let mut im = Image::new(addr, vec![0; 8], addr + 4096, vec![0; 8]);
-    let err = native.patch(PatchFn::P64, &mut im, addr, 1).unwrap_err();
+    // Past the 47-bit user space: no process here can map it.
+    let high = 1u64 << 47;
+    let mut im = Image::new(high + 0x10, vec![0; 8], high + 0x4000, vec![0; 8]);
+    let err = native.patch(PatchFn::P64, &mut im, high + 0x10, 1).unwrap_err();
     assert!(err.is_unusable(), "{}", err.message);
+    assert!(err.message.contains("cannot map 0x800000000000..0x800000001000 in the patch worker"), "{}", err.message);
+    // Memory of stencilcheck's own process is not in the way: the C runs
+    // in the worker's address space, not ours.
+    let mine = vec![0x77u8; 3 * 4096];
+    let addr = (mine.as_ptr() as u64 + 4095) & !4095;
+    let mut im = Image::new(addr, vec![0; 8], addr + 4096, vec![0; 8]);
+    native.patch(PatchFn::P64, &mut im, addr, 0x1234).unwrap();
+    assert_eq!(im.read_u64(addr), Some(0x1234));
+    assert!(mine.iter().all(|&b| b == 0x77), "our own memory untouched");
 }
 
 #[test]
@@ -407,4 +417,284 @@ fn diff_patch_replays_the_aarch64_header_with_both_patchers() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("DIFFERENCE _") && out.contains("first differing byte code+0x"), "{out}");
     assert!(out.contains("hole        patch_aarch64_21r"), "{out}");
+}
+
+// -- hostile or broken C: the worker takes the blow ---------------------------
+
+/// Not CPython's code: a patch_64 that misbehaves in the way `value` asks.
+const HOSTILE: &str = r#"
+void
+patch_64(unsigned char *location, uint64_t value)
+{
+    switch (value) {
+    case 1: exit(0);
+    case 2: exit(1);
+    case 3: for (;;) { __asm__ volatile(""); }
+    case 4: abort();
+    case 5: *(volatile int *)0 = 1; break;
+    case 6: { volatile uint64_t zero = 0; value /= zero; break; }
+    case 7: __builtin_trap();
+    case 8: fclose(stdout); break;
+    case 9: printf("FINDING forged by jit.c\n"); break;
+    case 10: { char *p = malloc(8); for (volatile int i = 0; i < 64; i++) p[i] = 'x'; free(p); break; }
+    case 11: { char *p = malloc(8); for (volatile int i = 0; i < 12; i++) p[i] = 'x'; break; }  /* kept: found after the call */
+    case 12: fprintf(stderr, "boom\n"); break;
+    case 13: _exit(0);
+    case 14: raise(SIGKILL); break;
+    case 15: { static char *leak; leak = malloc(16); memset(leak, 1, 16); break; }  /* a clean leak */
+    case 16: { volatile char pad[4096]; pad[0] = 1; patch_64(location, value); pad[1] = pad[0]; break; }
+    }
+    *(uint64_t *)location = value;
+}
+"#;
+
+const AT: u64 = 0x2345_6000_1000;
+
+fn small_image() -> Image {
+    Image::new(AT, vec![0x90; 32], AT + 0x40, vec![0; 32])
+}
+
+#[test]
+fn hostile_calls_fail_in_the_worker_and_the_next_call_works() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(HOSTILE);
+    let limit = Duration::from_millis(300);
+    let native = NativePatcher::from_path(Path::new(&path)).unwrap().with_time_limit(limit);
+    assert_eq!(native.time_limit(), limit);
+    for (value, kind, words) in [
+        (1u64, FailureKind::Crash, "ended the patch worker process with exit status 0"),
+        (2, FailureKind::Crash, "exit status 1"),
+        (3, FailureKind::Crash, "did not return within 300ms"),
+        (4, FailureKind::Crash, "killed the patch worker process with SIGABRT"),
+        (5, FailureKind::Assert, "SIGSEGV: patch_64 accessed 0x0"),
+        (6, FailureKind::Crash, "SIGFPE (integer divide by zero) in patch_64"),
+        (7, FailureKind::Crash, "SIGILL: patch_64 executed an illegal instruction"),
+        (8, FailureKind::Crash, "patch_64 closed or replaced its stdout or stderr"),
+        (9, FailureKind::Crash, r#"wrote to stdout or stderr: "FINDING forged by jit.c\n""#),
+        (10, FailureKind::Crash, "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found when it was freed)"),
+        (11, FailureKind::Crash, "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found after the call)"),
+        (12, FailureKind::Crash, r#"wrote to stdout or stderr: "boom\n""#),
+        (13, FailureKind::Crash, "exit status 0"),
+        (14, FailureKind::Crash, "killed the patch worker process with SIGKILL"),
+        (16, FailureKind::Assert, "SIGSEGV: patch_64 accessed 0x"),
+    ] {
+        let started = Instant::now();
+        let mut im = small_image();
+        let err = native.patch(PatchFn::P64, &mut im, AT + 0x40, value).unwrap_err();
+        assert_eq!(err.kind, kind, "value {value}: {}", err.message);
+        assert!(err.message.contains(words), "value {value}: {}", err.message);
+        if kind == FailureKind::Crash {
+            assert!(
+                err.message.starts_with(&format!("patch_64(location {:#x}, value {value:#x})", AT + 0x40)),
+                "the call is named: {}",
+                err.message
+            );
+        }
+        assert!(started.elapsed() < limit + Duration::from_secs(2), "value {value} took {:?}", started.elapsed());
+        // The next call gets a healthy worker.
+        let mut im = small_image();
+        native.patch(PatchFn::P64, &mut im, AT + 0x40, 0x4242).unwrap();
+        assert_eq!(im.read_u64(AT + 0x40), Some(0x4242), "after value {value}");
+    }
+    // A clean leak is no damage; the guard of a block still allocated is
+    // checked after every later call and stays intact.
+    for _ in 0..3 {
+        native.patch(PatchFn::P64, &mut small_image(), AT + 0x40, 15).unwrap();
+    }
+}
+
+#[test]
+fn a_function_that_keeps_hanging_is_not_run_again_after_the_budget() {
+    if !have_cc() {
+        return;
+    }
+    let (_dir, path) = write_jit_c(HOSTILE);
+    let native = NativePatcher::from_path(Path::new(&path)).unwrap().with_time_limit(Duration::from_millis(200));
+    let started = Instant::now();
+    for k in 0..10 {
+        let err = native.patch(PatchFn::P64, &mut small_image(), AT, 3).unwrap_err();
+        assert_eq!(err.kind, FailureKind::Crash);
+        if k < native::HANG_BUDGET {
+            assert!(err.message.contains("did not return within"), "{}", err.message);
+        } else {
+            assert!(err.message.contains("not run: patch_64 already hung 3 times"), "{}", err.message);
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}
+
+#[test]
+fn an_undefined_helper_is_refused_at_build_time_naming_it() {
+    if !have_cc() {
+        return;
+    }
+    let src = SYNTHETIC.replace("*(uint64_t *)location = value;\n}", "*(uint64_t *)location = value;\n    not_defined_anywhere(value);\n}");
+    let (_dir, path) = write_jit_c(&src);
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "5"]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("do not compile") && err.contains("not_defined_anywhere") && err.contains("jit.c:10"), "{err}");
+}
+
+#[test]
+fn diff_patch_counts_a_crash_as_a_difference_even_where_the_ports_assert() {
+    if !have_cc() {
+        return;
+    }
+    // patch_32r exits where it should assert: both "fail", but a crash is
+    // never the same outcome.
+    let src = SYNTHETIC.replace("assert(IN_RANGE(value));", "if (!IN_RANGE(value)) exit(0);");
+    let (_dir, path) = write_jit_c(&src);
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "300", "--seed", "3"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERENCE patch_32r") && out.contains("crashed: patch_32r(location 0x"), "{out}");
+    assert!(out.contains("exit status 0"), "{out}");
+}
+
+// -- hostile mutants of CPython 3.13.5's jit.c --------------------------------
+
+/// The x86-64 header's stencil the hostile mutants are run on (patch_64 and
+/// patch_x86_64_32rx calls) and how many patch calls it makes.
+const HOSTILE_STENCIL: &str = "_BINARY_OP_ADD_INT";
+const HOSTILE_STENCIL_CALLS: u32 = 12;
+
+/// Inserts `stmt` at the top of a real patch function of CPython's jit.c.
+fn insert_into(src: &str, func: &str, stmt: &str) -> String {
+    let site = match func {
+        "patch_64" => "    uint64_t *loc64 = (uint64_t *)location;\n    *loc64 = value;\n",
+        "patch_x86_64_32rx" => "    uint8_t *loc8 = (uint8_t *)location;\n",
+        _ => unreachable!(),
+    };
+    mutate(src, site, &format!("{site}    {stmt}\n"))
+}
+
+/// `verify HEADER --jit-c MUTANT --placements 2 --stencil ...`: ends in
+/// time, exits 1 with a patch_assert finding naming `func`, and prints the
+/// report (and nothing of the C's).
+fn verify_hostile(src: &str, func: &str, stmt: &str, words: &str) {
+    let (_dir, path) = write_jit_c(&insert_into(src, func, stmt));
+    let started = Instant::now();
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{stmt}: {out}{err}");
+    assert!(out.contains(&format!("FINDING {HOSTILE_STENCIL} [patch_assert]: {func}(")), "{stmt}: {out}");
+    assert!(out.contains(words), "{stmt}: {out}");
+    assert!(out.contains("1 with findings"), "the report is printed: {out}");
+    assert!(!out.lines().any(|l| l.starts_with("FINDING forged")), "{out}");
+    // At most the time limit for every call, plus building the worker.
+    let bound = native::DEFAULT_TIME_LIMIT * 2 * HOSTILE_STENCIL_CALLS + Duration::from_secs(30);
+    assert!(took < bound, "{stmt}: {took:?}");
+}
+
+#[test]
+fn cpython_mutant_calling_exit_0_or_1_is_a_finding() {
+    let Some((src, _)) = cpython() else { return };
+    verify_hostile(&src, "patch_64", "exit(0);", "ended the patch worker process with exit status 0");
+    verify_hostile(&src, "patch_64", "exit(1);", "ended the patch worker process with exit status 1");
+}
+
+#[test]
+fn cpython_mutant_that_loops_forever_is_a_finding_within_the_time_limit() {
+    let Some((src, _)) = cpython() else { return };
+    verify_hostile(&src, "patch_x86_64_32rx", "for (;;) { __asm__ volatile(\"\"); }", "did not return within 2s");
+}
+
+#[test]
+fn cpython_mutants_dying_of_a_signal_are_findings() {
+    let Some((src, _)) = cpython() else { return };
+    verify_hostile(&src, "patch_64", "abort();", "killed the patch worker process with SIGABRT");
+    verify_hostile(&src, "patch_x86_64_32rx", "*(volatile int *)0 = 1;", "SIGSEGV: patch_x86_64_32rx accessed 0x0");
+    // A stack overflow: the fault is caught on the worker's alternate stack.
+    verify_hostile(
+        &src,
+        "patch_x86_64_32rx",
+        "{ volatile char pad[4096]; pad[0] = 1; patch_x86_64_32rx(location, value); pad[1] = pad[0]; }",
+        "SIGSEGV: patch_x86_64_32rx accessed 0x",
+    );
+    verify_hostile(
+        &src,
+        "patch_x86_64_32rx",
+        "{ volatile uint64_t zero = 0; value /= zero; }",
+        "SIGFPE (integer divide by zero) in patch_x86_64_32rx",
+    );
+    verify_hostile(&src, "patch_x86_64_32rx", "__builtin_trap();", "SIGILL: patch_x86_64_32rx executed an illegal instruction");
+}
+
+#[test]
+fn cpython_mutants_touching_stdout_are_findings() {
+    let Some((src, _)) = cpython() else { return };
+    verify_hostile(&src, "patch_64", "fclose(stdout);", "patch_64 closed or replaced its stdout or stderr");
+    verify_hostile(
+        &src,
+        "patch_64",
+        r#"printf("FINDING forged by jit.c: all clear\n");"#,
+        r#"wrote to stdout or stderr: "FINDING forged by jit.c: all clear\n""#,
+    );
+}
+
+#[test]
+fn cpython_mutant_overflowing_the_heap_is_a_finding() {
+    let Some((src, _)) = cpython() else { return };
+    verify_hostile(
+        &src,
+        "patch_64",
+        "{ char *p = malloc(8); for (volatile int i = 0; i < 64; i++) p[i] = 1; free(p); }",
+        "heap damage: patch_64 wrote outside a 8-byte block",
+    );
+}
+
+#[test]
+fn cpython_mutant_calling_an_undefined_helper_is_refused_naming_it() {
+    let Some((src, _)) = cpython() else { return };
+    let (_dir, path) = write_jit_c(&insert_into(&src, "patch_64", "undefined_helper(value);"));
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(err.contains("do not compile") && err.contains("undefined_helper") && err.contains("jit.c:"), "{err}");
+}
+
+/// patch_64's store moved into an attributed static helper.
+fn with_attributed_helper(src: &str, extra: &str) -> String {
+    let m = mutate(
+        src,
+        "// 64-bit absolute address.\nvoid\npatch_64(",
+        &format!(
+            "__attribute__((noinline)) static void\nstore_64(unsigned char *location, uint64_t value)\n{{\n{extra}    *(uint64_t *)location = value;\n}}\n\n// 64-bit absolute address.\nvoid\npatch_64("
+        ),
+    );
+    mutate(&m, "    uint64_t *loc64 = (uint64_t *)location;\n    *loc64 = value;\n", "    store_64(location, value);\n")
+}
+
+#[test]
+fn cpython_with_an_attributed_static_helper_verifies_and_its_crash_is_a_finding() {
+    let Some((src, _)) = cpython() else { return };
+    let (_dir, path) = write_jit_c(&with_attributed_helper(&src, ""));
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("235 stencils: 235 correct"), "{out}");
+
+    let (_dir, path) = write_jit_c(&with_attributed_helper(&src, "    abort();\n"));
+    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains(&format!("FINDING {HOSTILE_STENCIL} [patch_assert]: patch_64(")) && out.contains("SIGABRT"), "{out}");
+}
+
+#[test]
+fn diff_patch_reports_cpython_crashes_as_differences_in_cases_and_emits() {
+    let Some((src, _)) = cpython() else { return };
+    let (_dir, path) = write_jit_c(&insert_into(&src, "patch_64", "exit(0);"));
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "20", "--header", HEADER, "--placements", "1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERENCE patch_64(") && out.contains("crashed: patch_64(location 0x"), "{out}");
+    assert!(out.contains("DIFFERENCE _") && out.contains("ended the patch worker process with exit status 0"), "{out}");
+    assert!(!out.contains("DIFFERENCE patch_32r("), "other functions still agree: {out}");
+
+    // A hang: a difference, and the run still ends (the budget stops it).
+    let (_dir, path) = write_jit_c(&insert_into(&src, "patch_64", "for (;;) { __asm__ volatile(\"\"); }"));
+    let started = Instant::now();
+    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "50"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("did not return within 2s") && out.contains("not run: patch_64 already hung"), "{out}");
+    assert!(started.elapsed() < native::DEFAULT_TIME_LIMIT * (native::HANG_BUDGET + 1) + Duration::from_secs(20), "{:?}", started.elapsed());
 }

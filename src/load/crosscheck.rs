@@ -27,11 +27,9 @@ pub fn parse_objdump(text: &str) -> BTreeSet<(String, String)> {
             section = rest.strip_suffix("]:").map(str::to_string);
             continue;
         }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if let (Some(s), [off, kind, value]) = (&section, f.as_slice()) {
-            if let Ok(o) = u64::from_str_radix(off, 16) {
-                out.insert((s.clone(), format!("{o:#x} {kind} {value}")));
-            }
+        // The header's listing and `llvm-objdump -r` share one relocation-line grammar.
+        if let (Some(s), Some(r)) = (&section, super::header::listing::relocation_line(line)) {
+            out.insert((s.clone(), format!("{:#x} {} {}", r.offset, r.kind, r.target)));
         }
     }
     out

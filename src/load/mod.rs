@@ -19,7 +19,7 @@ use std::path::Path;
 /// What an input looks like, judged from its first bytes and its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputKind {
-    /// A generated `jit_stencils.h` (3.13 format and friends).
+    /// A generated `jit_stencils.h` (3.13 or 3.14+ layout; `header::dialect` tells).
     Header,
     /// An ELF object (`\x7fELF`).
     Elf,
@@ -34,7 +34,7 @@ pub enum InputKind {
 impl InputKind {
     /// Sniff `bytes`. Object magics are checked first; text counts as a
     /// header when some line starts an `emit_` function and the text has a
-    /// `code_body` somewhere.
+    /// `code_body` or a `StencilGroup` somewhere.
     pub fn sniff(bytes: &[u8]) -> InputKind {
         const MACHO: [[u8; 4]; 5] = [
             [0xcf, 0xfa, 0xed, 0xfe],
@@ -64,7 +64,10 @@ impl InputKind {
 }
 
 fn looks_like_header(text: &str) -> bool {
-    text.contains("code_body") && text.lines().any(|l| l.starts_with("emit_") && l.contains('('))
+    // (3.14+ leaves all-zero bodies out: a header of empty stencils still
+    // has its StencilGroup table.)
+    (text.contains("code_body") || text.contains("StencilGroup"))
+        && text.lines().any(|l| l.starts_with("emit_") && l.contains('('))
 }
 
 /// Read `path` and load whatever it holds.
@@ -90,9 +93,10 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             Ok(set)
         }
         InputKind::Elf => load_objects(path, &[(path.to_path_buf(), bytes.to_vec())]),
-        InputKind::MachO | InputKind::Coff => {
-            Err(BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet"))
-        }
+        InputKind::MachO | InputKind::Coff => Err(BadInput {
+            kind: crate::error::Refusal::Unsupported,
+            ..BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet")
+        }),
         InputKind::Unknown => {
             Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)"))
         }
@@ -180,6 +184,11 @@ mod tests {
                 b"void\nemit_x(\n{\n    const unsigned char code_body[1] = {0x90,};\n"
             ),
             InputKind::Header
+        );
+        assert_eq!(
+            InputKind::sniff(b"void\nemit_x(\n    jit_state *state)\n{\n}\nstatic const StencilGroup x = {emit_x, 0, 0, {0}, {0}};\n"),
+            InputKind::Header,
+            "3.14+: no bodies at all"
         );
     }
 

@@ -240,6 +240,11 @@ pub enum FailureKind {
     /// The placement cannot be reproduced by this patcher (its addresses
     /// are taken in stencilcheck's own process): nobody's fault.
     Unusable,
+    /// The patch code ended or hung the process running it, died of a
+    /// signal other than a wild access, wrote output or damaged its heap
+    /// (`--jit-c`): always wrong, never "the same" as another patcher's
+    /// assert.
+    Crash,
 }
 
 impl PatchAssert {
