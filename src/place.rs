@@ -123,11 +123,12 @@ impl TraceLayout {
     pub fn got_len(&self) -> u64 {
         8 * self.got_mask.iter().map(|w| w.count_ones() as u64).sum::<u64>()
     }
-    /// Where another uop of the trace starts (never inside this one).
-    fn instruction_start(&self, rng: &mut ChaCha8Rng, stencil: &Stencil) -> u64 {
+    /// Where another uop of the trace starts (never inside this one),
+    /// `align`ed as CPython pads every uop's code.
+    fn instruction_start(&self, rng: &mut ChaCha8Rng, stencil: &Stencil, align: u64) -> u64 {
         let own = self.code..self.code + stencil.code_size().max(1);
         loop {
-            let t = rng.gen_range(self.start..self.code_end);
+            let t = rng.gen_range(self.start..self.code_end) & !(align - 1);
             if !own.contains(&t) {
                 return t;
             }
@@ -138,7 +139,14 @@ impl TraceLayout {
 /// A 3.14+ trace around `stencil`: other uops' code before and after it
 /// (the shim first), the trampolines and the GOT its masks and a few other
 /// ordinals need, and other uops' data around its data.
-fn lay_out_trace(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil, trampoline_size: u64) -> TraceLayout {
+fn lay_out_trace(
+    rng: &mut ChaCha8Rng,
+    sp: Space,
+    layout: Layout,
+    stencil: &Stencil,
+    trampoline_size: u64,
+    align: u64,
+) -> TraceLayout {
     let code_size = stencil.code_size();
     let data_size = stencil.data_size();
     // Other uops' code: at least a shim's worth before, so targets exist on
@@ -148,7 +156,9 @@ fn lay_out_trace(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Sten
         let into_page = (code_before + rng.gen_range(1..code_size)) % PAGE;
         code_before += PAGE - into_page;
     }
-    let code_after = 64 + rng.gen_range(0..64 * 1024);
+    // Other uops' code is padded like this one's (a no-op where align is 1).
+    code_before &= !(align - 1);
+    let code_after = (64 + rng.gen_range(0..64 * 1024)) & !(align - 1);
     let trace_code = code_before + code_size + code_after;
     let widen = |rng: &mut ChaCha8Rng, own: &[u32]| {
         let mut mask = own.to_vec();
@@ -339,7 +349,7 @@ pub fn place_within(
             (code, data, None)
         }
         Version::V3_14 => {
-            let trace = lay_out_trace(&mut rng, sp, layout, stencil, info.trampoline_size());
+            let trace = lay_out_trace(&mut rng, sp, layout, stencil, info.trampoline_size(), info.code_alignment());
             taken.reserve(trace.start, trace.end - trace.start);
             (trace.code, trace.data, Some(trace))
         }
@@ -375,7 +385,7 @@ pub fn place_within(
         let align = info.code_alignment();
         // Distinct targets, so a swapped jump/error hole can never look right.
         let pick = |rng: &mut ChaCha8Rng| match (&trace, &reach) {
-            (Some(trace), _) => trace.instruction_start(rng, stencil),
+            (Some(trace), _) => trace.instruction_start(rng, stencil, align),
             (None, None) => pick_target(rng, sp, layout, &taken, stencil, code) & !(align - 1),
             (None, Some(r)) => pick_target_within(rng, sp, layout, stencil, code, r, align),
         };
