@@ -538,3 +538,55 @@ fn uops_get_the_convention_and_the_shim_gets_c_arguments() {
         assert_eq!(trace.entered_by_call, s.name == "shim");
     }
 }
+
+/// CPython 3.14+: `b PyFoo` / `bl PyFoo` patched by `patch_aarch64_trampoline`:
+/// direct when in reach, else through a veneer in the trace's trampolines.
+fn via_trampoline(link: bool) -> Stencil {
+    let code = if link { [STP_FP_LR, BL, LDP_FP_LR, B] } else { [B, PAD, PAD, PAD] };
+    let at = if link { 4 } else { 0 };
+    let kind = if link { RelocKind::Aarch64_CALL26 } else { RelocKind::Aarch64_JUMP26 };
+    let mut relocations = vec![reloc(at, kind, "PyFoo")];
+    let mut patches = vec![hole(PatchFn::Aarch64_Trampoline, Section::Code, at, Term::Ordinal(0), 0)];
+    if link {
+        relocations.push(reloc(0xc, RelocKind::Aarch64_JUMP26, "_JIT_CONTINUE"));
+        patches.push(hole(PatchFn::Aarch64_26r, Section::Code, 0xc, Term::Continue, 0));
+    }
+    let mut s = stencil("_TRAMP", &code, 0, relocations, vec![], patches);
+    s.ordinals.insert(0, "PyFoo".into());
+    s.trampoline_mask = vec![1];
+    s
+}
+
+#[test]
+fn branches_through_trampolines_go_where_the_veneer_says() {
+    let t314 = Target { version: stencilcheck::target::Version::V3_14, ..A64 };
+    let conv = Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "shim" };
+    let mut e = UnicornArm64::new(conv, 1000).unwrap();
+    let mut veneers = 0;
+    for link in [false, true] {
+        let s = via_trampoline(link);
+        for index in 0..16 {
+            let p = place::place(t314, &s, 17, index).unwrap();
+            let image = patch::emit(&s, &p, &Ports).unwrap_or_else(|f| panic!("{}", f.assert.message));
+            let trace = e.run(&s, &p, &image);
+            let foo = p.externs["PyFoo"];
+            let slot = p.trace.as_ref().and_then(|t| t.trampoline_slot(0)).unwrap();
+            let branch = image.read_u32(p.code + if link { 4 } else { 0 }).unwrap();
+            let through = A64.info().branch_target(&branch.to_le_bytes(), p.code + if link { 4 } else { 0 }) == Some(slot);
+            veneers += through as u32;
+            if link {
+                assert_eq!(trace.calls[0].target, foo, "call target resolved through the veneer");
+                assert_eq!(exit(&trace).0, ExitKind::Jump);
+            } else {
+                assert_eq!(exit(&trace), (ExitKind::Jump, foo, trace.entry_sp, false));
+            }
+            let sites = A64.info().static_sites(&s, &image);
+            let want = Effect::Transfer { target: foo, slot: through.then_some(slot + 8) };
+            assert_eq!(sites[0].effect, Some(want));
+            let mut found = judge::judge_sites(t314, &s, &p, &image, &sites);
+            found.extend(judge::judge_run(t314, &s, &p, &trace, false).findings);
+            assert!(found.is_empty(), "{found:?}");
+        }
+    }
+    assert!(veneers > 0, "some placements are out of direct reach");
+}

@@ -100,6 +100,11 @@ pub trait Machine: 'static {
     /// Before the instruction at code offset `offset` runs (`site`: it holds
     /// a relocated field): keep [`RunState::formed`].
     fn step(_st: &mut RunState, _offset: usize, _site: bool) {}
+    /// Where control that left the code for `target` really goes: through a
+    /// veneer in the image's trampolines, its destination (identity by default).
+    fn resolve(_uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
+        target
+    }
     /// A machine's own reading of an emulator error, before the common one.
     fn fault(_e: uc_error) -> Option<Fault> {
         None
@@ -132,6 +137,8 @@ pub struct RunState {
     per_site: Vec<u16>,
     /// The stencil's data part, to tell a write into data from one into code.
     data: Range<u64>,
+    /// 3.14+: the trace's trampolines (veneers to far externs), part of the image.
+    pub trampolines: Range<u64>,
     /// Address of the access that faulted (write-protect, unmappable).
     fault_address: Option<u64>,
     /// The run hit [`DEMAND_REGION_LIMIT`].
@@ -190,6 +197,7 @@ impl<M: Machine> UnicornEngine<M> {
             interesting: Vec::new(),
             per_site: Vec::new(),
             data: 0..0,
+            trampolines: 0..0,
             fault_address: None,
             budget_hit: false,
             deadline: std::time::Instant::now(),
@@ -293,6 +301,8 @@ impl<M: Machine> UnicornEngine<M> {
         st.originals = originals;
         st.code = code;
         st.data = image.data_addr..image.data_addr + image.data.len() as u64;
+        let (t, bytes) = image.bytes_of(crate::patch::Region::Trampolines);
+        st.trampolines = t..t + bytes.len() as u64;
         st.fault_address = None;
         st.budget_hit = false;
         st.time_hit = false;
@@ -436,7 +446,8 @@ impl<M: Machine> Engine for UnicornEngine<M> {
                     if trace.calls.len() >= CALL_LIMIT {
                         break RunEnd::CallLimit { pc: left_to };
                     }
-                    match self.stub_return(&mut trace, last_pc, left_to) {
+                    let callee = M::resolve(&self.uc, left_to);
+                    match self.stub_return(&mut trace, last_pc, callee) {
                         Some(ret) if self.uc.get_data().code.contains(&ret) && !self.padding_from(ret) => pc = ret,
                         Some(ret) => {
                             let sp = self.uc.reg_read(M::SP).unwrap_or(0);
@@ -450,7 +461,8 @@ impl<M: Machine> Engine for UnicornEngine<M> {
                 }
                 Transfer::Exit(kind, computed) => {
                     let sp = M::exit_sp(kind, self.uc.reg_read(M::SP).unwrap_or(0));
-                    break RunEnd::Exit { kind, from: last_pc, target: left_to, sp, computed };
+                    let target = M::resolve(&self.uc, left_to);
+                    break RunEnd::Exit { kind, from: last_pc, target, sp, computed };
                 }
             }
         };

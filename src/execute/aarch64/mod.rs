@@ -194,6 +194,23 @@ pub type Regs<'a> = &'a mut dyn FnMut(u8, bool) -> Option<u64>;
 /// `n` bytes of memory at an address, little-endian; `None` when unreadable.
 pub type Mem<'a> = &'a mut dyn FnMut(u64, usize) -> Option<u64>;
 
+/// Where a branch to `target` ends up: through a veneer (`ldr xN, #lit;
+/// br xN`, CPython's trampolines for far externs) its literal, and the
+/// literal's address; else `target` itself. `image` reads the patched image
+/// only (trampolines), never made-up memory.
+pub fn through_veneer(target: u64, image: Mem) -> (u64, Option<u64>) {
+    let word = |a: u64, image: &mut dyn FnMut(u64, usize) -> Option<u64>| image(a, 4).map(|w| decode(w as u32));
+    if let Some(Insn::LdrLiteral { op: MemOp::Load, fp: false, size: 3, rt, offset }) = word(target, image) {
+        if word(target.wrapping_add(4), image) == Some(Insn::BranchReg { kind: BranchRegKind::Br, rn: rt }) {
+            let slot = target.wrapping_add(offset as u64);
+            if let Some(to) = image(slot, 8) {
+                return (to, Some(slot));
+            }
+        }
+    }
+    (target, None)
+}
+
 fn truncate(v: u64, bits: u32) -> u64 {
     if bits >= 64 {
         v
@@ -257,8 +274,9 @@ pub fn result(insn: &Insn, pc: u64, reg: Regs, mem: Mem) -> Option<Option<(u8, u
 }
 
 /// What the instruction `word` at `pc` does with the relocated field it is;
-/// `original` is the word objdump listed at that offset before patching.
-pub fn site_effect(word: u32, pc: u64, original: Option<u32>, reg: Regs, mem: Mem) -> Evaluation {
+/// `original` is the word objdump listed at that offset before patching;
+/// `image` reads the patched image alone (to follow a branch through a veneer).
+pub fn site_effect(word: u32, pc: u64, original: Option<u32>, reg: Regs, mem: Mem, image: Mem) -> Evaluation {
     use Evaluation::{Known, NotAnOperand, Unknown};
     let insn = decode(word);
     if let Some(orig) = original.map(decode).filter(|o| !o.same_kind(&insn)) {
@@ -293,8 +311,8 @@ pub fn site_effect(word: u32, pc: u64, original: Option<u32>, reg: Regs, mem: Me
     };
     match insn {
         Insn::Branch { .. } | Insn::BranchCond { .. } | Insn::CompareBranch { .. } | Insn::TestBranch { .. } => {
-            let target = insn.branch_target(pc).unwrap_or(0);
-            Known(Effect::Transfer { target, slot: None })
+            let (target, slot) = through_veneer(insn.branch_target(pc).unwrap_or(0), image);
+            Known(Effect::Transfer { target, slot })
         }
         Insn::Adrp { imm, .. } => {
             Known(Effect::Address { value: (pc & !0xfff).wrapping_add((imm << 12) as u64), bits: 64 })
@@ -416,7 +434,8 @@ pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
         let original = original.and_then(|o| word(&o.bytes));
         let mut reg = |r: u8, sp: bool| if sp && r == 31 { None } else { code.value_before(offset, r, 4) };
         let mut mem = |a: u64, n: usize| image.read(a, n).map(le);
-        if let Some(effect) = site_effect(w, pc, original, &mut reg, &mut mem).observation() {
+        let mut only_image = |a: u64, n: usize| image.read(a, n).map(le);
+        if let Some(effect) = site_effect(w, pc, original, &mut reg, &mut mem, &mut only_image).observation() {
             out.push(SiteObservation { relocation: i, pc, len: 4, effect });
         }
     }
@@ -531,6 +550,7 @@ impl Machine for Arm64 {
     ) -> Option<Option<Effect>> {
         let w = word(bytes)?;
         let original = uc.get_data().originals.get(relocation).and_then(|b| word(b));
+        let trampolines = uc.get_data().trampolines.clone();
         // Memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
         {
@@ -539,7 +559,8 @@ impl Machine for Arm64 {
                 reads.push((a, n));
                 None
             };
-            let _ = site_effect(w, addr, original, &mut reg, &mut mem);
+            let mut none = |_: u64, _: usize| None;
+            let _ = site_effect(w, addr, original, &mut reg, &mut mem, &mut none);
         }
         for (a, n) in reads {
             ensure_mapped(uc, a, n);
@@ -549,7 +570,12 @@ impl Machine for Arm64 {
             uc.mem_read(a, &mut b).ok().map(|_| le(&b))
         };
         let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
-        site_effect(w, addr, original, &mut reg, &mut mem).observation()
+        let mut only_image = |a: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            let inside = trampolines.contains(&a) && trampolines.contains(&(a + n as u64 - 1));
+            (inside && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
+        };
+        site_effect(w, addr, original, &mut reg, &mut mem, &mut only_image).observation()
     }
 
     /// What a relocation site writes is formed; anything else overwrites.
@@ -561,6 +587,17 @@ impl Machine for Arm64 {
                 st.formed |= 1 << rd;
             }
         }
+    }
+
+    /// A veneer in the trace's trampolines (`ldr x8, #8; br x8`) goes where its literal says.
+    fn resolve(uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
+        let trampolines = uc.get_data().trampolines.clone();
+        let mut only_image = |a: u64, n: usize| {
+            let mut b = vec![0u8; n];
+            let inside = trampolines.contains(&a) && trampolines.contains(&(a + n as u64 - 1));
+            (inside && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
+        };
+        through_veneer(target, &mut only_image).0
     }
 
     fn fault(e: uc_error) -> Option<super::Fault> {
@@ -645,8 +682,12 @@ mod tests {
             _ => None,
         };
         let mut mem = |a: u64, n: usize| (a == DATA + 0x10 && n <= 8).then_some(slot & (u64::MAX >> (64 - 8 * n)));
-        site_effect(word, pc, original, &mut reg, &mut mem)
+        let mut image = |a: u64, n: usize| (a == VENEER && n == 4).then_some(0x5800_0048).or((a == VENEER + 4 && n == 4).then_some(0xd61f_0100)).or((a == VENEER + 8 && n == 8).then_some(0xfeed_f00d));
+        site_effect(word, pc, original, &mut reg, &mut mem, &mut image)
     }
+
+    /// A veneer `ldr x8, #8; br x8; .quad 0xfeedf00d` at VENEER.
+    const VENEER: u64 = CODE + 0x8000;
 
     const ADRP_X8: u32 = 0x9000_0008;
     const LDR_X8: u32 = 0xf940_0108; // ldr x8, [x8]
@@ -726,6 +767,12 @@ mod tests {
         ] {
             assert_eq!(eval(w, pc, Some(w), None, 0), Evaluation::Known(Effect::Transfer { target, slot: None }), "{w:#x}");
         }
+        // Through a veneer: where its literal goes, read from the image.
+        let bl_veneer = 0x9400_0000 | (((VENEER - pc) / 4) as u32 & 0x3ff_ffff);
+        assert_eq!(
+            eval(bl_veneer, pc, Some(0x9400_0000), None, 0),
+            Evaluation::Known(Effect::Transfer { target: 0xfeed_f00d, slot: Some(VENEER + 8) })
+        );
         // A branch patched into something else is no branch.
         assert_eq!(eval(NOP, pc, Some(0x1400_0000), None, 0), Evaluation::NotAnOperand);
     }
