@@ -698,7 +698,6 @@ fn flagged_at(file: &str, stencil: &str, offsets: &[u64]) {
 }
 
 #[test]
-#[ignore = "needs the aarch64 engine"]
 fn v314_aarch64_good_is_correct() {
     let set = load("3.14-aarch64/good.h");
     let outcome = verify(&set, &options(1, PLACEMENTS));
@@ -710,26 +709,22 @@ fn v314_aarch64_good_is_correct() {
 }
 
 #[test]
-#[ignore = "needs the aarch64 engine"]
 fn v314_aarch64_wrong_got_ordinal_is_flagged() {
     flagged_at("3.14-aarch64/wrong-got-ordinal.h", "_FX_CALL_GLOBAL", &[0x1c, 0x20]);
 }
 
 #[test]
-#[ignore = "needs the aarch64 engine"]
 fn v314_aarch64_missing_got_patch_is_flagged() {
     flagged_at("3.14-aarch64/missing-got-patch.h", "_FX_CALL_GLOBAL", &[0x1c, 0x20]);
 }
 
 #[test]
-#[ignore = "needs the aarch64 engine"]
 fn v314_aarch64_trampoline_to_the_wrong_symbol_is_flagged() {
     flagged_at("3.14-aarch64/trampoline-wrong-ordinal.h", "_FX_CALL_HELPER", &[0x1c]);
     flagged_at("3.14-aarch64/trampoline-wrong-symbols-map.h", "_FX_CALL_HELPER", &[0x1c]);
 }
 
 #[test]
-#[ignore = "needs the aarch64 engine"]
 fn v314_aarch64_swapped_targets_are_flagged() {
     flagged_at("3.14-aarch64/swapped-targets.h", "_FX_CALL_HELPER", &[0x2c]);
     flagged_at("3.14-aarch64/swapped-targets.h", "_FX_CALL_HELPER", &[0x38]);
