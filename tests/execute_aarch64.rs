@@ -590,3 +590,33 @@ fn branches_through_trampolines_go_where_the_veneer_says() {
     }
     assert!(veneers > 0, "some placements are out of direct reach");
 }
+
+#[test]
+fn a_branch_onto_the_second_half_of_a_relaxed_pair_is_caught_running() {
+    // CPython issue 146128 re-enacted: `b 8` skips the pair's first half, so
+    // the `nop` that replaced `ldr x8, [x8]` leaves whatever x8 held.
+    let s = stencil(
+        "_OPARG_SKIP",
+        &[0x1400_0002, ADRP_X8, LDR_X8, B], // b 0x8; adrp; ldr; b _JIT_CONTINUE
+        8,
+        vec![
+            reloc(4, RelocKind::Aarch64_ADR_GOT_PAGE, "_JIT_OPARG"),
+            reloc(8, RelocKind::Aarch64_LD64_GOT_LO12_NC, "_JIT_OPARG"),
+            reloc(0xc, RelocKind::Aarch64_JUMP26, "_JIT_CONTINUE"),
+        ],
+        vec![slot(0, Term::Oparg)],
+        vec![
+            hole(PatchFn::P64, Section::Data, 0, Term::Oparg, 0),
+            hole(PatchFn::Aarch64_33rx, Section::Code, 4, Term::Data, 0),
+            hole(PatchFn::Aarch64_26r, Section::Code, 0xc, Term::Continue, 0),
+        ],
+    );
+    let p = placed(&s, 14, 0);
+    let (image, trace) = run(&mut engine(), &s, &p);
+    assert_eq!(image.read_u32(p.code + 8), Some(0xd503_201f), "relaxed to movz+nop");
+    let formed: Vec<_> = trace.sites.iter().filter(|o| o.relocation == 1).map(|o| o.effect).collect();
+    assert_eq!(formed.len(), 1);
+    assert_ne!(formed[0], Some(Effect::Formed { value: p.oparg as u64 }));
+    let found = findings(&s, &p, &image, &trace);
+    assert!(found.iter().any(|f| f.kind == FindingKind::WrongValue && f.relocation == Some(1)), "{found:?}");
+}
