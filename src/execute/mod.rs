@@ -7,6 +7,10 @@
 //!   running, for the sites whose operand does not depend on registers;
 //! - *dynamic*: a run in an emulator, with a fake frame, stack and thread
 //!   state, externs stubbed out and memory made up on demand from a seed.
+//!
+//! `unicorn.rs` is the run loop every machine shares; `x86_64.rs` (decoded
+//! with iced-x86) and `aarch64/` (our own A64 decoder) say what is theirs:
+//! registers, how calls return, how an exit is classified, what a site does.
 
 pub mod aarch64;
 pub mod unicorn;
