@@ -212,7 +212,7 @@ fn abs_case(rng: &mut ChaCha8Rng, func: PatchFn) -> Case {
     let image = random_image(rng, far);
     let location = image.code_addr + rng.gen_range(0..(LEN as u64 - 8));
     let value = match rng.gen_range(0..4) {
-        0 => (1u64 << 32) + rng.gen_range(-2i64..=2) as u64,
+        0 => (1u64 << 32).wrapping_add(rng.gen_range(-2i64..=2) as u64),
         1 => rng.gen::<u32>() as u64,
         _ => rng.gen(),
     };
@@ -267,8 +267,8 @@ fn a64_case(rng: &mut ChaCha8Rng, func: PatchFn) -> Case {
         let slot = image.data_addr + rng.gen_range(0..(LEN as u64 - 8) / 8) * 8;
         let relaxed: u64 = match rng.gen_range(0..5) {
             0 => rng.gen_range(0..1 << 16),
-            1 => (1 << 16) + rng.gen_range(-2i64..=2) as u64,
-            2 => (1u64 << 32) + rng.gen_range(-2i64..=2) as u64,
+            1 => (1u64 << 16).wrapping_add(rng.gen_range(-2i64..=2) as u64),
+            2 => (1u64 << 32).wrapping_add(rng.gen_range(-2i64..=2) as u64),
             3 => rng.gen_range(0..1u64 << 32),
             _ => rng.gen::<u64>() & 0x7fff_ffff_ffff,
         };
