@@ -260,7 +260,20 @@ pub fn writes(w: u32) -> u32 {
         },
         Insn::Other(w) => {
             let op0 = field(w, 25, 4);
-            if op0 & 0b0101 == 0b0100 {
+            let fp = field(w, 26, 1) == 1;
+            if w & 0x3a00_0000 == 0x2800_0000 {
+                // Load/store pair (offset, pre-, post-index, no-allocate):
+                // a load writes Rt and Rt2, pre/post-index writes Rn back.
+                let load = field(w, 22, 1) == 1 && !fp;
+                let writeback = matches!(field(w, 23, 2), 1 | 3);
+                (if load { bit(reg(w, 0)) | bit(reg(w, 10)) } else { 0 }) | (if writeback { bit(reg(w, 5)) } else { 0 })
+            } else if w & 0x3b20_0000 == 0x3800_0000 {
+                // Load/store register (unscaled, pre/post-index, unprivileged):
+                // a load writes Rt, pre/post-index writes Rn back.
+                let load = field(w, 22, 2) != 0 && !fp && !(field(w, 30, 2) == 3 && field(w, 22, 2) == 2);
+                let writeback = matches!(field(w, 10, 2), 1 | 3);
+                (if load { bit(reg(w, 0)) } else { 0 }) | (if writeback { bit(reg(w, 5)) } else { 0 })
+            } else if op0 & 0b0101 == 0b0100 {
                 // Loads and stores: Rt, Rt2, a written-back Rn, a status Rs.
                 bit(reg(w, 0)) | bit(reg(w, 10)) | bit(reg(w, 5)) | bit(reg(w, 16))
             } else if op0 & 0b1100 == 0 {
@@ -563,7 +576,15 @@ mod tests {
         assert_eq!(writes(0xf940_0108), 1 << 8); // ldr x8, [x8]
         assert_eq!(writes(0xaa01_03f5), 1 << 21); // mov x21, x1
         assert_ne!(writes(0xf85f_8eb9) & (1 << 21), 0); // ldr x25, [x21, #-8]!: writeback
-        assert_ne!(writes(0xa9bb_7bfd) & (1 << 29), 0); // stp: conservatively names x29
+        assert_eq!(writes(0xa9bb_7bfd), 0); // stp x29, x30, [sp, #-0x50]!: sp written back only
+        assert_eq!(writes(0x6d01_33ed), 0); // stp d13, d12, [sp, #0x10]
+        assert_eq!(writes(0xa944_4ff4), (1 << 20) | (1 << 19)); // ldp x20, x19, [sp, #0x40]
+        assert_eq!(writes(0xa8c5_7bfd), (1 << 29) | (1 << 30)); // ldp x29, x30, [sp], #0x50
+        assert_eq!(writes(0xa8c1_0be1), (1 << 1) | (1 << 2)); // ldp x1, x2, [sp], #0x10
+        assert_eq!(writes(0xf85f_82b8), 1 << 24); // ldur x24, [x21, #-0x8]
+        assert_eq!(writes(0xf81f_0297), 0); // stur x23, [x20, #-0x10]
+        assert_eq!(writes(0xf81f_8e80), 1 << 20); // str x0, [x20, #-0x8]!: writeback
+        assert_eq!(writes(0xf8408680), (1 << 0) | (1 << 20)); // ldr x0, [x20], #0x8
         assert_ne!(writes(0xd63f_0100) & (1 << 8), 0); // blr clobbers x8
         assert_eq!(writes(0xd63f_0100) & (1 << 19), 0); // but not x19
         assert_eq!(writes(0x1400_0000), 0);

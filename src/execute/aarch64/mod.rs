@@ -90,10 +90,11 @@ fn default_convention(version: Version) -> Convention {
 /// Read the convention off the trampoline or shim: where the C arguments
 /// x0, x1, x2 (frame, stack_pointer, tstate) are when it calls the first uop
 /// (its first `bl`/`blr`/`b`). Register moves copy them; any other write
-/// loses them. When an argument sits in several registers (the shim's
-/// `mov x20, x0` leaves it in x0 too), the version's default decides, then a
-/// register it was moved into. Without a trampoline or shim, or when the
-/// code says nothing, the version's default.
+/// loses them. When it moved all three into other registers (the shim's
+/// `mov x20, x0`…: the reason it exists), those; else, when they are still
+/// where the version's default (then the C convention) has them, that, read
+/// off it. Without a trampoline or shim with code, or when it says nothing,
+/// the version's default.
 pub fn convention(target: Target, set: &StencilSet) -> Convention {
     let default = default_convention(target.version);
     let Some(entry) = set.stencils.iter().find(|s| entered_by_call(s) && !s.code.is_empty()) else {
@@ -126,14 +127,16 @@ pub fn convention(target: Target, set: &StencilSet) -> Convention {
             }
         }
     }
-    let wanted = [default.frame, default.stack_pointer, default.tstate];
-    let mut found: [Option<&'static str>; 3] = [None; 3];
-    for (k, slot) in found.iter_mut().enumerate() {
-        let by_default = number(wanted[k]).filter(|&r| holds[r as usize] == Some(k));
-        let moved = (0..31).filter(|&r| r != k && holds[r] == Some(k)).min();
-        let original = (holds[k] == Some(k)).then_some(k);
-        *slot = by_default.map(|r| r as usize).or(moved).or(original).map(|r| NAMES[r]);
-    }
+    let holder = |k: usize, r: usize| holds[r] == Some(k);
+    let moved: Vec<Option<usize>> = (0..3).map(|k| (0..31).find(|&r| r != k && holder(k, r))).collect();
+    let wanted = [default.frame, default.stack_pointer, default.tstate].map(|n| number(n).map(usize::from));
+    let found: [Option<&'static str>; 3] = if moved.iter().all(Option::is_some) {
+        [0, 1, 2].map(|k| moved[k].map(|r| NAMES[r]))
+    } else if (0..3).all(|k| wanted[k].is_some_and(|r| holder(k, r))) {
+        [0, 1, 2].map(|k| wanted[k].map(|r| NAMES[r]))
+    } else {
+        [0, 1, 2].map(|k| holder(k, k).then_some(NAMES[k]))
+    };
     match found {
         [Some(frame), Some(stack_pointer), Some(tstate)] => Convention { frame, stack_pointer, tstate, source },
         _ => default,
@@ -894,6 +897,15 @@ mod tests {
         let shim = stencil("shim", &[0xaa00_03f9, 0xaa01_03fa, 0xaa02_03fb, 0x9400_0002], vec![]);
         let c = convention(t14, &set_with(Version::V3_14, Some(shim)));
         assert_eq!((c.frame, c.stack_pointer, c.tstate), ("x25", "x26", "x27"));
+        // A trampoline that moves all three (stencilcheck's corpus, preserve_none
+        // uops under a 3.13 loader): the moved registers, FP pairs saved between.
+        let tramp = stencil(
+            "trampoline",
+            &[0x6db6_3bef, 0xa908_57f6, 0xaa01_03f5, 0xaa02_03f6, 0xa909_4ff4, 0xaa00_03f4, 0x6d01_33ed, 0x9400_0000],
+            vec![],
+        );
+        let c = convention(t13, &set_with(Version::V3_13, Some(tramp)));
+        assert_eq!((c.frame, c.stack_pointer, c.tstate, c.source), ("x20", "x21", "x22", "trampoline"));
         // A 3.13 trampoline keeping a copy (mov x19, x0) still calls with x0..x2.
         let tramp = stencil("trampoline", &[0xaa00_03f3, 0x9400_0002], vec![]);
         let c = convention(t13, &set_with(Version::V3_13, Some(tramp)));
