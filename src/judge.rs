@@ -115,6 +115,9 @@ fn truncate(v: u64, bits: u32) -> u64 {
 
 const PAGE_MASK: u64 = !0xfff;
 
+/// What a GOT pair's first half did wrong: its page holds no slot with S.
+const GOT_PAGE_MISS: &str = "formed page";
+
 /// A mismatch: (expected, actual, what the instruction did).
 type Mismatch = (u64, u64, &'static str);
 
@@ -178,7 +181,7 @@ fn check_site(
         RelExpr::GotPage => match *effect {
             Effect::Address { value: page, .. } => {
                 let holds_s = (0..0x1000u64).step_by(8).any(|k| image.read_u64((page & PAGE_MASK) + k) == Some(s));
-                (!holds_s).then_some((s, page, "formed the page of no slot holding"))
+                (!holds_s).then_some((s, page, GOT_PAGE_MISS))
             }
             Effect::Load { value, .. } => differs(s, value, "loaded"),
             _ => None,
@@ -309,7 +312,10 @@ pub fn judge_sites(
         if let Some((expected, actual, what)) = check_site(target, stencil, placement, image, obs, effect) {
             let exp = shown(stencil, placement, expected);
             let act = shown(stencil, placement, actual);
-            let named = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };
+            let mut named = if exp.label.is_empty() { reloc.symbol.to_string() } else { exp.label.clone() };
+            if what == GOT_PAGE_MISS {
+                named = format!("a page with a slot holding {named}");
+            }
             out.push(Finding {
                 kind: FindingKind::WrongValue,
                 message: format!(

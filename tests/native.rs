@@ -698,3 +698,47 @@ fn diff_patch_reports_cpython_crashes_as_differences_in_cases_and_emits() {
     assert!(out.contains("did not return within 2s") && out.contains("not run: patch_64 already hung"), "{out}");
     assert!(started.elapsed() < native::DEFAULT_TIME_LIMIT * (native::HANG_BUDGET + 1) + Duration::from_secs(20), "{:?}", started.elapsed());
 }
+
+/// The aarch64 relocation bugs of the issue, planted in a copy of 3.13's
+/// jit.c, each caught by `verify --jit-c` on the aarch64 header, naming the
+/// stencil, the site and the patch function that wrote it.
+#[test]
+fn aarch64_mutants_are_caught_by_verify_on_the_aarch64_header() {
+    let Some((src, _)) = cpython() else { return };
+    if !Path::new(HEADER_A64).exists() {
+        eprintln!("note: {HEADER_A64} missing; skipped");
+        return;
+    }
+    let cases = [
+        // lo12 written unscaled into an 8-byte ldr.
+        ("    set_bits(loc32, 10, value, shift, 12);", "    set_bits(loc32, 10, value, 0, 12);", "R_AARCH64_LD64_GOT_LO12_NC", "patch_aarch64_12x"),
+        // branch26 offset off by 4.
+        (
+            "    assert(IS_AARCH64_BRANCH(*loc32));\n    value -= (uintptr_t)location;",
+            "    assert(IS_AARCH64_BRANCH(*loc32));\n    value -= (uintptr_t)location - 4;",
+            "R_AARCH64_JUMP26",
+            "patch_aarch64_26r",
+        ),
+        // ADRP immlo from the wrong bits of the page delta.
+        ("    set_bits(loc32, 29, value, 0, 2);", "    set_bits(loc32, 29, value, 1, 2);", "R_AARCH64_ADR_GOT_PAGE", "patch_aarch64_21rx"),
+        // page delta from the unaligned difference.
+        (
+            "    value = (value >> 12) - ((uintptr_t)location >> 12);",
+            "    value = (value - (uintptr_t)location) >> 12;",
+            "R_AARCH64_ADR_GOT_PAGE",
+            "patch_aarch64_21rx",
+        ),
+    ];
+    for (from, to, reloc, func) in cases {
+        let (_dir, path) = write_jit_c(&mutate(&src, from, to));
+        let (code, out, err) = run(&["verify", HEADER_A64, "--jit-c", &path, "--placements", "4", "--stencil", "_BINARY_OP"]);
+        assert_eq!(code, 1, "{to}: not caught\n{out}{err}");
+        let finding = out.split("\nFINDING ").find(|f| f.contains(reloc)).unwrap_or_else(|| panic!("{to}: no {reloc} finding\n{out}"));
+        assert!(finding.starts_with("_BINARY_OP "), "{to}: names the stencil\n{finding}");
+        assert!(finding.contains("at code+0x"), "{to}: names the site\n{finding}");
+        assert!(finding.contains(&format!("hole         {func}(code + 0x")), "{to}: names the function\n{finding}");
+    }
+    // The unmodified jit.c is clean on the same stencil.
+    let (code, out, err) = run(&["verify", HEADER_A64, "--jit-c", JIT_C, "--placements", "4", "--stencil", "_BINARY_OP"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
