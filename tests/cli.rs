@@ -286,3 +286,78 @@ fn unsupported_and_bad_input_have_their_own_exit_codes() {
     assert_eq!(e.kind.exit_code(), 3);
     assert_eq!(e.to_string(), "x.h: relocation R_AARCH64_CALL26 is not supported for x86_64 ELF CPython 3.13");
 }
+
+// ---- bounded work: special files, endless files, huge lines ----
+
+/// Run with a deadline: a blocked or runaway process is killed and fails the test.
+fn stencilcheck_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stencilcheck");
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            child.kill().ok();
+            let o = child.wait_with_output().expect("output");
+            panic!("stencilcheck {args:?} still running after {secs} s: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn special_files_are_refused_not_read() {
+    for dev in ["/dev/zero", "/dev/null"] {
+        let o = stencilcheck_within(&["verify", dev], 10);
+        let line = assert_bad_input(&o);
+        assert!(line.contains(dev) && line.contains("character device"), "{line}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.h");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let o = stencilcheck_within(&["verify", fifo.to_str().unwrap()], 10);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("fifo.h") && line.contains("FIFO"), "{line}");
+    // diff reads its inputs the same way.
+    let o = stencilcheck_within(&["diff", fifo.to_str().unwrap(), "/dev/zero"], 10);
+    assert_bad_input(&o);
+}
+
+#[test]
+fn a_header_over_the_size_limit_is_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("huge.h");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len((256 << 20) + 1).unwrap(); // sparse
+    let o = stencilcheck_within(&["verify", p.to_str().unwrap()], 10);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("huge.h") && line.contains("limit"), "{line}");
+}
+
+#[test]
+fn a_huge_bad_line_is_quoted_as_a_short_excerpt() {
+    let good = std::fs::read_to_string(fixture("good.h")).unwrap();
+    // A 16 MB statement inside the first function.
+    let at = good.find("    memcpy(").expect("a memcpy");
+    let mut text = good[..at].to_string();
+    text.push_str("    bogus(");
+    text.push_str(&"x".repeat(16 << 20));
+    text.push_str(");\n");
+    text.push_str(&good[at..]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("long.h");
+    std::fs::write(&p, text).unwrap();
+    let o = stencilcheck_within(&["verify", p.to_str().unwrap()], 30);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("long.h:"), "{line}");
+    assert!(line.len() < 400 + p.to_str().unwrap().len(), "{} bytes: {}", line.len(), &line[..400.min(line.len())]);
+    assert!(line.contains('…'), "{line}");
+}
