@@ -394,6 +394,12 @@ fn a_huge_nobits_text_is_refused_quickly() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("nobits.o") && err.contains(".text") && err.contains("limit"), "{err}");
+    // The limit itself is accepted, one byte more is not.
+    let limit = stencilcheck::load::MAX_BODY as u64;
+    bytes[text_h + 32..text_h + 40].copy_from_slice(&limit.to_le_bytes());
+    assert!(stencilcheck::load::elf::read("at-limit.o", &bytes).is_ok());
+    bytes[text_h + 32..text_h + 40].copy_from_slice(&(limit + 1).to_le_bytes());
+    assert!(stencilcheck::load::elf::read("over.o", &bytes).is_err());
 }
 
 #[test]
