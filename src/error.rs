@@ -103,3 +103,25 @@ impl fmt::Display for BadInput {
 impl std::error::Error for BadInput {}
 
 pub type Result<T, E = BadInput> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_quotes_are_cut_to_a_readable_excerpt() {
+        let line = "x".repeat(16 << 20);
+        let e = BadInput::at_line("h.h", 7, format!("malformed statement `{line}` here"));
+        assert!(e.message.starts_with("malformed statement `xxx"), "{}", &e.message[..40]);
+        assert!(e.message.ends_with("…` here"), "{}", e.message);
+        assert_eq!(e.message.chars().count(), "malformed statement `` here".len() + MAX_QUOTE);
+        // Short quotes and unquoted messages are left alone; a huge unquoted
+        // one is cut whole; Display cuts what a struct literal built.
+        assert_eq!(BadInput::in_file("f", "bad `x`").to_string(), "f: bad `x`");
+        assert_eq!(BadInput::in_file("f", "y".repeat(5000)).message.chars().count(), MAX_MESSAGE);
+        let raw = BadInput { location: "f".into(), message: "z".repeat(5000), kind: Refusal::BadInput };
+        assert!(raw.to_string().chars().count() <= MAX_MESSAGE + 3);
+        // Multi-byte characters are cut on a character boundary.
+        assert!(excerpt(&"é".repeat(200), 10).ends_with("é…"));
+    }
+}

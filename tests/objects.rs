@@ -455,3 +455,12 @@ fn directory_entries_that_are_not_objects_are_refused_not_skipped() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
     assert_dir_refused(d.path(), "pipe.o");
 }
+
+#[test]
+fn a_directory_with_more_objects_than_the_limit_is_refused_before_reading_them() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..=stencilcheck::load::MAX_STENCILS {
+        std::fs::File::create(d.path().join(format!("s{i}.o"))).unwrap();
+    }
+    assert_dir_refused(d.path(), "limit");
+}

@@ -6,6 +6,12 @@
 //! COFF). ELF objects load (`elf.rs` → `object.rs`); a directory means every
 //! `*.o` in it, one stencil each, named by file stem. Mach-O and COFF are
 //! refused for now (a reader producing `object::RawObject` is all they need).
+//!
+//! Bounded and never vacuous: files are read with a limit ([`MAX_HEADER_FILE`],
+//! [`MAX_OBJECT_FILE`]), special files (FIFOs, devices, sockets) are refused
+//! before they are read, bodies are capped at [`MAX_BODY`] and inputs at
+//! [`MAX_STENCILS`]; in a directory, every `*.o` entry must be a readable
+//! regular file and at least one must exist. Each is exit 2 naming the file.
 
 pub mod crosscheck;
 pub mod elf;
