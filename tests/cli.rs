@@ -361,3 +361,42 @@ fn a_huge_bad_line_is_quoted_as_a_short_excerpt() {
     assert!(line.len() < 400 + p.to_str().unwrap().len(), "{} bytes: {}", line.len(), &line[..400.min(line.len())]);
     assert!(line.contains('…'), "{line}");
 }
+
+/// good.h with `edit` applied (text replaced once), verified at one placement.
+fn verify_edited(from: &str, to: &str) -> (u8, String) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.h")).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{from}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.h");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn a_hole_without_its_relocation_comment_pointed_at_the_wrong_slot_is_flagged_at_one_placement() {
+    // The continuation jump's relocation comment is gone and its hole reads
+    // the error target's slot instead: nothing runs it at every placement,
+    // but the accounting sees a hole that writes no relocation's field.
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.h")).unwrap();
+    let edited = text
+        .replacen("    // 000000000000001e:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n", "", 1)
+        .replacen("patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0xc);", "patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0x14);", 1);
+    assert_ne!(edited, text);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.h");
+    std::fs::write(&path, edited).unwrap();
+    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("[unaccounted]") && out.contains("holds no relocation's field"), "{out}");
+}
+
+#[test]
+fn a_code_hole_moved_by_one_two_or_three_bytes_is_flagged_at_one_placement() {
+    for to in ["code + 0x9,", "code + 0xa,", "code + 0xb,"] {
+        let (code, out) = verify_edited("patch_32r(code + 0x8,", &format!("patch_32r({to}"));
+        assert_eq!(code, 1, "{to}: {out}");
+        assert!(out.contains("[unaccounted]"), "{to}: {out}");
+        assert!(out.contains("is written by no hole"), "{to}: {out}");
+    }
+}
