@@ -61,6 +61,50 @@ pub fn dialect(text: &str) -> Version {
     }
 }
 
+/// The footer's stencil table as both dialects write it: the
+/// `stencil_groups` array (and the `trampoline`/`shim` group lines, which
+/// also hold `{emit_…}` entries).
+#[derive(Default)]
+struct TableScan {
+    entries: Vec<TableEntry>,
+    /// Line of `static const StencilGroup stencil_groups[…] = {`.
+    opened_at: Option<usize>,
+    inside: bool,
+}
+
+impl TableScan {
+    /// Takes `t` (a trimmed line outside any function) if it belongs to the
+    /// table; `Ok(false)` when it does not.
+    fn line(&mut self, sc: &Scanner<'_>, no: usize, t: &str) -> Result<bool, BadInput> {
+        if t.contains("{emit_") {
+            self.entries.push(table_entry(sc, no, t)?);
+        } else if t.starts_with("static const StencilGroup stencil_groups") {
+            if let Some(first) = self.opened_at {
+                return Err(sc.err(no, format!("a second stencil table (first at line {first})")));
+            }
+            self.opened_at = Some(no);
+            self.inside = true;
+        } else if self.inside && t.starts_with('}') {
+            self.inside = false;
+        } else {
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// The table's line, once the whole file was read: a missing or
+    /// unclosed table is a truncated file.
+    fn finish(&self, sc: &Scanner<'_>) -> Result<usize, BadInput> {
+        let Some(line) = self.opened_at else {
+            return Err(sc.err(sc.last_line(), "truncated: no stencil table"));
+        };
+        if self.inside {
+            return Err(sc.err(sc.last_line(), "truncated: the stencil table is not closed"));
+        }
+        Ok(line)
+    }
+}
+
 /// One `{emit_X, code_size, data_size, …}` entry of the footer.
 struct TableEntry {
     emit: String,

@@ -19,7 +19,7 @@
 use super::cexpr::statement;
 use super::listing::{self, code_disassembly, drop_removed_jump};
 use super::scanner::Scanner;
-use super::{arch, cross_check, table_entry, Declared, TableEntry};
+use super::{arch, cross_check, Declared, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
 use crate::target::Version;
@@ -30,9 +30,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
     let mut sc = Scanner::new(file, text);
     let mut stencils: Vec<Stencil> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut table: Vec<TableEntry> = Vec::new();
-    let mut table_open: Option<usize> = None;
-    let mut in_table = false;
+    let mut table = TableScan::default();
     while let Some((no, line)) = sc.next_line() {
         if line.starts_with("emit_") {
             let stencil = function(&mut sc, no, line)?;
@@ -46,29 +44,14 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         if t.starts_with("//") {
             continue;
         }
-        if t.contains("{emit_") {
-            table.push(table_entry(&sc, no, t)?);
-        } else if t.starts_with("static const StencilGroup stencil_groups") {
-            if let Some(first) = table_open {
-                return Err(sc.err(no, format!("a second stencil table (first at line {first})")));
-            }
-            table_open = Some(no);
-            in_table = true;
-        } else if in_table && t.starts_with('}') {
-            in_table = false;
-        }
+        table.line(&sc, no, t)?;
     }
-    let Some(table_line) = table_open else {
-        return Err(sc.err(sc.last_line(), "truncated: no stencil table"));
-    };
-    if in_table {
-        return Err(sc.err(sc.last_line(), "truncated: the stencil table is not closed"));
-    }
+    let table_line = table.finish(&sc)?;
     let declared: Vec<Declared<'_>> = stencils
         .iter()
         .map(|s| Declared { name: &s.name, line: s.line, code_size: Some(s.code_size()), data_size: Some(s.data_size()) })
         .collect();
-    cross_check(&sc, &declared, &table, table_line)?;
+    cross_check(&sc, &declared, &table.entries, table_line)?;
     let arch = arch(&sc, &stencils)?;
     Ok(StencilSet {
         path: PathBuf::from(file),

@@ -21,7 +21,7 @@
 use super::cexpr::{is_symbol_name, parse_number, statement};
 use super::listing::{code_disassembly, data_comments, drop_removed_jump, is_code_line};
 use super::scanner::{Body, Comments, Scanner};
-use super::{arch, cross_check, table_entry, Declared, TableEntry};
+use super::{arch, cross_check, Declared, TableEntry, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
 use crate::target::{ObjectFormat, Target, Version};
@@ -53,9 +53,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
     sc.skip_preprocessor = true;
     let mut pending: Vec<Pending<'_>> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut table: Vec<TableEntry> = Vec::new();
-    let mut table_open: Option<usize> = None;
-    let mut in_table = false;
+    let mut table = TableScan::default();
     let mut symbols: Option<SymbolsMap> = None;
     while let Some((no, line)) = sc.next_line() {
         if line.starts_with("emit_") {
@@ -70,29 +68,17 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         if t.starts_with("//") || t.starts_with('#') {
             continue;
         }
-        if t.contains("{emit_") {
-            table.push(table_entry(&sc, no, t)?);
-        } else if t.starts_with("static const StencilGroup stencil_groups") {
-            if let Some(first) = table_open {
-                return Err(sc.err(no, format!("a second stencil table (first at line {first})")));
-            }
-            table_open = Some(no);
-            in_table = true;
-        } else if in_table && t.starts_with('}') {
-            in_table = false;
-        } else if t.starts_with("static") && t.contains("symbols_map[") {
+        if table.line(&sc, no, t)? {
+            continue;
+        }
+        if t.starts_with("static") && t.contains("symbols_map[") {
             if let Some(first) = &symbols {
                 return Err(sc.err(no, format!("a second symbols_map (first at line {})", first.line)));
             }
             symbols = Some(symbols_map(&mut sc, no, t)?);
         }
     }
-    let Some(table_line) = table_open else {
-        return Err(sc.err(sc.last_line(), "truncated: no stencil table"));
-    };
-    if in_table {
-        return Err(sc.err(sc.last_line(), "truncated: the stencil table is not closed"));
-    }
+    let table_line = table.finish(&sc)?;
     let declared: Vec<Declared<'_>> = pending
         .iter()
         .map(|f| Declared {
@@ -102,8 +88,8 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
             data_size: f.data_body.as_ref().map(|b| b.len as u64),
         })
         .collect();
-    cross_check(&sc, &declared, &table, table_line)?;
-    let entries: HashMap<&str, &TableEntry> = table.iter().map(|e| (e.emit.as_str(), e)).collect();
+    cross_check(&sc, &declared, &table.entries, table_line)?;
+    let entries: HashMap<&str, &TableEntry> = table.entries.iter().map(|e| (e.emit.as_str(), e)).collect();
     let mut stencils = Vec::with_capacity(pending.len());
     for f in pending {
         // cross_check saw every function in the table.
