@@ -105,6 +105,17 @@ pub trait Machine: 'static {
     fn resolve(_uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
         target
     }
+    /// Must the instruction in `bytes` at `pc` never run in a stencil
+    /// (privileged, a system call, `hlt`, a trap)? Checked once per code
+    /// offset, before it runs.
+    fn forbidden(_bytes: &[u8], _pc: u64) -> bool {
+        false
+    }
+    /// The emulator refused the instruction in `bytes` at `pc`: invalid, or
+    /// valid code it lacks ([`Fault::Unsupported`])?
+    fn invalid(_bytes: &[u8], _pc: u64) -> Fault {
+        Fault::InvalidInstruction
+    }
     /// A machine's own reading of an emulator error, before the common one.
     fn fault(_e: uc_error) -> Option<Fault> {
         None
@@ -153,8 +164,12 @@ pub struct RunState {
     /// value a relocation site formed and nothing overwrote since: a jump
     /// through one goes where a relocation said. Kept by [`Machine::step`].
     pub formed: u64,
-    /// The patched code, for machines that decode every step.
+    /// The patched code.
     pub code_bytes: Vec<u8>,
+    /// Per code offset: 0 not looked at yet, 1 may run, 2 forbidden ([`Machine::forbidden`]).
+    checked: Vec<u8>,
+    /// The run reached a forbidden instruction here (it did not run it).
+    forbidden_at: Option<u64>,
     /// Per relocation: the instruction objdump listed there (before
     /// patching), when the machine asks for it.
     pub originals: Vec<Vec<u8>>,
@@ -251,6 +266,8 @@ impl<M: Machine> UnicornEngine<M> {
             user_end: M::USER_END,
             formed: 0,
             code_bytes: Vec::new(),
+            checked: Vec::new(),
+            forbidden_at: None,
             originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
@@ -377,7 +394,9 @@ impl<M: Machine> UnicornEngine<M> {
         st.fields = fields;
         st.sites.clear();
         st.formed = 0;
-        st.code_bytes = if M::TRACKS_REGISTERS { image.code.clone() } else { Vec::new() };
+        st.code_bytes = image.code.clone();
+        st.checked = vec![0; image.code.len()];
+        st.forbidden_at = None;
         st.instructions = 0;
         st.last_pc = 0;
         st.left_to = None;
@@ -457,7 +476,11 @@ impl<M: Machine> UnicornEngine<M> {
             uc_error::WRITE_PROT if st.code.contains(&address) => Fault::WriteIntoCode,
             // Padding beside the image: a made-up pointer strayed there.
             uc_error::WRITE_PROT => Fault::Unmappable,
-            uc_error::INSN_INVALID => Fault::InvalidInstruction,
+            uc_error::INSN_INVALID => {
+                let off = pc.wrapping_sub(st.code.start) as usize;
+                let bytes = st.code_bytes.get(off..).unwrap_or_default();
+                M::invalid(&bytes[..bytes.len().min(M::MAX_INSN)], pc)
+            }
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
@@ -490,6 +513,9 @@ impl<M: Machine> Engine for UnicornEngine<M> {
             let here = self.uc.pc_read().unwrap_or(0);
             if debug_trace() {
                 eprintln!("emu_start -> {result:?} pc={here:#x} left_to={:?}", st.left_to);
+            }
+            if let Some(pc) = st.forbidden_at {
+                break RunEnd::Fault { fault: Fault::Forbidden, pc, address: 0 };
             }
             if st.limit_hit {
                 break RunEnd::InstructionLimit { limit: st.limit, pc: here };
@@ -564,6 +590,16 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
     }
     if st.instructions % 4096 == 0 && std::time::Instant::now() > st.deadline {
         st.time_hit = true;
+        let _ = uc.emu_stop();
+        return;
+    }
+    let offset = (addr - st.code.start) as usize;
+    if st.checked[offset] == 0 {
+        let end = st.code_bytes.len().min(offset + M::MAX_INSN);
+        st.checked[offset] = if M::forbidden(&st.code_bytes[offset..end], addr) { 2 } else { 1 };
+    }
+    if st.checked[offset] == 2 {
+        st.forbidden_at = Some(addr);
         let _ = uc.emu_stop();
         return;
     }
