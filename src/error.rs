@@ -31,12 +31,49 @@ impl Refusal {
     }
 }
 
+/// Longest text quoted (between backticks) in a message, in characters.
+pub const MAX_QUOTE: usize = 120;
+/// Longest message, in characters.
+pub const MAX_MESSAGE: usize = 1000;
+
+/// `s` cut to at most `max` characters, an ellipsis marking the cut.
+pub fn excerpt(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A message made readable: every backtick-quoted piece (a line of the
+/// input, a token) cut to [`MAX_QUOTE`] characters, the whole to
+/// [`MAX_MESSAGE`]: a 16 MB line is not echoed into an error.
+pub fn shorten(message: String) -> String {
+    let quoted_too_long = message.split('`').skip(1).step_by(2).any(|q| q.chars().count() > MAX_QUOTE);
+    let message = if quoted_too_long {
+        message
+            .split('`')
+            .enumerate()
+            .map(|(i, part)| if i % 2 == 1 { excerpt(part, MAX_QUOTE) } else { part.to_string() })
+            .collect::<Vec<_>>()
+            .join("`")
+    } else {
+        message
+    };
+    if message.chars().count() > MAX_MESSAGE {
+        excerpt(&message, MAX_MESSAGE)
+    } else {
+        message
+    }
+}
+
 impl BadInput {
     pub fn at_line(path: impl fmt::Display, line: usize, message: impl Into<String>) -> BadInput {
-        BadInput { location: format!("{path}:{line}"), message: message.into(), kind: Refusal::BadInput }
+        BadInput { location: format!("{path}:{line}"), message: shorten(message.into()), kind: Refusal::BadInput }
     }
     pub fn in_file(path: impl fmt::Display, message: impl Into<String>) -> BadInput {
-        BadInput { location: path.to_string(), message: message.into(), kind: Refusal::BadInput }
+        BadInput { location: path.to_string(), message: shorten(message.into()), kind: Refusal::BadInput }
     }
     /// A valid input this stencilcheck cannot handle (exit 3).
     pub fn unsupported(path: impl fmt::Display, what: &crate::target::Unsupported) -> BadInput {
@@ -48,17 +85,43 @@ impl BadInput {
         offset: u64,
         message: impl Into<String>,
     ) -> BadInput {
-        BadInput { location: format!("{path}: {section}+{offset:#x}"), message: message.into(), kind: Refusal::BadInput }
+        BadInput {
+            location: format!("{path}: {}+{offset:#x}", excerpt(section, MAX_QUOTE)),
+            message: shorten(message.into()),
+            kind: Refusal::BadInput,
+        }
     }
 }
 
 impl fmt::Display for BadInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One line, always: newlines in a message would break CI log greps.
-        write!(f, "{}: {}", self.location, self.message.replace('\n', " "))
+        write!(f, "{}: {}", self.location, shorten(self.message.replace('\n', " ")))
     }
 }
 
 impl std::error::Error for BadInput {}
 
 pub type Result<T, E = BadInput> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_quotes_are_cut_to_a_readable_excerpt() {
+        let line = "x".repeat(16 << 20);
+        let e = BadInput::at_line("h.h", 7, format!("malformed statement `{line}` here"));
+        assert!(e.message.starts_with("malformed statement `xxx"), "{}", &e.message[..40]);
+        assert!(e.message.ends_with("…` here"), "{}", e.message);
+        assert_eq!(e.message.chars().count(), "malformed statement `` here".len() + MAX_QUOTE);
+        // Short quotes and unquoted messages are left alone; a huge unquoted
+        // one is cut whole; Display cuts what a struct literal built.
+        assert_eq!(BadInput::in_file("f", "bad `x`").to_string(), "f: bad `x`");
+        assert_eq!(BadInput::in_file("f", "y".repeat(5000)).message.chars().count(), MAX_MESSAGE);
+        let raw = BadInput { location: "f".into(), message: "z".repeat(5000), kind: Refusal::BadInput };
+        assert!(raw.to_string().chars().count() <= MAX_MESSAGE + 3);
+        // Multi-byte characters are cut on a character boundary.
+        assert!(excerpt(&"é".repeat(200), 10).ends_with("é…"));
+    }
+}

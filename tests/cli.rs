@@ -286,3 +286,117 @@ fn unsupported_and_bad_input_have_their_own_exit_codes() {
     assert_eq!(e.kind.exit_code(), 3);
     assert_eq!(e.to_string(), "x.h: relocation R_AARCH64_CALL26 is not supported for x86_64 ELF CPython 3.13");
 }
+
+// ---- bounded work: special files, endless files, huge lines ----
+
+/// Run with a deadline: a blocked or runaway process is killed and fails the test.
+fn stencilcheck_within(args: &[&str], secs: u64) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run stencilcheck");
+    let start = std::time::Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > std::time::Duration::from_secs(secs) {
+            child.kill().ok();
+            let o = child.wait_with_output().expect("output");
+            panic!("stencilcheck {args:?} still running after {secs} s: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn special_files_are_refused_not_read() {
+    for dev in ["/dev/zero", "/dev/null"] {
+        let o = stencilcheck_within(&["verify", dev], 10);
+        let line = assert_bad_input(&o);
+        assert!(line.contains(dev) && line.contains("character device"), "{line}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("fifo.h");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let o = stencilcheck_within(&["verify", fifo.to_str().unwrap()], 10);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("fifo.h") && line.contains("FIFO"), "{line}");
+    // diff reads its inputs the same way.
+    let o = stencilcheck_within(&["diff", fifo.to_str().unwrap(), "/dev/zero"], 10);
+    assert_bad_input(&o);
+}
+
+#[test]
+fn a_header_over_the_size_limit_is_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("huge.h");
+    let f = std::fs::File::create(&p).unwrap();
+    f.set_len((256 << 20) + 1).unwrap(); // sparse
+    let o = stencilcheck_within(&["verify", p.to_str().unwrap()], 10);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("huge.h") && line.contains("limit"), "{line}");
+}
+
+#[test]
+fn a_huge_bad_line_is_quoted_as_a_short_excerpt() {
+    let good = std::fs::read_to_string(fixture("good.h")).unwrap();
+    // A 16 MB statement inside the first function.
+    let at = good.find("    memcpy(").expect("a memcpy");
+    let mut text = good[..at].to_string();
+    text.push_str("    bogus(");
+    text.push_str(&"x".repeat(16 << 20));
+    text.push_str(");\n");
+    text.push_str(&good[at..]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("long.h");
+    std::fs::write(&p, text).unwrap();
+    let o = stencilcheck_within(&["verify", p.to_str().unwrap()], 30);
+    let line = assert_bad_input(&o);
+    assert!(line.contains("long.h:"), "{line}");
+    assert!(line.len() < 400 + p.to_str().unwrap().len(), "{} bytes: {}", line.len(), &line[..400.min(line.len())]);
+    assert!(line.contains('…'), "{line}");
+}
+
+/// good.h with `edit` applied (text replaced once), verified at one placement.
+fn verify_edited(from: &str, to: &str) -> (u8, String) {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.h")).unwrap();
+    assert_eq!(text.matches(from).count(), 1, "{from}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.h");
+    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn a_hole_without_its_relocation_comment_pointed_at_the_wrong_slot_is_flagged_at_one_placement() {
+    // The continuation jump's relocation comment is gone and its hole reads
+    // the error target's slot instead: nothing runs it at every placement,
+    // but the accounting sees a hole that writes no relocation's field.
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.h")).unwrap();
+    let edited = text
+        .replacen("    // 000000000000001e:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n", "", 1)
+        .replacen("patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0xc);", "patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0x14);", 1);
+    assert_ne!(edited, text);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edited.h");
+    std::fs::write(&path, edited).unwrap();
+    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("[unaccounted]") && out.contains("holds no relocation's field"), "{out}");
+}
+
+#[test]
+fn a_code_hole_moved_by_one_two_or_three_bytes_is_flagged_at_one_placement() {
+    for to in ["code + 0x9,", "code + 0xa,", "code + 0xb,"] {
+        let (code, out) = verify_edited("patch_32r(code + 0x8,", &format!("patch_32r({to}"));
+        assert_eq!(code, 1, "{to}: {out}");
+        assert!(out.contains("[unaccounted]"), "{to}: {out}");
+        assert!(out.contains("is written by no hole"), "{to}: {out}");
+    }
+}

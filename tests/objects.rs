@@ -205,3 +205,262 @@ fn every_corpus_hole_moved_is_a_finding() {
     }
     assert!(missed.is_empty(), "moved holes nobody noticed: {missed:#?}");
 }
+
+// ---- Loaders that never drop data silently, and bounded work ----
+
+/// The objects to damage: CPython's own when built here, else the corpus.
+fn objects_to_damage() -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut dirs: Vec<std::path::PathBuf> = ["x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"]
+        .iter()
+        .map(|t| Path::new("/tmp/cpython-stencils/3.13.5").join(t).join("objs"))
+        .filter(|d| d.is_dir())
+        .collect();
+    if dirs.is_empty() {
+        dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu"));
+    }
+    let mut out = Vec::new();
+    for d in dirs {
+        let mut paths: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        paths.sort();
+        for p in paths.into_iter().filter(|p| p.extension().is_some_and(|x| x == "o")) {
+            let bytes = std::fs::read(&p).unwrap();
+            out.push((p, bytes));
+        }
+    }
+    out
+}
+
+fn u16_at(b: &[u8], at: usize) -> usize {
+    u16::from_le_bytes(b[at..at + 2].try_into().unwrap()) as usize
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// (file offset of its header, sh_type, sh_offset, sh_size) of every section.
+fn section_headers(b: &[u8]) -> Vec<(usize, u32, usize, usize)> {
+    let (shoff, shnum) = (u64_at(b, 0x28) as usize, u16_at(b, 0x3c));
+    (0..shnum)
+        .map(|i| {
+            let h = shoff + i * 64;
+            (h, u32_at(b, h + 4), u64_at(b, h + 24) as usize, u64_at(b, h + 32) as usize)
+        })
+        .collect()
+}
+
+/// The header offset of the object's first `SHT_RELA` section (`.rela.text`).
+fn rela_text_header(b: &[u8]) -> (usize, usize, usize) {
+    section_headers(b)
+        .into_iter()
+        .find(|&(_, t, _, _)| t == 4)
+        .map(|(h, _, off, size)| (h, off, size))
+        .expect("a relocation section")
+}
+
+/// A corpus object damaged by `f`, written out, verified: exit 2, one line
+/// naming the object, `.rela.text` and its header's offset.
+fn assert_damage_refused(what: &str, f: impl Fn(&mut Vec<u8>, usize)) {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let mut bytes = std::fs::read(corpus.join("load_oparg.o")).unwrap();
+    let (h, _, _) = rela_text_header(&bytes);
+    f(&mut bytes, h);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("damaged.o");
+    std::fs::write(&p, &bytes).unwrap();
+    let o = stencilcheck(&["verify", p.to_str().unwrap(), "--placements", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o));
+    assert_eq!(err.lines().count(), 1, "{what}: {err}");
+    assert!(err.contains("damaged.o") && err.contains(".rela.text") && err.contains(&format!("{h:#x}")), "{what}: {err}");
+}
+
+#[test]
+fn a_relocation_section_with_its_link_out_of_range_is_refused() {
+    assert_damage_refused("sh_link 200", |b, h| b[h + 40..h + 44].copy_from_slice(&200u32.to_le_bytes()));
+    // A section that exists but is not the symbol table.
+    assert_damage_refused("sh_link 1", |b, h| b[h + 40..h + 44].copy_from_slice(&1u32.to_le_bytes()));
+}
+
+#[test]
+fn a_relocation_section_past_the_end_of_the_file_is_refused() {
+    assert_damage_refused("sh_offset past the end", |b, h| {
+        let past = b.len() as u64 + 0x100;
+        b[h + 24..h + 32].copy_from_slice(&past.to_le_bytes())
+    });
+    assert_damage_refused("sh_size past the end", |b, h| {
+        let huge = 24u64 << 20;
+        b[h + 32..h + 40].copy_from_slice(&huge.to_le_bytes())
+    });
+}
+
+#[test]
+fn a_truncated_relocation_section_is_refused() {
+    // sh_size cut to a partial entry, or the entry size lying about its type.
+    assert_damage_refused("sh_size 24k+7", |b, h| {
+        let size = u64_at(b, h + 32) - 17;
+        b[h + 32..h + 40].copy_from_slice(&size.to_le_bytes())
+    });
+    assert_damage_refused("sh_entsize 16", |b, h| b[h + 56..h + 64].copy_from_slice(&16u64.to_le_bytes()));
+    assert_damage_refused("sh_info 0", |b, h| b[h + 44..h + 48].copy_from_slice(&0u32.to_le_bytes()));
+    assert_damage_refused("sh_type PROGBITS", |b, h| b[h + 4..h + 8].copy_from_slice(&1u32.to_le_bytes()));
+}
+
+/// Single-byte mutations of the real objects' section header tables and
+/// relocation sections: every mutant loads with all its relocations (the
+/// original number; a mutated entry may read differently) or is refused.
+/// Never fewer relocations, never a panic.
+#[test]
+fn mutated_section_headers_and_relocations_never_lose_relocations() {
+    use rand::{Rng, SeedableRng};
+    use stencilcheck::load::{elf, object};
+    let objects = objects_to_damage();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0x5eed);
+    let (mut same, mut changed, mut refused, mut fewer, mut panics) = (0, 0, 0, Vec::new(), Vec::new());
+    let relocs_of = |raw: &object::RawObject| -> Vec<String> { raw.relocs.iter().map(|r| format!("{r:?}")).collect() };
+    const MUTANTS: usize = 3000;
+    for k in 0..MUTANTS {
+        let (path, bytes) = &objects[rng.gen_range(0..objects.len())];
+        let original = relocs_of(&elf::read("x.o", bytes).expect("the original loads"));
+        let headers = section_headers(bytes);
+        let at = if k % 2 == 0 {
+            let shoff = u64_at(bytes, 0x28) as usize;
+            shoff + rng.gen_range(0..headers.len() * 64)
+        } else {
+            let relas: Vec<_> = headers.iter().filter(|h| h.1 == 4 && h.3 > 0).collect();
+            let (_, _, off, size) = relas[rng.gen_range(0..relas.len())];
+            off + rng.gen_range(0..*size)
+        };
+        let mut mutant = bytes.clone();
+        mutant[at] ^= rng.gen_range(1..=255u8);
+        let result = std::panic::catch_unwind(|| {
+            elf::read("m.o", &mutant).map(|raw| {
+                let _ = object::build("m", &raw);
+                raw
+            })
+        });
+        match result {
+            Err(_) => panics.push(format!("{} byte {at:#x}", path.display())),
+            Ok(Err(_)) => refused += 1,
+            Ok(Ok(raw)) => {
+                let got = relocs_of(&raw);
+                if got.len() < original.len() {
+                    fewer.push(format!("{} byte {at:#x}: {} of {} relocations", path.display(), got.len(), original.len()));
+                } else if got == original {
+                    same += 1;
+                } else {
+                    changed += 1;
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{MUTANTS} mutants of {} objects: {same} load the original relocations, {changed} load as many (an entry reads differently), {refused} refused, {} fewer, {} panics",
+        objects.len(),
+        fewer.len(),
+        panics.len()
+    );
+    assert!(panics.is_empty(), "panics: {panics:#?}");
+    assert!(fewer.is_empty(), "relocations lost silently: {fewer:#?}");
+}
+
+/// A 928-byte object whose `.text` claims 16 MiB of `SHT_NOBITS` zeros is
+/// refused at once (it took minutes and gigabytes when emulated).
+#[test]
+fn a_huge_nobits_text_is_refused_quickly() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let mut bytes = std::fs::read(corpus.join("load_oparg.o")).unwrap();
+    let shstrndx = u16_at(&bytes, 0x3e);
+    let headers = section_headers(&bytes);
+    let strtab = headers[shstrndx].2;
+    let text_h = headers
+        .iter()
+        .find(|(h, ..)| {
+            let name = u32_at(&bytes, *h) as usize;
+            bytes[strtab + name..].starts_with(b".text\0")
+        })
+        .unwrap()
+        .0;
+    bytes[text_h + 4..text_h + 8].copy_from_slice(&8u32.to_le_bytes()); // SHT_NOBITS
+    bytes[text_h + 32..text_h + 40].copy_from_slice(&(16u64 << 20).to_le_bytes());
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("nobits.o");
+    std::fs::write(&p, &bytes).unwrap();
+    let start = std::time::Instant::now();
+    let o = stencilcheck(&["verify", p.to_str().unwrap(), "--placements", "64"]);
+    assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", start.elapsed());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("nobits.o") && err.contains(".text") && err.contains("limit"), "{err}");
+    // The limit itself is accepted, one byte more is not.
+    let limit = stencilcheck::load::MAX_BODY as u64;
+    bytes[text_h + 32..text_h + 40].copy_from_slice(&limit.to_le_bytes());
+    assert!(stencilcheck::load::elf::read("at-limit.o", &bytes).is_ok());
+    bytes[text_h + 32..text_h + 40].copy_from_slice(&(limit + 1).to_le_bytes());
+    assert!(stencilcheck::load::elf::read("over.o", &bytes).is_err());
+}
+
+#[test]
+fn an_object_file_over_the_size_limit_is_refused_unread() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("big.o");
+    std::fs::copy(corpus.join("load_oparg.o"), &p).unwrap();
+    // Sparse: costs no disk.
+    std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len((64 << 20) + 1).unwrap();
+    let o = stencilcheck(&["verify", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("big.o"), "{}", text(&o));
+    // In a directory too.
+    let o = stencilcheck(&["verify", tmp.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("big.o") && String::from_utf8_lossy(&o.stderr).contains("limit"), "{}", text(&o));
+}
+
+// ---- Gates that cannot pass vacuously: directories ----
+
+fn assert_dir_refused(dir: &Path, naming: &str) {
+    let o = stencilcheck(&["verify", dir.to_str().unwrap(), "--placements", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(naming), "does not name {naming}: {err}");
+}
+
+#[test]
+fn directory_entries_that_are_not_objects_are_refused_not_skipped() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/x86_64-unknown-linux-gnu");
+    let with_good = || {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(corpus.join("load_oparg.o"), d.path().join("good.o")).unwrap();
+        d
+    };
+    // Empty.
+    let d = tempfile::tempdir().unwrap();
+    assert_dir_refused(d.path(), "no object files");
+    // A dangling symlink.
+    let d = with_good();
+    std::os::unix::fs::symlink("/nonexistent/stencilcheck.o", d.path().join("gone.o")).unwrap();
+    assert_dir_refused(d.path(), "gone.o");
+    // A directory named x.o.
+    let d = with_good();
+    std::fs::create_dir(d.path().join("x.o")).unwrap();
+    assert_dir_refused(d.path(), "x.o");
+    // A FIFO named x.o (would block a reader).
+    let d = with_good();
+    let fifo = d.path().join("pipe.o");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    assert_dir_refused(d.path(), "pipe.o");
+}
+
+#[test]
+fn a_directory_with_more_objects_than_the_limit_is_refused_before_reading_them() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..=stencilcheck::load::MAX_STENCILS {
+        std::fs::File::create(d.path().join(format!("s{i}.o"))).unwrap();
+    }
+    assert_dir_refused(d.path(), "limit");
+}

@@ -49,7 +49,7 @@ pub fn loader_lines(raw: &RawObject) -> BTreeSet<(String, String)> {
 /// Check one object file.
 pub fn check_file(tool: &str, path: &Path) -> Result<usize, BadInput> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
+    let bytes = super::read_limited(path, super::MAX_OBJECT_FILE)?;
     let raw = super::elf::read(&shown, &bytes)?;
     let out = Command::new(tool)
         .arg("-r")
@@ -88,7 +88,7 @@ fn object_files(set: &StencilSet) -> Result<(Vec<PathBuf>, Option<tempdir::Dir>)
     if set.path.is_dir() {
         return Ok((set.stencils.iter().map(|s| set.path.join(format!("{}.o", s.name))).collect(), None));
     }
-    let bytes = std::fs::read(&set.path).unwrap_or_default();
+    let bytes = super::read_limited(&set.path, super::MAX_OBJECT_FILE).unwrap_or_default();
     if super::InputKind::sniff(&bytes) == super::InputKind::Elf {
         return Ok((vec![set.path.clone()], None));
     }

@@ -6,6 +6,12 @@
 //! COFF). ELF objects load (`elf.rs` → `object.rs`); a directory means every
 //! `*.o` in it, one stencil each, named by file stem. Mach-O and COFF are
 //! refused for now (a reader producing `object::RawObject` is all they need).
+//!
+//! Bounded and never vacuous: files are read with a limit ([`MAX_HEADER_FILE`],
+//! [`MAX_OBJECT_FILE`]), special files (FIFOs, devices, sockets) are refused
+//! before they are read, bodies are capped at [`MAX_BODY`] and inputs at
+//! [`MAX_STENCILS`]; in a directory, every `*.o` entry must be a readable
+//! regular file and at least one must exist. Each is exit 2 naming the file.
 
 pub mod crosscheck;
 pub mod elf;
@@ -14,7 +20,21 @@ pub mod object;
 
 use crate::error::BadInput;
 use crate::model::StencilSet;
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Largest input file read: a `jit_stencils.h` (3.13.5's is ~3 MiB).
+pub const MAX_HEADER_FILE: u64 = 256 << 20;
+/// Largest object file read (3.13.5's are a few KiB each).
+pub const MAX_OBJECT_FILE: u64 = 64 << 20;
+/// Largest code or data body of one stencil, in either loader: 16 KiB, 28
+/// times CPython 3.13.5's largest (576 bytes of code). Work grows with it:
+/// 64 placements of 16 KiB of zeros take ~3 s, of 64 KiB ~13 s, of 1 MiB
+/// ~95 s (a 928-byte object claiming a 16 MiB `SHT_NOBITS` `.text` took
+/// 121 s and 2.2 GB before this limit).
+pub const MAX_BODY: usize = 16 << 10;
+/// Most stencils in one input (CPython has a few hundred uops).
+pub const MAX_STENCILS: usize = 10_000;
 
 /// What an input looks like, judged from its first bytes and its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +93,78 @@ fn looks_like_header(text: &str) -> bool {
 /// Read `path` and load whatever it holds.
 pub fn load_path(path: &Path) -> Result<StencilSet, BadInput> {
     let shown = path.display().to_string();
-    if path.is_dir() {
-        return load_dir(path);
+    let meta = std::fs::metadata(path).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
+    let set = if meta.is_dir() {
+        load_dir(path)?
+    } else {
+        let bytes = read_limited(path, MAX_HEADER_FILE)?;
+        load_bytes(path, &bytes)?
+    };
+    check_count(&shown, &set)?;
+    Ok(set)
+}
+
+/// At most [`MAX_STENCILS`] stencils.
+fn check_count(shown: &str, set: &StencilSet) -> Result<(), BadInput> {
+    if set.stencils.len() > MAX_STENCILS {
+        return Err(BadInput::in_file(shown, format!("{} stencils, more than the limit of {MAX_STENCILS}", set.stencils.len())));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
-    load_bytes(path, &bytes)
+    Ok(())
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_type_name(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Read a regular file of at most `limit` bytes. Special files (FIFOs,
+/// devices, sockets) are refused before they are opened for reading (and
+/// the file is opened non-blocking, checked again once open, so a FIFO
+/// swapped in between cannot block us); a file growing past `limit` while
+/// being read is refused without reading more than `limit + 1` bytes.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, BadInput> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let shown = path.display().to_string();
+    let cannot = |e: std::io::Error| BadInput::in_file(&shown, format!("cannot read: {e}"));
+    let special = |t: std::fs::FileType| BadInput::in_file(&shown, format!("cannot read: {}, not a regular file", file_type_name(t)));
+    let too_large = |n: u64| BadInput::in_file(&shown, format!("{n} bytes or more, larger than the limit of {limit} bytes"));
+    let meta = std::fs::metadata(path).map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(special(meta.file_type()));
+    }
+    if meta.len() > limit {
+        return Err(too_large(meta.len()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(special(meta.file_type()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > limit {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
 }
 
 /// Load an input already in memory; `path` is used for messages and
@@ -92,7 +178,15 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             set.path = path.to_path_buf();
             Ok(set)
         }
-        InputKind::Elf => load_objects(path, &[(path.to_path_buf(), bytes.to_vec())]),
+        InputKind::Elf => {
+            if bytes.len() as u64 > MAX_OBJECT_FILE {
+                return Err(BadInput::in_file(
+                    &shown,
+                    format!("{} bytes, larger than the limit of {MAX_OBJECT_FILE} bytes for an object", bytes.len()),
+                ));
+            }
+            load_objects(path, &[(path.to_path_buf(), bytes.to_vec())])
+        }
         InputKind::MachO | InputKind::Coff => Err(BadInput {
             kind: crate::error::Refusal::Unsupported,
             ..BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet")
@@ -143,19 +237,29 @@ pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) 
     Ok(StencilSet { path: set_path.to_path_buf(), target: crate::target::Target::elf(arch), stencils, symbols_map: Vec::new() })
 }
 
-/// A directory of `*.o`: one stencil per object, sorted by name.
+/// A directory of `*.o`: one stencil per object, sorted by name. Nothing
+/// is skipped silently: an entry that cannot be read, or a `*.o` that is
+/// not a readable regular file (a dangling symlink, a FIFO, a directory),
+/// refuses the directory naming the entry; so does a directory without any
+/// `*.o`. Other names (`notes.txt`) are not objects and are left alone.
 pub fn load_dir(dir: &Path) -> Result<StencilSet, BadInput> {
     let shown = dir.display().to_string();
     let entries = std::fs::read_dir(dir).map_err(|e| BadInput::in_file(&shown, format!("cannot read: {e}")))?;
-    let mut paths: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "o"))
-        .collect();
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| BadInput::in_file(&shown, format!("cannot read a directory entry: {e}")))?;
+        let p = entry.path();
+        if p.extension().is_some_and(|x| x == "o") {
+            if paths.len() >= MAX_STENCILS {
+                return Err(BadInput::in_file(&shown, format!("more than {MAX_STENCILS} objects (*.o), the limit")));
+            }
+            paths.push(p);
+        }
+    }
     paths.sort();
     let mut objects = Vec::new();
     for p in paths {
-        let bytes = std::fs::read(&p)
-            .map_err(|e| BadInput::in_file(p.display(), format!("cannot read: {e}")))?;
+        let bytes = read_limited(&p, MAX_OBJECT_FILE)?;
         objects.push((p, bytes));
     }
     load_objects(dir, &objects)

@@ -9,8 +9,8 @@ use super::cexpr::parse_number;
 use crate::error::BadInput;
 use crate::model::EmitOp;
 
-/// Largest body length we accept (a real stencil is a few KiB).
-pub(super) const MAX_BODY: usize = 1 << 24;
+/// Largest body length we accept (a real stencil is a few KiB; see `load::MAX_BODY`).
+pub(super) const MAX_BODY: usize = crate::load::MAX_BODY;
 
 /// `(line, text after // trimmed)`.
 pub(super) type Comments<'a> = Vec<(usize, &'a str)>;
