@@ -665,6 +665,18 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
         actual: None,
     };
     let at = |pc: u64| format!("code+{:#x}", offset(pc));
+    // The instruction at `pc` as the stencil has it (a forbidden or
+    // unsupported one is no relocation site: patching left it alone).
+    let instruction = |pc: u64| {
+        let off = offset(pc) as usize;
+        let info = on.info();
+        match stencil.code.get(off..) {
+            Some(rest) if !rest.is_empty() => {
+                info.format_instruction(&rest[..rest.len().min(info.max_instruction_len())], pc)
+            }
+            _ => format!("{pc:#x}"),
+        }
+    };
     for call in &trace.calls {
         // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
         if call.sp % 16 != abi.call_sp_mod16 {
@@ -699,6 +711,23 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                 ExitKind::AfterNoReturnCall => true,
                 _ => *computed || allowed_exits(on, stencil, placement).iter().any(|(v, _)| v == target),
             };
+            // A computed target no code can be at: outside user space
+            // (non-canonical included) or in the NULL page. Made-up memory
+            // leads there too (the 3.13.5 headers do), so it says nothing
+            // about the stencil; a relocation's target there is a BadExit.
+            let user = on.info().user_space();
+            let nowhere = *target >= user.end || *target < crate::execute::NULL_PAGE_END;
+            if allowed && *computed && *kind == ExitKind::Jump && nowhere {
+                let why = format!(
+                    "{kind:?} at {} left for {target:#x}, where no code can be (a computed target: made-up memory may have led there)",
+                    at(*from)
+                );
+                if strict {
+                    out.findings.push(plain(FindingKind::BadExit, Some(*from), why));
+                } else {
+                    out.inconclusive = Some(why);
+                }
+            }
             if !allowed {
                 let l = label(stencil, placement, *target);
                 let named = if l.is_empty() { String::new() } else { format!(" ({l})") };
@@ -734,12 +763,24 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                 ),
             );
         }
+        RunEnd::Fault { fault: Fault::Unsupported, pc, .. } => {
+            inconclusive(
+                FindingKind::Fault,
+                format!("Unicorn cannot run `{}` (at {}): valid code the emulator lacks", instruction(*pc), at(*pc)),
+            );
+        }
         RunEnd::Fault { fault, pc, address } => {
             let what = match fault {
                 Fault::WriteIntoCode => format!("wrote into code at {address:#x}"),
                 Fault::WriteIntoData => format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data)),
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
-                Fault::Unmappable | Fault::MemoryBudget | Fault::Other => "faulted in the emulator".to_string(),
+                Fault::Forbidden => format!(
+                    "reached `{}`, which no stencil may execute (privileged, a system call, a halt or a trap)",
+                    instruction(*pc)
+                ),
+                Fault::Unmappable | Fault::MemoryBudget | Fault::Other | Fault::Unsupported => {
+                    "faulted in the emulator".to_string()
+                }
             };
             out.findings.push(plain(FindingKind::Fault, Some(*pc), format!("at {} {what}", at(*pc))));
         }

@@ -2,7 +2,8 @@
 //!
 //! place → patch → execute (static, then a run) → judge, merged per stencil.
 //!
-//! Stencils are shared out to worker threads (one emulator each); results are
+//! Stencils are shared out to worker threads (one engine each, every run from
+//! an identical emulator state, so which worker ran what before never shows); results are
 //! put back in file order, so the report never depends on thread timing.
 
 use crate::error::BadInput;

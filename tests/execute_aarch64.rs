@@ -468,8 +468,13 @@ fn a_relaxation_that_forms_the_wrong_value_is_judged() {
 
 #[test]
 fn an_instruction_trap_is_a_fault() {
-    // brk #0x1 inside the code.
+    // brk #0x1 inside the code: a trap no stencil may reach (named by the judge).
     let s = raw("_BRK", &[0xd420_0020, PAD]);
+    let p = placed(&s, 1, 0);
+    let (_, trace) = run(&mut engine(), &s, &p);
+    assert!(matches!(trace.end, Some(RunEnd::Fault { fault: Fault::Forbidden, .. })), "{:?}", trace.end);
+    // udf #0: an undefined instruction.
+    let s = raw("_UDF", &[0x0000_0000, 0xd503_201f]);
     let p = placed(&s, 1, 0);
     let (_, trace) = run(&mut engine(), &s, &p);
     assert!(matches!(trace.end, Some(RunEnd::Fault { fault: Fault::InvalidInstruction, .. })), "{:?}", trace.end);

@@ -1,4 +1,4 @@
-//! The architecture-neutral Unicorn engine: one emulator reused for every run,
+//! The architecture-neutral Unicorn engine: every run from the same pristine state,
 //! made-up memory mapped on demand, externs stubbed, budgets enforced.
 //!
 //! The run loop: map code and data (read+execute, never writable), enter with
@@ -22,7 +22,7 @@ use crate::patch::Image;
 use crate::place::{splitmix, Placement, PAGE};
 use std::ops::Range;
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
-use unicorn_engine::Unicorn;
+use unicorn_engine::{Context, Unicorn};
 
 /// How leaving the code at the last instruction is to be taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,6 +105,17 @@ pub trait Machine: 'static {
     fn resolve(_uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
         target
     }
+    /// Must the instruction in `bytes` at `pc` never run in a stencil
+    /// (privileged, a system call, `hlt`, a trap)? Checked once per code
+    /// offset, before it runs.
+    fn forbidden(_bytes: &[u8], _pc: u64) -> bool {
+        false
+    }
+    /// The emulator refused the instruction in `bytes` at `pc`: invalid, or
+    /// valid code it lacks ([`Fault::Unsupported`])?
+    fn invalid(_bytes: &[u8], _pc: u64) -> Fault {
+        Fault::InvalidInstruction
+    }
     /// A machine's own reading of an emulator error, before the common one.
     fn fault(_e: uc_error) -> Option<Fault> {
         None
@@ -153,8 +164,12 @@ pub struct RunState {
     /// value a relocation site formed and nothing overwrote since: a jump
     /// through one goes where a relocation said. Kept by [`Machine::step`].
     pub formed: u64,
-    /// The patched code, for machines that decode every step.
+    /// The patched code.
     pub code_bytes: Vec<u8>,
+    /// Per code offset: 0 not looked at yet, 1 may run, 2 forbidden ([`Machine::forbidden`]).
+    checked: Vec<u8>,
+    /// The run reached a forbidden instruction here (it did not run it).
+    forbidden_at: Option<u64>,
     /// Per relocation: the instruction objdump listed there (before
     /// patching), when the machine asks for it.
     pub originals: Vec<Vec<u8>>,
@@ -168,11 +183,42 @@ impl RunState {
 
 const SITE_OBSERVATION_CAP: u16 = 8;
 
-/// A Unicorn engine for one machine. One per thread; it reuses one emulator
-/// for every run, mapping and unmapping only what each run needs.
+/// Runs one emulator makes before a new one replaces it: a new emulator per
+/// run costs about 40% of the throughput, one per 16 runs a few percent,
+/// and memory stays flat however many runs a stencil has.
+pub const RUNS_PER_EMULATOR: u32 = 16;
+
+/// Bytes of translated host code one emulator may hold. Unicorn's default
+/// (1 GiB) costs time to set up and tear down per emulator; one run
+/// translates a few KiB, and a full buffer is only flushed, never an error.
+const TCG_BUFFER_SIZE: u32 = TCG_BUFFER_MIB << 20;
+const TCG_BUFFER_MIB: u32 = 4;
+
+/// `uc_ctl_set_tcg_buffer_size`, which the Rust binding lacks. Must come
+/// before anything initializes the machine.
+fn set_tcg_buffer_size(uc: &mut Unicorn<'static, RunState>, size: u32) -> Result<(), String> {
+    use unicorn_engine::unicorn_const::{uc_ctl, ControlType};
+    let control = ControlType(ControlType::TCG_BUFFER_SIZE.0 | (1 << 26) | ControlType::IO_WRITE.0);
+    // SAFETY: a live handle; the control takes one uint32_t argument.
+    let e = unsafe { uc_ctl(uc.get_handle(), control, size) };
+    if e == uc_error::OK {
+        Ok(())
+    } else {
+        Err(format!("TCG buffer size: {e:?}"))
+    }
+}
+
+/// A Unicorn engine for one machine. One per thread; every run starts from an
+/// identical emulator (see [`UnicornEngine::reset`]), mapping only what each run needs.
 pub struct UnicornEngine<M: Machine> {
     uc: Unicorn<'static, RunState>,
+    /// The CPU state of a new emulator.
+    pristine: Context,
+    /// Runs made on `uc`.
+    runs: u32,
     convention: Convention,
+    /// The instruction budget of a run.
+    limit: u64,
     /// Regions mapped for the current run (code, data).
     fixed: Vec<(u64, u64)>,
     machine: std::marker::PhantomData<M>,
@@ -180,6 +226,21 @@ pub struct UnicornEngine<M: Machine> {
 
 impl<M: Machine> UnicornEngine<M> {
     pub fn new(convention: Convention, limit: u64) -> Result<UnicornEngine<M>, String> {
+        let (uc, pristine) = Self::emulator(limit)?;
+        Ok(UnicornEngine {
+            uc,
+            pristine,
+            runs: 0,
+            convention,
+            limit,
+            fixed: Vec::new(),
+            machine: std::marker::PhantomData,
+        })
+    }
+
+    /// A new emulator, hooks installed, nothing mapped, and its CPU state
+    /// as it starts (what every run restores).
+    fn emulator(limit: u64) -> Result<(Unicorn<'static, RunState>, Context), String> {
         let state = RunState {
             code: 0..0,
             maybe_site: Vec::new(),
@@ -205,10 +266,13 @@ impl<M: Machine> UnicornEngine<M> {
             user_end: M::USER_END,
             formed: 0,
             code_bytes: Vec::new(),
+            checked: Vec::new(),
+            forbidden_at: None,
             originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
             .map_err(|e| format!("cannot start Unicorn {}: {e:?}", M::NAME))?;
+        set_tcg_buffer_size(&mut uc, TCG_BUFFER_SIZE)?;
         M::init(&mut uc)?;
         uc.add_code_hook(1, 0, on_instruction::<M>).map_err(|e| format!("code hook: {e:?}"))?;
         uc.add_mem_hook(HookType::MEM_READ_UNMAPPED | HookType::MEM_WRITE_UNMAPPED, 1, 0, on_unmapped)
@@ -218,15 +282,29 @@ impl<M: Machine> UnicornEngine<M> {
             false
         })
         .map_err(|e| format!("memory hook: {e:?}"))?;
-        Ok(UnicornEngine { uc, convention, fixed: Vec::new(), machine: std::marker::PhantomData })
+        let pristine = uc.context_init().map_err(|e| format!("CPU context: {e:?}"))?;
+        Ok((uc, pristine))
     }
 
     pub fn convention(&self) -> &Convention {
         &self.convention
     }
 
-    /// Unmap everything the previous run mapped.
-    fn reset(&mut self) {
+    /// Start every run from the same state: nothing of the previous run
+    /// (registers, flags, SIMD and system state, mappings, translated code,
+    /// hook state) survives. Every [`RUNS_PER_EMULATOR`] runs the emulator
+    /// is replaced by a new one (QEMU keeps bookkeeping for every mapping
+    /// ever made, and only closing the emulator frees it); in between, the
+    /// pristine CPU context is restored, everything mapped is unmapped and
+    /// the translation cache and TLB are flushed.
+    fn reset(&mut self) -> Result<(), String> {
+        self.runs += 1;
+        if self.runs > RUNS_PER_EMULATOR {
+            self.fixed.clear();
+            (self.uc, self.pristine) = Self::emulator(self.limit)?;
+            self.runs = 1;
+            return Ok(());
+        }
         let pages = std::mem::take(&mut self.uc.get_data_mut().demand_pages);
         for (p, len) in pages {
             let _ = self.uc.mem_unmap(p, len);
@@ -234,6 +312,10 @@ impl<M: Machine> UnicornEngine<M> {
         for (a, len) in std::mem::take(&mut self.fixed) {
             let _ = self.uc.mem_unmap(a, len);
         }
+        self.uc.context_restore(&self.pristine).map_err(|e| format!("CPU context: {e:?}"))?;
+        self.uc.ctl_flush_tb().map_err(|e| format!("flush: {e:?}"))?;
+        self.uc.ctl_flush_tlb().map_err(|e| format!("flush: {e:?}"))?;
+        Ok(())
     }
 
     /// Map code and data read+execute (CPython marks the whole allocation
@@ -312,7 +394,9 @@ impl<M: Machine> UnicornEngine<M> {
         st.fields = fields;
         st.sites.clear();
         st.formed = 0;
-        st.code_bytes = if M::TRACKS_REGISTERS { image.code.clone() } else { Vec::new() };
+        st.code_bytes = image.code.clone();
+        st.checked = vec![0; image.code.len()];
+        st.forbidden_at = None;
         st.instructions = 0;
         st.last_pc = 0;
         st.left_to = None;
@@ -392,7 +476,11 @@ impl<M: Machine> UnicornEngine<M> {
             uc_error::WRITE_PROT if st.code.contains(&address) => Fault::WriteIntoCode,
             // Padding beside the image: a made-up pointer strayed there.
             uc_error::WRITE_PROT => Fault::Unmappable,
-            uc_error::INSN_INVALID => Fault::InvalidInstruction,
+            uc_error::INSN_INVALID => {
+                let off = pc.wrapping_sub(st.code.start) as usize;
+                let bytes = st.code_bytes.get(off..).unwrap_or_default();
+                M::invalid(&bytes[..bytes.len().min(M::MAX_INSN)], pc)
+            }
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
@@ -403,9 +491,8 @@ impl<M: Machine> UnicornEngine<M> {
 
 impl<M: Machine> Engine for UnicornEngine<M> {
     fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &Image) -> Trace {
-        self.reset();
         let mut trace = Trace { entry: image.code_addr, ..Trace::default() };
-        if let Err(e) = self.map_image(image) {
+        if let Err(e) = self.reset().and_then(|()| self.map_image(image)) {
             trace.end = Some(RunEnd::Fault { fault: Fault::Other, pc: image.code_addr, address: 0 });
             eprintln!("note: {e}");
             return trace;
@@ -426,6 +513,9 @@ impl<M: Machine> Engine for UnicornEngine<M> {
             let here = self.uc.pc_read().unwrap_or(0);
             if debug_trace() {
                 eprintln!("emu_start -> {result:?} pc={here:#x} left_to={:?}", st.left_to);
+            }
+            if let Some(pc) = st.forbidden_at {
+                break RunEnd::Fault { fault: Fault::Forbidden, pc, address: 0 };
             }
             if st.limit_hit {
                 break RunEnd::InstructionLimit { limit: st.limit, pc: here };
@@ -500,6 +590,16 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
     }
     if st.instructions % 4096 == 0 && std::time::Instant::now() > st.deadline {
         st.time_hit = true;
+        let _ = uc.emu_stop();
+        return;
+    }
+    let offset = (addr - st.code.start) as usize;
+    if st.checked[offset] == 0 {
+        let end = st.code_bytes.len().min(offset + M::MAX_INSN);
+        st.checked[offset] = if M::forbidden(&st.code_bytes[offset..end], addr) { 2 } else { 1 };
+    }
+    if st.checked[offset] == 2 {
+        st.forbidden_at = Some(addr);
         let _ = uc.emu_stop();
         return;
     }

@@ -408,6 +408,41 @@ impl Machine for X86 {
         }
     }
 
+    /// Privileged (CPL 0, or IOPL-sensitive: `in`, `out`, `cli`, `sti`),
+    /// system calls, `hlt`, software interrupts. Unicorn runs in ring 0 and
+    /// would execute most of them silently.
+    fn forbidden(bytes: &[u8], pc: u64) -> bool {
+        let (insn, _) = decode(bytes, pc);
+        if insn.is_invalid() {
+            return false; // the emulator says so itself
+        }
+        insn.is_privileged()
+            || matches!(
+                insn.mnemonic(),
+                Mnemonic::Hlt
+                    | Mnemonic::Syscall
+                    | Mnemonic::Sysenter
+                    | Mnemonic::Sysexit
+                    | Mnemonic::Sysret
+                    | Mnemonic::Int
+                    | Mnemonic::Int1
+                    | Mnemonic::Int3
+                    | Mnemonic::Into
+            )
+    }
+
+    /// iced-x86 decodes it (and it is no `ud0`/`ud1`/`ud2`): valid x86-64
+    /// that Unicorn (QEMU 5's x86, no AVX or AVX-512) cannot run.
+    fn invalid(bytes: &[u8], pc: u64) -> super::Fault {
+        let (insn, _) = decode(bytes, pc);
+        let undefined = matches!(insn.mnemonic(), Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2);
+        if insn.is_invalid() || undefined {
+            super::Fault::InvalidInstruction
+        } else {
+            super::Fault::Unsupported
+        }
+    }
+
     fn site_effect(
         uc: &mut Unicorn<'_, RunState>,
         _relocation: usize,

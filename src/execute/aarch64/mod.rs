@@ -164,8 +164,25 @@ pub fn branch_target(bytes: &[u8], ip: u64) -> Option<u64> {
 
 pub fn format_at(bytes: &[u8], ip: u64) -> String {
     match word(bytes) {
+        // Exception generation (`svc`, `hvc`, `smc`, `brk`, `hlt`): named for
+        // the findings that report reaching one.
+        Some(w) if w & 0xff00_0000 == 0xd400_0000 && exception_name(w).is_some() => {
+            format!("{} #{:#x}", exception_name(w).unwrap_or_default(), (w >> 5) & 0xffff)
+        }
         Some(w) => decode::format(w, ip),
         None => format!("(truncated) {}", bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+/// The exception-generating instruction `w` is, if it is one a stencil may not run.
+fn exception_name(w: u32) -> Option<&'static str> {
+    match w & 0xffe0_001f {
+        0xd400_0001 => Some("svc"),
+        0xd400_0002 => Some("hvc"),
+        0xd400_0003 => Some("smc"),
+        0xd420_0000 => Some("brk"),
+        0xd440_0000 => Some("hlt"),
+        _ => None,
     }
 }
 
@@ -603,8 +620,14 @@ impl Machine for Arm64 {
         through_veneer(target, &mut only_image).0
     }
 
+    /// `svc`, `hvc`, `smc` (system and hypervisor calls), `hlt`, `brk`
+    /// (`__builtin_trap`): nothing a stencil may run.
+    fn forbidden(bytes: &[u8], _pc: u64) -> bool {
+        word(bytes).and_then(exception_name).is_some()
+    }
+
     fn fault(e: uc_error) -> Option<super::Fault> {
-        // `udf`, `brk`: the stencil ran a trap.
+        // `udf`: the stencil ran a trap.
         (e == uc_error::EXCEPTION).then_some(super::Fault::InvalidInstruction)
     }
 

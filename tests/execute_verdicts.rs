@@ -1,0 +1,147 @@
+//! Honest verdicts for what the emulator cannot judge: instructions no
+//! stencil may execute are findings that name them; valid code Unicorn
+//! lacks is inconclusive, naming the engine; a computed jump to where no
+//! code can be says nothing either way.
+
+use std::path::PathBuf;
+use stencilcheck::model::{EmitOp, Stencil, StencilSet};
+use stencilcheck::patch::Ports;
+use stencilcheck::pipeline::{self, Options, StencilResult};
+use stencilcheck::target::{Arch, ObjectFormat, Target, Version};
+mod common;
+use common::{listing, X86};
+
+const ARM64: Target = Target { arch: Arch::Aarch64, format: ObjectFormat::Elf, version: Version::V3_13 };
+
+fn raw(name: &str, code: Vec<u8>) -> Stencil {
+    Stencil {
+        locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
+        name: name.into(),
+        line: 1,
+        instructions: listing(&code),
+        code,
+        data: vec![0; 8],
+        relocations: vec![],
+        data_comments: vec![],
+        emit: vec![EmitOp::CopyData { line: 0 }, EmitOp::CopyCode { line: 0 }],
+    }
+}
+
+fn verify(target: Target, stencil: Stencil) -> StencilResult {
+    let set = StencilSet { path: PathBuf::from("verdicts.h"), target, stencils: vec![stencil], symbols_map: Vec::new() };
+    let options = Options {
+        seed: 3,
+        placements: 4,
+        stencils: vec![],
+        placement: None,
+        instruction_limit: 20_000,
+        threads: 1,
+        strict: false,
+        patcher: &Ports,
+    };
+    pipeline::verify(&set, &options).expect("verifies").results.remove(0)
+}
+
+fn messages(r: &StencilResult) -> Vec<String> {
+    r.findings.iter().map(|s| s.finding.message.clone()).collect()
+}
+
+/// A `Fault` finding in every run, naming `named`, no inconclusive runs.
+fn assert_forbidden(target: Target, name: &str, code: Vec<u8>, named: &str) {
+    let r = verify(target, raw(name, code));
+    let m = messages(&r);
+    assert_eq!(m.len(), 1, "{name}: {m:?} (inconclusive: {:?})", r.first_inconclusive);
+    assert!(m[0].contains(&format!("`{named}")) && m[0].contains("no stencil may execute"), "{name}: {}", m[0]);
+    assert_eq!(format!("{:?}", r.findings[0].finding.kind), "Fault");
+    assert_eq!(r.findings[0].runs, 4);
+    assert_eq!(r.findings[0].finding.at, Some(4), "{name}: the offset of the instruction");
+}
+
+/// Four `nop`s first: the reported offset is the instruction's, not the run's start.
+fn after_nops(insn: &[u8]) -> Vec<u8> {
+    let mut code = vec![0x90; 4];
+    code.extend_from_slice(insn);
+    code.extend_from_slice(&[0x48, 0x83, 0xc5, 0x08]); // add rbp, 8
+    code
+}
+
+#[test]
+fn hlt_is_a_finding_naming_it() {
+    assert_forbidden(X86, "_HLT", after_nops(&[0xf4]), "hlt");
+}
+
+#[test]
+fn system_calls_and_software_interrupts_are_findings() {
+    assert_forbidden(X86, "_SYSCALL", after_nops(&[0x0f, 0x05]), "syscall");
+    assert_forbidden(X86, "_SYSENTER", after_nops(&[0x0f, 0x34]), "sysenter");
+    assert_forbidden(X86, "_INT80", after_nops(&[0xcd, 0x80]), "int 80h");
+}
+
+#[test]
+fn privileged_instructions_are_findings() {
+    assert_forbidden(X86, "_MOV_CR0", after_nops(&[0x0f, 0x22, 0xc0]), "mov cr0");
+    assert_forbidden(X86, "_IN", after_nops(&[0xec]), "in al");
+    assert_forbidden(X86, "_OUT", after_nops(&[0xee]), "out dx");
+    assert_forbidden(X86, "_CLI", after_nops(&[0xfa]), "cli");
+}
+
+#[test]
+fn valid_code_unicorn_lacks_is_inconclusive_naming_the_engine() {
+    // vpaddq zmm0, zmm1, zmm2 (AVX-512)
+    let r = verify(X86, raw("_AVX512", after_nops(&[0x62, 0xf1, 0xf5, 0x48, 0xd4, 0xc2])));
+    assert!(r.findings.is_empty(), "{:?}", messages(&r));
+    assert_eq!(r.inconclusive, 4);
+    let why = &r.first_inconclusive.as_ref().unwrap().1;
+    assert!(why.starts_with("Unicorn cannot run `vpaddq zmm0,zmm1,zmm2`") && why.contains("code+0x4"), "{why}");
+    // vpaddd ymm0, ymm1, ymm2 (AVX2)
+    let r = verify(X86, raw("_AVX2", after_nops(&[0xc5, 0xf5, 0xfe, 0xc2])));
+    assert!(r.findings.is_empty(), "{:?}", messages(&r));
+    assert!(r.first_inconclusive.as_ref().unwrap().1.starts_with("Unicorn cannot run `vpaddd ymm0,ymm1,ymm2`"));
+}
+
+#[test]
+fn an_undefined_instruction_stays_a_finding() {
+    let r = verify(X86, raw("_UD2", after_nops(&[0x0f, 0x0b])));
+    assert_eq!(messages(&r), vec!["at code+0x4 ran an invalid instruction".to_string()]);
+    assert_eq!(r.inconclusive, 0);
+}
+
+#[test]
+fn a_computed_jump_to_where_no_code_can_be_is_not_correct() {
+    // movabs rax, 0x4141414141414141 (non-canonical); jmp rax
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&0x4141_4141_4141_4141u64.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xe0]);
+    let r = verify(X86, raw("_WILD_JUMP", code));
+    assert_eq!(r.inconclusive, 4, "{:?}", messages(&r));
+    assert!(r.first_inconclusive.as_ref().unwrap().1.contains("left for 0x4141414141414141, where no code can be"));
+    // xor eax, eax; jmp rax: into the NULL page
+    let r = verify(X86, raw("_NULL_JUMP", vec![0x31, 0xc0, 0xff, 0xe0]));
+    assert_eq!(r.inconclusive, 4, "{:?}", messages(&r));
+    assert!(r.first_inconclusive.as_ref().unwrap().1.contains("left for 0x0, where no code can be"));
+}
+
+fn words(ws: &[u32]) -> Vec<u8> {
+    ws.iter().flat_map(|w| w.to_le_bytes()).collect()
+}
+
+#[test]
+fn aarch64_system_calls_halts_and_breakpoints_are_findings() {
+    const NOP: u32 = 0xd503_201f;
+    for (name, w, named) in [
+        ("_SVC", 0xd400_0001u32, "svc"),
+        ("_HVC", 0xd400_0002, "hvc"),
+        ("_SMC", 0xd400_0003, "smc"),
+        ("_BRK", 0xd420_0020, "brk"),
+        ("_HLT", 0xd440_0000, "hlt"),
+    ] {
+        let r = verify(ARM64, raw(name, words(&[NOP, w, NOP, NOP])));
+        let m = messages(&r);
+        assert_eq!(m.len(), 1, "{name}: {m:?} (inconclusive: {:?})", r.first_inconclusive);
+        assert!(m[0].contains(&format!("`{named}")) && m[0].contains("no stencil may execute"), "{name}: {}", m[0]);
+        assert_eq!(r.findings[0].finding.at, Some(4), "{name}");
+    }
+}
