@@ -6,7 +6,7 @@
 //! patch call is only named in a finding to show where the bug is.
 
 use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
-use crate::model::{DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol};
+use crate::model::{DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol, Term};
 use crate::target::{RelExpr, Target};
 use crate::patch::{EmitFailure, Image};
 use crate::place::Placement;
@@ -813,12 +813,30 @@ pub fn coverage(stencil: &Stencil, placement: &Placement, trace: &Trace) -> BTre
                     _ => placement.data + hole.offset,
                 };
                 let slot = at..at + 8;
-                trace.sites.iter().any(|o| match o.effect {
+                let read = trace.sites.iter().any(|o| match o.effect {
                     Some(Effect::Load { address, .. }) | Some(Effect::Transfer { slot: Some(address), .. }) => {
                         slot.contains(&address)
                     }
                     _ => false,
-                })
+                });
+                // A relaxed site (`lea`, `jmp rel32`, `movz`) no longer reads
+                // the slot: its value went into the instruction at patch time.
+                // The slot counts as used when such a site that names it ran.
+                let used_by_relaxed_site = || {
+                    stencil.holes().any(|h| {
+                        let names_slot = match (&h.value.term, hole.section) {
+                            // GOT holes point at the slot, less x86's 4-byte displacement bias.
+                            (Term::Data, Section::Data) => (hole.offset as i64 - 4..=hole.offset as i64).contains(&h.value.addend),
+                            (Term::GotSymbol(n), Section::Got) => *n as u64 == hole.offset,
+                            _ => false,
+                        };
+                        let at = placement.code + h.offset;
+                        h.section == Section::Code
+                            && names_slot
+                            && trace.sites.iter().any(|o| o.pc <= at && at < o.pc + o.len as u64)
+                    })
+                };
+                read || used_by_relaxed_site()
             }
         };
         if hit {

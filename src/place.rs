@@ -184,7 +184,7 @@ fn lay_out_trace(
     let total = trace_code + trampolines_len + data_before + data_size + data_after + got_len;
     let pages = total.div_ceil(PAGE) * PAGE;
     let start = match layout {
-        Layout::Low => (sp.min + MIB).max(sp.min) + PAGE * rng.gen_range(0..16),
+        Layout::Low => sp.min + 4 * MIB + PAGE * rng.gen_range(0..16),
         Layout::High => (sp.end - pages - PAGE * rng.gen_range(1..16)) & !(PAGE - 1),
         _ => rng.gen_range(sp.min + 4 * GIB..sp.end - 4 * GIB - pages) & !(PAGE - 1),
     };
@@ -283,6 +283,9 @@ const HEAP_SIZE: u64 = 64 * MIB;
 /// Fake objects (frame, tstate, executor, what pointers in made-up memory
 /// point at) sit in the arena's first MiB.
 pub const HEAP_OBJECTS: u64 = MIB;
+/// How much of a 3.13 trace's code may precede a stencil (its jump and
+/// error targets lie in the trace's code).
+const TRACE_CODE_BEFORE: u64 = 4 * MIB;
 /// Machine stack: the top of the heap arena, below a guard gap.
 const MACHINE_STACK_TOP_GAP: u64 = 64 * 1024;
 
@@ -333,6 +336,16 @@ pub fn place_within(
     let mut taken = Taken::default();
     let (code, data, trace) = match target.version {
         Version::V3_13 => {
+            // 3.13's `_PyJIT_Compile` puts all of a trace's data after all of
+            // its code: data never precedes the code that uses it.
+            let span = span.start.max(stencil.code_size() as i64)..span.end;
+            if span.is_empty() {
+                return Err(BadInput::at_line(
+                    "stencil",
+                    stencil.line,
+                    format!("impossible placement of {}: its relative data holes cannot reach data after its code", stencil.name),
+                ));
+            }
             let mut code = pick_code(&mut rng, sp, layout, stencil, &span);
             if data_window(sp, stencil, code, &span).is_empty() {
                 // Low/High put the code where its holes' data window leaves user
@@ -381,13 +394,18 @@ pub fn place_within(
         // A target a relative code hole names (aarch64 3.13's `b` to
         // instruction_starts[...]) lies in that hole's reach, like the trace
         // it is part of.
-        let reach = constraints.reach_of_term(&terms[i]);
         let align = info.code_alignment();
+        // 3.13: the trace's code is what lies before its data (other uops'
+        // code before this one, up to a few MiB of it, and after it).
+        let trace_code = (sp.min.max(code.saturating_sub(TRACE_CODE_BEFORE)) as i64 - code as i64)..(data as i64 - code as i64);
+        let window = match constraints.reach_of_term(&terms[i]) {
+            Some(r) => r.start.max(trace_code.start)..r.end.min(trace_code.end),
+            None => trace_code,
+        };
         // Distinct targets, so a swapped jump/error hole can never look right.
-        let pick = |rng: &mut ChaCha8Rng| match (&trace, &reach) {
-            (Some(trace), _) => trace.instruction_start(rng, stencil, align),
-            (None, None) => pick_target(rng, sp, layout, &taken, stencil, code) & !(align - 1),
-            (None, Some(r)) => pick_target_within(rng, sp, layout, stencil, code, r, align),
+        let pick = |rng: &mut ChaCha8Rng| match &trace {
+            Some(trace) => trace.instruction_start(rng, stencil, align),
+            None => pick_target_within(rng, sp, layout, stencil, code, &window, align),
         };
         let mut t = pick(&mut rng);
         while targets[..i].contains(&t) {
@@ -550,7 +568,10 @@ fn pick_code(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil,
     match layout {
         // Near zero, but above the reach of a small made-up integer plus a
         // 16-bit offset (a stray pointer must not land on the code).
-        Layout::Low => MIB + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
+        // Low, but above what a loop walking made-up memory up from a small
+        // made-up integer can reach (a run maps at most 24 made-up 64 KiB
+        // chunks): a stray write there is the run's, not the stencil's.
+        Layout::Low => 4 * MIB + rng.gen_range(0..4 * PAGE) + rng.gen_range(0..16),
         Layout::High => sp.end - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
         Layout::Compact => {
             // A page-aligned allocation plus the code of earlier uops in the trace.
@@ -581,8 +602,14 @@ fn pick_data(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil,
         Layout::Compact | Layout::Low | Layout::High => {
             stencil.code_size() as i64 + rng.gen_range(0..64 * 1024)
         }
+        // Data after the code: the displacements' upper edge is the one a
+        // 3.13 trace can reach (the lower one only when a hole sets it).
         Layout::RelativeEdge => {
-            if rng.gen_bool(0.5) { lo } else { hi - 1 }
+            if hi < i64::MAX / 2 && (lo <= stencil.code_size() as i64 || rng.gen_bool(0.5)) {
+                hi - 1
+            } else {
+                lo
+            }
         }
         _ if lo < hi => rng.gen_range(lo..hi),
         _ => lo,
@@ -658,25 +685,6 @@ fn relax_edge(rng: &mut ChaCha8Rng, sp: Space, site: u64) -> u64 {
 }
 
 /// A jump/error target: in a realistic trace, just before or after this
-/// stencil's code, or anywhere.
-fn pick_target(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, taken: &Taken, stencil: &Stencil, code: u64) -> u64 {
-    let end = code + stencil.code_size();
-    let adjacent = match rng.gen_range(0..4) {
-        0 => code.wrapping_sub(rng.gen_range(1..16)),
-        1 => end + rng.gen_range(1..16),
-        _ => 0,
-    };
-    if adjacent != 0 && (sp.min..sp.end).contains(&adjacent) && layout != Layout::FarExterns {
-        return adjacent;
-    }
-    // Targets may share pages with others; only the exact bytes must differ.
-    let draw = |g: &mut ChaCha8Rng| match layout {
-        Layout::Compact | Layout::Low | Layout::High => near(g, code, 2 * PAGE, 4 * MIB),
-        _ => random_user(g, sp, PAGE),
-    };
-    pick_free(rng, sp, taken, 1, draw)
-}
-
 /// A jump/error target within `reach` of the code (offsets from `code`),
 /// `align`ed, outside the stencil's own code: near it, at either edge of the
 /// reach (RelativeEdge), or anywhere in reach.
@@ -693,6 +701,15 @@ fn pick_target_within(
     let hi = (code as i64).saturating_add(reach.end).min(sp.end as i64) as u64;
     let own = code..code + stencil.code_size().max(1);
     let lo_aligned = (lo + align - 1) & !(align - 1);
+    // Often right next to the code: a neighbouring uop's start.
+    let adjacent = match rng.gen_range(0..4) {
+        0 => code.wrapping_sub(rng.gen_range(1..16)),
+        1 => own.end + rng.gen_range(1..16),
+        _ => 0,
+    } & !(align - 1);
+    if adjacent != 0 && (lo..hi).contains(&adjacent) && !own.contains(&adjacent) {
+        return adjacent;
+    }
     for _ in 0..256 {
         let t = match layout {
             Layout::RelativeEdge if rng.gen_bool(0.5) => lo_aligned,
