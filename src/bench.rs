@@ -44,7 +44,11 @@ struct Measured {
 
 /// Each input's stages side by side (one column per input, so targets
 /// compare in one run), with every rate also as a ratio to the first input.
-pub fn bench(paths: &[std::path::PathBuf], o: &BenchOptions, patcher: &(dyn Patcher + Sync)) -> Result<String, BadInput> {
+pub fn bench(
+    paths: &[std::path::PathBuf],
+    o: &BenchOptions,
+    patcher: &(dyn Patcher + Sync),
+) -> Result<String, BadInput> {
     let measured = paths.iter().map(|p| measure(p, o, patcher)).collect::<Result<Vec<_>, _>>()?;
     let mut out = String::new();
     let _ = writeln!(out, "bench: {} placements per stencil, seed {}, best of {}", o.placements, o.seed, o.repeat);
@@ -100,9 +104,8 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
             strict: false,
             patcher,
         };
-        let (d, n) = best(o.repeat, || {
-            pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum())
-        })?;
+        let (d, n) =
+            best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;
         let label = format!("full, unicorn, {threads} thread{}", if threads == 1 { "" } else { "s" });
         rates.push((label, rate(n, d)));
     }
@@ -115,7 +118,12 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
     })
 }
 
-fn place_and_patch(set: &StencilSet, o: &BenchOptions, patcher: &dyn Patcher, judge_too: bool) -> Result<u64, BadInput> {
+fn place_and_patch(
+    set: &StencilSet,
+    o: &BenchOptions,
+    patcher: &dyn Patcher,
+    judge_too: bool,
+) -> Result<u64, BadInput> {
     let mut runs = 0;
     for stencil in set.stencils.iter().filter(|s| !s.code.is_empty()) {
         for i in 0..o.placements {

@@ -259,7 +259,11 @@ fn diff_patch(args: &DiffPatchArgs, out: &mut String) -> Result<u8, BadInput> {
             header.display(),
             emits.runs,
             emits.skipped,
-            if emits.differences.is_empty() { "no differences".to_string() } else { format!("{} differ", emits.differences.len()) }
+            if emits.differences.is_empty() {
+                "no differences".to_string()
+            } else {
+                format!("{} differ", emits.differences.len())
+            }
         ));
         differ |= !emits.differences.is_empty();
     }

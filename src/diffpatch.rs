@@ -75,10 +75,9 @@ fn outcome(r: &Result<Image, PatchAssert>, case: &Case) -> String {
                 }
             }
             let mut changed = Vec::new();
-            for (base, before, after) in [
-                (case.image.code_addr, &case.image.code, &im.code),
-                (case.image.data_addr, &case.image.data, &im.data),
-            ] {
+            for (base, before, after) in
+                [(case.image.code_addr, &case.image.code, &im.code), (case.image.data_addr, &case.image.data, &im.data)]
+            {
                 for (k, (x, y)) in before.iter().zip(after.iter()).enumerate() {
                     if x != y {
                         changed.push(base + k as u64);
@@ -135,7 +134,11 @@ fn random_image(rng: &mut ChaCha8Rng, data_far: bool) -> Image {
     let data = if data_far {
         // Anywhere, possibly more than 2 GiB away (the unrelaxed path asserts).
         let d = rng.gen_range(0x10_0000..0x7000_0000u64) * PAGE;
-        if d.abs_diff(code) < 2 * PAGE { code + 4 * PAGE } else { d }
+        if d.abs_diff(code) < 2 * PAGE {
+            code + 4 * PAGE
+        } else {
+            d
+        }
     } else {
         code + LEN as u64 + rng.gen_range(0..64) * 8
     };
@@ -273,7 +276,13 @@ fn a64_case(rng: &mut ChaCha8Rng, func: PatchFn) -> Case {
             _ => rng.gen::<u64>() & 0x7fff_ffff_ffff,
         };
         image.write(slot, &relaxed.to_le_bytes()).unwrap();
-        return Case { func, what: format!("adrp; ldr x{reg}, [x{other}], slot {relaxed:#x}"), image, location, value: slot };
+        return Case {
+            func,
+            what: format!("adrp; ldr x{reg}, [x{other}], slot {relaxed:#x}"),
+            image,
+            location,
+            value: slot,
+        };
     }
     let (what, word) = a64_word(rng, func);
     image.write(location, &word.to_le_bytes()).unwrap();
@@ -349,7 +358,14 @@ pub fn report(s: &Summary, patcher: &str, limit: usize) -> String {
         }
     }
     let funcs: Vec<String> = s.per_func.iter().map(|(f, n)| format!("{f} {n}")).collect();
-    writeln!(out, "diff-patch: ports vs {patcher}: {} cases ({}), {} skipped (placement unusable)", s.cases, funcs.join(", "), s.skipped).unwrap();
+    writeln!(
+        out,
+        "diff-patch: ports vs {patcher}: {} cases ({}), {} skipped (placement unusable)",
+        s.cases,
+        funcs.join(", "),
+        s.skipped
+    )
+    .unwrap();
     if s.differences.is_empty() {
         writeln!(out, "no differences").unwrap();
     } else {
@@ -432,7 +448,10 @@ pub fn compare_emits(
                         hex(&y[from..to])
                     );
                     if let Some(c) = call {
-                        text.push_str(&format!("\n  hole        {}({} + {:#x}, {})    (line {})", c.func, c.section, c.offset, c.value, c.line));
+                        text.push_str(&format!(
+                            "\n  hole        {}({} + {:#x}, {})    (line {})",
+                            c.func, c.section, c.offset, c.value, c.line
+                        ));
                     }
                     s.differences.push(text);
                 }
@@ -441,7 +460,11 @@ pub fn compare_emits(
                         Ok(_) => "patched without an assert".to_string(),
                         Err(f) => f.to_string(),
                     };
-                    s.differences.push(format!("{head}\n  ports       {}\n  jit.c       {}", show(&ours), show(&theirs)));
+                    s.differences.push(format!(
+                        "{head}\n  ports       {}\n  jit.c       {}",
+                        show(&ours),
+                        show(&theirs)
+                    ));
                 }
             }
         }

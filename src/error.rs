@@ -79,12 +79,7 @@ impl BadInput {
     pub fn unsupported(path: impl fmt::Display, what: &crate::target::Unsupported) -> BadInput {
         BadInput { location: path.to_string(), message: what.to_string(), kind: Refusal::Unsupported }
     }
-    pub fn at_offset(
-        path: impl fmt::Display,
-        section: &str,
-        offset: u64,
-        message: impl Into<String>,
-    ) -> BadInput {
+    pub fn at_offset(path: impl fmt::Display, section: &str, offset: u64, message: impl Into<String>) -> BadInput {
         BadInput {
             location: format!("{path}: {}+{offset:#x}", excerpt(section, MAX_QUOTE)),
             message: shorten(message.into()),

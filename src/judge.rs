@@ -7,9 +7,9 @@
 
 use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
 use crate::model::{DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol, Term};
-use crate::target::{RelExpr, Target};
 use crate::patch::{EmitFailure, Image};
 use crate::place::Placement;
+use crate::target::{RelExpr, Target};
 use serde::Serialize;
 use std::collections::BTreeSet;
 
@@ -248,19 +248,10 @@ fn shown(stencil: &Stencil, placement: &Placement, value: u64) -> Shown {
 
 /// The code hole that patches the field at `offset`, if any.
 fn hole_at(stencil: &Stencil, section: Section, offset: u64) -> Option<&PatchCall> {
-    stencil
-        .holes()
-        .find(|h| h.section == section && h.offset <= offset && offset < h.offset + h.func.width())
+    stencil.holes().find(|h| h.section == section && h.offset <= offset && offset < h.offset + h.func.width())
 }
 
-fn site(
-    stencil: &Stencil,
-    placement: &Placement,
-    image: &Image,
-    relocation: usize,
-    pc: u64,
-    target: Target,
-) -> Site {
+fn site(stencil: &Stencil, placement: &Placement, image: &Image, relocation: usize, pc: u64, target: Target) -> Site {
     let reloc = &stencil.relocations[relocation];
     let hole = hole_at(stencil, Section::Code, reloc.offset);
     let info = target.info();
@@ -430,28 +421,29 @@ pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image)
 pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement, image: &Image) -> Vec<Finding> {
     let info = target.info();
     let mut out = Vec::new();
-    let finding = |section: Section, offset: u64, message: String, hole: Option<&PatchCall>, relocation: Option<usize>| Finding {
-        kind: FindingKind::Unaccounted,
-        message,
-        relocation,
-        at: None,
-        site: Some(Site {
-            section,
-            offset,
-            address: match section {
-                Section::Code => placement.code + offset,
-                _ => placement.data + offset,
-            },
-            instruction: None,
-            instruction_offset: None,
-            relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
-            relocation_line: relocation.map(|i| stencil.relocations[i].line),
-            hole: hole.map(PatchCall::to_string),
-            hole_line: hole.map(|h| h.line),
-        }),
-        expected: None,
-        actual: None,
-    };
+    let finding =
+        |section: Section, offset: u64, message: String, hole: Option<&PatchCall>, relocation: Option<usize>| Finding {
+            kind: FindingKind::Unaccounted,
+            message,
+            relocation,
+            at: None,
+            site: Some(Site {
+                section,
+                offset,
+                address: match section {
+                    Section::Code => placement.code + offset,
+                    _ => placement.data + offset,
+                },
+                instruction: None,
+                instruction_offset: None,
+                relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+                relocation_line: relocation.map(|i| stencil.relocations[i].line),
+                hole: hole.map(PatchCall::to_string),
+                hole_line: hole.map(|h| h.line),
+            }),
+            expected: None,
+            actual: None,
+        };
     let fields: Vec<(usize, std::ops::Range<u64>)> =
         stencil.relocations.iter().enumerate().map(|(i, r)| (i, r.offset..r.offset + r.kind.width())).collect();
     let code_holes: Vec<&PatchCall> = stencil.holes().filter(|h| h.section == Section::Code).collect();
@@ -494,8 +486,11 @@ pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement
     };
     let copied = |copy: fn(&EmitOp) -> bool| stencil.emit.iter().any(copy);
     if copied(|op| matches!(op, EmitOp::CopyCode { .. })) || stencil.code.iter().all(|b| *b == 0) {
-        if let Some(off) = (0..stencil.code.len()).find(|&k| image.code[k] != stencil.code[k] && !allowed_code(k as u64)) {
-            let hole = code_holes.iter().find(|h| (h.offset..h.offset + h.func.width()).contains(&(off as u64))).copied();
+        if let Some(off) =
+            (0..stencil.code.len()).find(|&k| image.code[k] != stencil.code[k] && !allowed_code(k as u64))
+        {
+            let hole =
+                code_holes.iter().find(|h| (h.offset..h.offset + h.func.width()).contains(&(off as u64))).copied();
             out.push(finding(
                 Section::Code,
                 off as u64,
@@ -515,9 +510,8 @@ pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement
         .map(|c| c.offset..c.offset + 8)
         .collect();
     if copied(|op| matches!(op, EmitOp::CopyData { .. })) || stencil.data.iter().all(|b| *b == 0) {
-        let unlisted = (0..stencil.data.len()).find(|&k| {
-            image.data[k] != stencil.data[k] && !slots.iter().any(|s| s.contains(&(k as u64)))
-        });
+        let unlisted = (0..stencil.data.len())
+            .find(|&k| image.data[k] != stencil.data[k] && !slots.iter().any(|s| s.contains(&(k as u64))));
         if let Some(off) = unlisted {
             let hole = stencil
                 .holes()
@@ -624,9 +618,9 @@ fn allowed_exits(target: Target, stencil: &Stencil, placement: &Placement) -> Ve
     // An extern is a place to go only where a jump or call names it (a data
     // extern such as `_PyRuntime` never is); the trace's own targets always are.
     let transfers = |offset: u64| {
-        stencil.instruction_at(offset).is_some_and(|i| {
-            target.info().transfer_class(&i.bytes, placement.code + i.offset) != TransferClass::Other
-        })
+        stencil
+            .instruction_at(offset)
+            .is_some_and(|i| target.info().transfer_class(&i.bytes, placement.code + i.offset) != TransferClass::Other)
     };
     for r in &stencil.relocations {
         let extern_transfer = matches!(r.symbol, Symbol::External(_)) && transfers(r.offset);
@@ -734,7 +728,10 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                 out.findings.push(plain(
                     FindingKind::BadExit,
                     Some(*from),
-                    format!("{kind:?} at {} left for {target:#x}{named}, not an address any relocation allows", at(*from)),
+                    format!(
+                        "{kind:?} at {} left for {target:#x}{named}, not an address any relocation allows",
+                        at(*from)
+                    ),
                 ));
             }
             if *sp != trace.entry_sp && *kind != ExitKind::AfterNoReturnCall {
@@ -772,7 +769,9 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
         RunEnd::Fault { fault, pc, address } => {
             let what = match fault {
                 Fault::WriteIntoCode => format!("wrote into code at {address:#x}"),
-                Fault::WriteIntoData => format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data)),
+                Fault::WriteIntoData => {
+                    format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data))
+                }
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
                 Fault::Forbidden => format!(
                     "reached `{}`, which no stencil may execute (privileged, a system call, a halt or a trap)",
@@ -792,7 +791,10 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
             inconclusive(FindingKind::Hang, format!("still running after {limit} s (at {})", at(*pc)));
         }
         RunEnd::CallLimit { pc } => {
-            inconclusive(FindingKind::Hang, format!("made more than {} calls (at {})", crate::execute::CALL_LIMIT, at(*pc)));
+            inconclusive(
+                FindingKind::Hang,
+                format!("made more than {} calls (at {})", crate::execute::CALL_LIMIT, at(*pc)),
+            );
         }
     }
     out
@@ -826,7 +828,9 @@ pub fn coverage(stencil: &Stencil, placement: &Placement, trace: &Trace) -> BTre
                     stencil.holes().any(|h| {
                         let names_slot = match (&h.value.term, hole.section) {
                             // GOT holes point at the slot, less x86's 4-byte displacement bias.
-                            (Term::Data, Section::Data) => (hole.offset as i64 - 4..=hole.offset as i64).contains(&h.value.addend),
+                            (Term::Data, Section::Data) => {
+                                (hole.offset as i64 - 4..=hole.offset as i64).contains(&h.value.addend)
+                            }
                             (Term::GotSymbol(n), Section::Got) => *n as u64 == hole.offset,
                             _ => false,
                         };

@@ -11,16 +11,16 @@ pub mod error;
 pub mod model;
 pub mod target;
 
-pub mod load;
-pub mod place;
-pub mod patch;
 pub mod execute;
 pub mod judge;
+pub mod load;
+pub mod patch;
+pub mod place;
 pub mod report;
 
-pub mod pipeline;
 pub mod bench;
+pub mod cli;
 pub mod corpus;
 pub mod diff;
 pub mod diffpatch;
-pub mod cli;
+pub mod pipeline;

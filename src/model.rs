@@ -95,9 +95,7 @@ impl Stencil {
     }
     /// The instruction objdump printed that contains code offset `offset`.
     pub fn instruction_at(&self, offset: u64) -> Option<&ObjdumpInstruction> {
-        self.instructions
-            .iter()
-            .find(|i| i.offset <= offset && offset < i.offset + i.bytes.len() as u64)
+        self.instructions.iter().find(|i| i.offset <= offset && offset < i.offset + i.bytes.len() as u64)
     }
     /// Length of the read-only data that leads the data part (strings, constants),
     /// i.e. everything before the first GOT-style slot comment.
@@ -264,10 +262,7 @@ impl Symbol {
     }
     /// True for symbols whose placed value is an address control may go to.
     pub fn is_control_target(&self) -> bool {
-        matches!(
-            self,
-            Symbol::Continue | Symbol::JumpTarget | Symbol::ErrorTarget | Symbol::Top | Symbol::External(_)
-        )
+        matches!(self, Symbol::Continue | Symbol::JumpTarget | Symbol::ErrorTarget | Symbol::Top | Symbol::External(_))
     }
 }
 
@@ -310,9 +305,13 @@ pub enum DataCommentKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EmitOp {
     /// `memcpy(data, data_body, sizeof(data_body));`
-    CopyData { line: usize },
+    CopyData {
+        line: usize,
+    },
     /// `memcpy(code, code_body, sizeof(code_body));`
-    CopyCode { line: usize },
+    CopyCode {
+        line: usize,
+    },
     Patch(PatchCall),
 }
 

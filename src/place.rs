@@ -343,7 +343,10 @@ pub fn place_within(
                 return Err(BadInput::at_line(
                     "stencil",
                     stencil.line,
-                    format!("impossible placement of {}: its relative data holes cannot reach data after its code", stencil.name),
+                    format!(
+                        "impossible placement of {}: its relative data holes cannot reach data after its code",
+                        stencil.name
+                    ),
                 ));
             }
             let mut code = pick_code(&mut rng, sp, layout, stencil, &span);
@@ -397,7 +400,8 @@ pub fn place_within(
         let align = info.code_alignment();
         // 3.13: the trace's code is what lies before its data (other uops'
         // code before this one, up to a few MiB of it, and after it).
-        let trace_code = (sp.min.max(code.saturating_sub(TRACE_CODE_BEFORE)) as i64 - code as i64)..(data as i64 - code as i64);
+        let trace_code =
+            (sp.min.max(code.saturating_sub(TRACE_CODE_BEFORE)) as i64 - code as i64)..(data as i64 - code as i64);
         let window = match constraints.reach_of_term(&terms[i]) {
             Some(r) => r.start.max(trace_code.start)..r.end.min(trace_code.end),
             None => trace_code,
@@ -472,9 +476,10 @@ impl<'a> Constraints<'a> {
     /// Relative code holes: (offset of the location, value, reach).
     fn relative_holes(&self) -> impl Iterator<Item = (u64, &'a Value, Range<i64>)> + 'a {
         let info = self.info;
-        self.stencil.holes().filter(|h| h.section == Section::Code).filter_map(move |h| {
-            info.reach(h.func).map(|r| (h.offset, &h.value, r))
-        })
+        self.stencil
+            .holes()
+            .filter(|h| h.section == Section::Code)
+            .filter_map(move |h| info.reach(h.func).map(|r| (h.offset, &h.value, r)))
     }
 
     /// Offsets `data - code` at which every relative hole on `data` reaches.
@@ -599,9 +604,7 @@ fn pick_data(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil,
     };
     let candidate = match layout {
         // CPython puts data after all of the trace's code.
-        Layout::Compact | Layout::Low | Layout::High => {
-            stencil.code_size() as i64 + rng.gen_range(0..64 * 1024)
-        }
+        Layout::Compact | Layout::Low | Layout::High => stencil.code_size() as i64 + rng.gen_range(0..64 * 1024),
         // Data after the code: the displacements' upper edge is the one a
         // 3.13 trace can reach (the lower one only when a hole sets it).
         Layout::RelativeEdge => {
@@ -661,7 +664,11 @@ fn pick_extern(
 /// An address `min..max` bytes from `base`, either side.
 fn near(rng: &mut ChaCha8Rng, base: u64, min: u64, max: u64) -> u64 {
     let d = rng.gen_range(min..max);
-    if rng.gen_bool(0.5) { base.wrapping_add(d) } else { base.wrapping_sub(d) }
+    if rng.gen_bool(0.5) {
+        base.wrapping_add(d)
+    } else {
+        base.wrapping_sub(d)
+    }
 }
 
 /// More than 2 GiB away from `base` (relaxation out of reach).
@@ -681,7 +688,11 @@ fn relax_edge(rng: &mut ChaCha8Rng, sp: Space, site: u64) -> u64 {
     let edges: [i64; 4] = [-REACH32 + 4, -REACH32 + 3, REACH32 + 2, REACH32 + 3];
     let d = edges[rng.gen_range(0..edges.len())];
     let a = (site as i64).wrapping_add(d);
-    if a >= sp.min as i64 && (a as u64) < sp.end { a as u64 } else { far(rng, sp, site) }
+    if a >= sp.min as i64 && (a as u64) < sp.end {
+        a as u64
+    } else {
+        far(rng, sp, site)
+    }
 }
 
 /// A jump/error target: in a realistic trace, just before or after this

@@ -162,7 +162,8 @@ pub fn human(
     }
     let inconclusive: Vec<&StencilResult> = outcome.results.iter().filter(|r| r.inconclusive > 0).collect();
     if verbose && !inconclusive.is_empty() {
-        let _ = writeln!(out, "\ninconclusive runs (made-up memory led nowhere; not findings, --strict makes them so):");
+        let _ =
+            writeln!(out, "\ninconclusive runs (made-up memory led nowhere; not findings, --strict makes them so):");
         for r in &inconclusive {
             if let Some((p, why)) = &r.first_inconclusive {
                 let _ = writeln!(out, "  {} {}/{} runs, first: {why}", r.name, r.inconclusive, r.runs);
@@ -214,7 +215,11 @@ fn finding(out: &mut String, r: &StencilResult, seen: &Seen, replay: &Replay) {
     if let Some(site) = &f.site {
         if let Some(insn) = &site.instruction {
             let at = site.instruction_offset.unwrap_or(site.offset);
-            let _ = writeln!(out, "  instruction  {insn}    (at code+{at:#x}; field at {:#x}, {}+{:#x})", site.address, site.section, site.offset);
+            let _ = writeln!(
+                out,
+                "  instruction  {insn}    (at code+{at:#x}; field at {:#x}, {}+{:#x})",
+                site.address, site.section, site.offset
+            );
         }
         if let (Some(rel), Some(line)) = (&site.relocation, site.relocation_line) {
             // Line 0: read from an object, not a header; no line to name.

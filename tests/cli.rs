@@ -10,11 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_stencilcheck");
 /// Run the binary from the package root (fixture paths are relative to it,
 /// as the replay commands it prints are).
 fn stencilcheck(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run stencilcheck")
+    Command::new(BIN).args(args).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("run stencilcheck")
 }
 
 fn fixture(name: &str) -> String {
@@ -369,7 +365,8 @@ fn verify_edited(from: &str, to: &str) -> (u8, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edited.h");
     std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
-    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    let (code, out, err) =
+        stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
     (code, format!("{out}{err}"))
 }
 
@@ -379,14 +376,17 @@ fn a_hole_without_its_relocation_comment_pointed_at_the_wrong_slot_is_flagged_at
     // the error target's slot instead: nothing runs it at every placement,
     // but the accounting sees a hole that writes no relocation's field.
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/good.h")).unwrap();
-    let edited = text
-        .replacen("    // 000000000000001e:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n", "", 1)
-        .replacen("patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0xc);", "patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0x14);", 1);
+    let edited = text.replacen("    // 000000000000001e:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n", "", 1).replacen(
+        "patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0xc);",
+        "patch_x86_64_32rx(code + 0x1e, (uintptr_t)data + 0x14);",
+        1,
+    );
     assert_ne!(edited, text);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edited.h");
     std::fs::write(&path, edited).unwrap();
-    let (code, out, err) = stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
+    let (code, out, err) =
+        stencilcheck::cli::run(["stencilcheck", "verify", path.to_str().unwrap(), "--placements", "1"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("[unaccounted]") && out.contains("holds no relocation's field"), "{out}");
 }

@@ -2,17 +2,16 @@
 //! ends, calls, faults and site observations, and the static site decoder,
 //! on hand-built stencils patched with the ports.
 
+use common::{place, static_sites};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
 use stencilcheck::execute::{Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace};
 use stencilcheck::model::{
-    Arch, DataComment, Effect, EmitOp, PatchFn, RelocKind,
-    Relocation, Section, Stencil, StencilSet, Term,
+    Arch, DataComment, Effect, EmitOp, PatchFn, RelocKind, Relocation, Section, Stencil, StencilSet, Term,
 };
 use stencilcheck::patch::{self, Image, Ports};
 use stencilcheck::place::{Layout, Placement, PAGE};
-use common::{place, static_sites};
 mod common;
 use common::{hole, listing, reloc, slot};
 
@@ -120,14 +119,7 @@ fn load_oparg() -> Stencil {
 
 /// Raw code, no holes.
 fn raw(name: &str, code: Vec<u8>) -> Stencil {
-    stencil(
-        name,
-        code,
-        vec![0; 8],
-        vec![],
-        vec![],
-        vec![EmitOp::CopyData { line: 0 }, EmitOp::CopyCode { line: 0 }],
-    )
+    stencil(name, code, vec![0; 8], vec![], vec![], vec![EmitOp::CopyData { line: 0 }, EmitOp::CopyCode { line: 0 }])
 }
 
 fn engine(limit: u64) -> UnicornX86 {
@@ -148,22 +140,13 @@ fn run(s: &Stencil, p: &Placement) -> (Image, Trace) {
 
 fn exit(trace: &Trace) -> (ExitKind, u64, u64, bool) {
     match trace.end {
-        Some(RunEnd::Exit {
-            kind,
-            target,
-            sp,
-            computed,
-            ..
-        }) => (kind, target, sp, computed),
+        Some(RunEnd::Exit { kind, target, sp, computed, .. }) => (kind, target, sp, computed),
         ref other => panic!("run did not exit: {other:?}"),
     }
 }
 
 fn placement_of(s: &Stencil, seed: u64, layout: Layout) -> Placement {
-    (0..8)
-        .map(|i| place(s, seed, i).unwrap())
-        .find(|p| p.layout == layout)
-        .unwrap()
+    (0..8).map(|i| place(s, seed, i).unwrap()).find(|p| p.layout == layout).unwrap()
 }
 
 /// Re-place the code at `code` (data `data_delta` bytes after it) and keep the rest.
@@ -174,11 +157,7 @@ fn moved(mut p: Placement, code: u64, data_delta: i64) -> Placement {
 }
 
 fn sites_of(trace_or_static: &[SiteObservation], relocation: usize) -> Vec<Effect> {
-    trace_or_static
-        .iter()
-        .filter(|o| o.relocation == relocation)
-        .map(|o| o.effect.expect("an effect"))
-        .collect()
+    trace_or_static.iter().filter(|o| o.relocation == relocation).map(|o| o.effect.expect("an effect")).collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -193,12 +172,7 @@ fn got_jump_to_continue_exits_there_with_the_entry_stack() {
             let p = place(&s, seed, index).unwrap();
             let (image, trace) = run(&s, &p);
             let cont = p.continuation(&s);
-            assert_eq!(
-                exit(&trace),
-                (ExitKind::Jump, cont, trace.entry_sp, false),
-                "{:?}",
-                p.layout
-            );
+            assert_eq!(exit(&trace), (ExitKind::Jump, cont, trace.entry_sp, false), "{:?}", p.layout);
             assert_eq!(trace.entry, p.code);
             assert_eq!(trace.entry_sp, p.machine_sp - 8);
             assert!(!trace.entered_by_call);
@@ -209,10 +183,7 @@ fn got_jump_to_continue_exits_there_with_the_entry_stack() {
                     assert_eq!(target, cont);
                     assert_eq!(image.code[..2], [0x90, 0xe9], "relaxed");
                 }
-                Effect::Transfer {
-                    target,
-                    slot: Some(slot),
-                } => {
+                Effect::Transfer { target, slot: Some(slot) } => {
                     assert_eq!((target, slot), (cont, p.data));
                     assert_eq!(image.code[..2], [0xff, 0x25], "not relaxed");
                 }
@@ -231,54 +202,27 @@ fn unrelaxed_got_jump_records_its_slot() {
     p.jump_target = p.code + (16 << 30); // far: patch_x86_64_32rx keeps the indirect jump
     let (image, trace) = run(&s, &p);
     assert_eq!(image.code[..2], [0xff, 0x25]);
-    assert_eq!(
-        exit(&trace),
-        (ExitKind::Jump, p.jump_target, trace.entry_sp, false)
-    );
-    let want = Effect::Transfer {
-        target: p.jump_target,
-        slot: Some(p.data),
-    };
+    assert_eq!(exit(&trace), (ExitKind::Jump, p.jump_target, trace.entry_sp, false));
+    let want = Effect::Transfer { target: p.jump_target, slot: Some(p.data) };
     assert_eq!(sites_of(&trace.sites, 0), [want]);
     assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
     // Near: relaxed to a direct jump.
     p.jump_target = p.code + 0x5000;
     let (image, trace) = run(&s, &p);
     assert_eq!(image.code[..2], [0x90, 0xe9]);
-    assert_eq!(
-        exit(&trace),
-        (ExitKind::Jump, p.jump_target, trace.entry_sp, false)
-    );
-    assert_eq!(
-        sites_of(&trace.sites, 0),
-        [Effect::Transfer {
-            target: p.jump_target,
-            slot: None
-        }]
-    );
+    assert_eq!(exit(&trace), (ExitKind::Jump, p.jump_target, trace.entry_sp, false));
+    assert_eq!(sites_of(&trace.sites, 0), [Effect::Transfer { target: p.jump_target, slot: None }]);
 }
 
 #[test]
 fn a_jump_through_a_register_is_a_computed_exit() {
     // lea rax, [rip+0x10000]; jmp rax: leaves the code for an address no relocation names.
-    let s = raw(
-        "_COMPUTED",
-        vec![0x48, 0x8d, 0x05, 0x00, 0x00, 0x01, 0x00, 0xff, 0xe0],
-    );
+    let s = raw("_COMPUTED", vec![0x48, 0x8d, 0x05, 0x00, 0x00, 0x01, 0x00, 0xff, 0xe0]);
     let p = place(&s, 1, 0).unwrap();
     let (_, trace) = run(&s, &p);
     match trace.end {
-        Some(RunEnd::Exit {
-            kind,
-            from,
-            target,
-            sp,
-            computed,
-        }) => {
-            assert_eq!(
-                (kind, from, target, sp),
-                (ExitKind::Jump, p.code + 7, p.code + 7 + 0x10000, trace.entry_sp)
-            );
+        Some(RunEnd::Exit { kind, from, target, sp, computed }) => {
+            assert_eq!((kind, from, target, sp), (ExitKind::Jump, p.code + 7, p.code + 7 + 0x10000, trace.entry_sp));
             assert!(computed, "jmp rax is no relocation's exit");
         }
         ref other => panic!("{other:?}"),
@@ -289,10 +233,7 @@ fn a_jump_through_a_register_is_a_computed_exit() {
     let s = raw("_DIRECT_JMP", vec![0xe9, 0x00, 0x00, 0x01, 0x00]);
     let p = place(&s, 1, 0).unwrap();
     let (_, trace) = run(&s, &p);
-    assert_eq!(
-        exit(&trace),
-        (ExitKind::Jump, p.code + 5 + 0x10000, trace.entry_sp, false)
-    );
+    assert_eq!(exit(&trace), (ExitKind::Jump, p.code + 5 + 0x10000, trace.entry_sp, false));
 }
 
 #[test]
@@ -304,18 +245,9 @@ fn falling_off_the_end_exits_to_the_continuation() {
     // Code ending exactly at a page boundary: data far away, right after
     // (its page follows the code's), or before the code.
     let cases = [
-        (
-            "page end, data far",
-            moved(base.clone(), end_page - s.code_size(), 0x10_0000),
-        ),
-        (
-            "page end, data next",
-            moved(base.clone(), end_page - s.code_size(), code_len),
-        ),
-        (
-            "page end, data before",
-            moved(base.clone(), end_page - s.code_size(), -0x2000),
-        ),
+        ("page end, data far", moved(base.clone(), end_page - s.code_size(), 0x10_0000)),
+        ("page end, data next", moved(base.clone(), end_page - s.code_size(), code_len)),
+        ("page end, data before", moved(base.clone(), end_page - s.code_size(), -0x2000)),
         ("mid-page", moved(base.clone(), end_page + 0x123, 0x4000)),
         ("as placed", base.clone()),
     ];
@@ -325,26 +257,14 @@ fn falling_off_the_end_exits_to_the_continuation() {
         if what.starts_with("page end") {
             assert_eq!(cont % PAGE, 0);
         }
-        assert_eq!(
-            exit(&trace),
-            (ExitKind::FallThrough, cont, trace.entry_sp, false),
-            "{what}"
-        );
+        assert_eq!(exit(&trace), (ExitKind::FallThrough, cont, trace.entry_sp, false), "{what}");
         if let Some(RunEnd::Exit { from, .. }) = trace.end {
             assert_eq!(from, p.code + 7, "{what}: last instruction is the add");
         }
         assert_eq!(trace.instructions, 2, "{what}");
-        let want = Effect::Load {
-            address: p.data,
-            value: p.oparg as u64,
-            bits: 16,
-        };
+        let want = Effect::Load { address: p.data, value: p.oparg as u64, bits: 16 };
         assert_eq!(sites_of(&trace.sites, 0), [want], "{what}");
-        assert_eq!(
-            sites_of(&static_sites(&s, &image), 0),
-            [want],
-            "{what}"
-        );
+        assert_eq!(sites_of(&static_sites(&s, &image), 0), [want], "{what}");
     }
 }
 
@@ -354,13 +274,7 @@ fn ret_goes_to_the_sentinel_and_is_a_return_exit() {
     let p = place(&s, 1, 0).unwrap();
     let (_, trace) = run(&s, &p);
     match trace.end {
-        Some(RunEnd::Exit {
-            kind,
-            target,
-            sp,
-            from,
-            computed,
-        }) => {
+        Some(RunEnd::Exit { kind, target, sp, from, computed }) => {
             assert_eq!(kind, ExitKind::Return);
             assert_eq!(target, RETURN_SENTINEL);
             assert_eq!(sp, trace.entry_sp, "sp is reported before the pop");
@@ -383,11 +297,7 @@ fn a_call_through_the_got_is_stubbed_and_the_run_continues() {
             let p = placement_of(&s, seed, layout);
             let (image, trace) = run(&s, &p);
             let ext = p.externs["PyFunc"];
-            assert_eq!(
-                image.code[1..3],
-                if relaxed { [0x90, 0xe8] } else { [0xff, 0x15] },
-                "{layout:?}"
-            );
+            assert_eq!(image.code[1..3], if relaxed { [0x90, 0xe8] } else { [0xff, 0x15] }, "{layout:?}");
             assert_eq!(trace.calls.len(), 1, "{layout:?}: {:?}", trace.calls);
             let call = &trace.calls[0];
             assert_eq!(call.target, ext);
@@ -395,20 +305,11 @@ fn a_call_through_the_got_is_stubbed_and_the_run_continues() {
             assert_eq!(call.sp, trace.entry_sp - 16, "one push, one return address");
             assert_eq!(call.sp % 16, 8, "C ABI: sp ≡ 8 mod 16 at the callee");
             // The stub returned: the jmp after the call ran.
-            assert_eq!(
-                exit(&trace),
-                (ExitKind::Jump, p.continuation(&s), trace.entry_sp, false)
-            );
+            assert_eq!(exit(&trace), (ExitKind::Jump, p.continuation(&s), trace.entry_sp, false));
             let want = if relaxed {
-                Effect::Transfer {
-                    target: ext,
-                    slot: None,
-                }
+                Effect::Transfer { target: ext, slot: None }
             } else {
-                Effect::Transfer {
-                    target: ext,
-                    slot: Some(p.data),
-                }
+                Effect::Transfer { target: ext, slot: Some(p.data) }
             };
             assert_eq!(sites_of(&trace.sites, 0), [want]);
             assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
@@ -435,16 +336,7 @@ fn a_call_as_the_last_instruction_is_an_after_noreturn_exit() {
         vec![],
         vec![reloc(1, RelocKind::X86_64_PLT32, "PyAbort", -4)],
         vec![],
-        vec![
-            EmitOp::CopyCode { line: 0 },
-            hole(
-                PatchFn::P32r,
-                Section::Code,
-                1,
-                Term::Symbol("PyAbort".into()),
-                -4,
-            ),
-        ],
+        vec![EmitOp::CopyCode { line: 0 }, hole(PatchFn::P32r, Section::Code, 1, Term::Symbol("PyAbort".into()), -4)],
     );
     let p = place(&s, 2, 0).unwrap();
     let (_, trace) = run(&s, &p);
@@ -492,12 +384,7 @@ fn a_write_into_its_data_faults() {
     for index in 0..8 {
         let p = place(&s, 1, index).unwrap();
         let (_, trace) = run(&s, &p);
-        assert_eq!(
-            fault(&trace),
-            (Fault::WriteIntoData, p.code, p.data + 4),
-            "{:?}",
-            p.layout
-        );
+        assert_eq!(fault(&trace), (Fault::WriteIntoData, p.code, p.data + 4), "{:?}", p.layout);
     }
 }
 
@@ -510,13 +397,7 @@ fn an_infinite_loop_hits_the_instruction_limit_quickly() {
     let t0 = Instant::now();
     let trace = e.run(&s, &p, &image);
     assert!(t0.elapsed() < Duration::from_secs(2), "took {:?}", t0.elapsed());
-    assert_eq!(
-        trace.end,
-        Some(RunEnd::InstructionLimit {
-            limit: 1000,
-            pc: p.code
-        })
-    );
+    assert_eq!(trace.end, Some(RunEnd::InstructionLimit { limit: 1000, pc: p.code }));
     assert_eq!(trace.instructions, 1001, "counted up to the one over the limit");
     // The engine is reusable after a limit.
     let j = jmp_continue();
@@ -577,20 +458,13 @@ fn static_sites_see_lea_load_and_movzwl() {
                 relocation: 0,
                 pc: p.code,
                 len: 7,
-                effect: Some(Effect::Address {
-                    value: s_data,
-                    bits: 64
-                })
+                effect: Some(Effect::Address { value: s_data, bits: 64 })
             },
             SiteObservation {
                 relocation: 1,
                 pc: p.code + 7,
                 len: 7,
-                effect: Some(Effect::Load {
-                    address: p.data + 8,
-                    value: p.oparg as u64,
-                    bits: 16
-                })
+                effect: Some(Effect::Load { address: p.data + 8, value: p.oparg as u64, bits: 16 })
             },
         ]
     );
@@ -599,22 +473,8 @@ fn static_sites_see_lea_load_and_movzwl() {
     let image = patch::emit(&s, &p, &Ports).unwrap();
     assert_eq!(image.code[1], 0x8b);
     let st = static_sites(&s, &image);
-    assert_eq!(
-        sites_of(&st, 0),
-        [Effect::Load {
-            address: p.data,
-            value: p.externs["PyData"],
-            bits: 64
-        }]
-    );
-    assert_eq!(
-        sites_of(&st, 1),
-        [Effect::Load {
-            address: p.data + 8,
-            value: p.oparg as u64,
-            bits: 16
-        }]
-    );
+    assert_eq!(sites_of(&st, 0), [Effect::Load { address: p.data, value: p.externs["PyData"], bits: 64 }]);
+    assert_eq!(sites_of(&st, 1), [Effect::Load { address: p.data + 8, value: p.oparg as u64, bits: 16 }]);
     // The run agrees with the static view.
     let trace = engine(1000).run(&s, &p, &image);
     assert_eq!(sites_of(&trace.sites, 0), sites_of(&st, 0));
@@ -628,41 +488,20 @@ fn static_sites_see_a_direct_call_and_an_immediate() {
         "_DIRECT",
         vec![0xe8, 0, 0, 0, 0, 0x48, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0],
         vec![],
-        vec![
-            reloc(1, RelocKind::X86_64_PLT32, "PyFunc", -4),
-            reloc(7, RelocKind::X86_64_64, "PyData", 0x10),
-        ],
+        vec![reloc(1, RelocKind::X86_64_PLT32, "PyFunc", -4), reloc(7, RelocKind::X86_64_64, "PyData", 0x10)],
         vec![],
         vec![
             EmitOp::CopyCode { line: 0 },
             hole(PatchFn::P32r, Section::Code, 1, Term::Symbol("PyFunc".into()), -4),
-            hole(
-                PatchFn::P64,
-                Section::Code,
-                7,
-                Term::Symbol("PyData".into()),
-                0x10,
-            ),
+            hole(PatchFn::P64, Section::Code, 7, Term::Symbol("PyData".into()), 0x10),
         ],
     );
     for index in 0..8 {
         let p = place(&s, 4, index).unwrap();
         let image = patch::emit(&s, &p, &Ports).unwrap();
         let st = static_sites(&s, &image);
-        assert_eq!(
-            sites_of(&st, 0),
-            [Effect::Transfer {
-                target: p.externs["PyFunc"],
-                slot: None
-            }]
-        );
-        assert_eq!(
-            sites_of(&st, 1),
-            [Effect::Immediate {
-                value: p.externs["PyData"] + 0x10,
-                bits: 64
-            }]
-        );
+        assert_eq!(sites_of(&st, 0), [Effect::Transfer { target: p.externs["PyFunc"], slot: None }]);
+        assert_eq!(sites_of(&st, 1), [Effect::Immediate { value: p.externs["PyData"] + 0x10, bits: 64 }]);
     }
 }
 
@@ -689,9 +528,7 @@ fn static_sites_skip_register_dependent_operands() {
     // A run evaluates it: r13 is the frame.
     let trace = engine(1000).run(&s, &p, &image);
     match sites_of(&trace.sites, 0)[..] {
-        [Effect::Load {
-            address, bits: 64, ..
-        }] => assert_eq!(address, p.frame),
+        [Effect::Load { address, bits: 64, .. }] => assert_eq!(address, p.frame),
         ref other => panic!("{other:?}"),
     }
 }
@@ -713,8 +550,8 @@ fn busy() -> Stencil {
     // 16: 5b               pop rbx
     // 17: ff 25 ..         jmp *[rip+slot CONTINUE]  @0x19 (slot data+8)
     let code = vec![
-        0x53, 0x49, 0x8b, 0x45, 0x48, 0x48, 0x8b, 0x18, 0xff, 0x15, 0, 0, 0, 0, 0x48, 0x85, 0xc0, 0x74, 0x03,
-        0x48, 0x8b, 0x00, 0x5b, 0xff, 0x25, 0, 0, 0, 0,
+        0x53, 0x49, 0x8b, 0x45, 0x48, 0x48, 0x8b, 0x18, 0xff, 0x15, 0, 0, 0, 0, 0x48, 0x85, 0xc0, 0x74, 0x03, 0x48,
+        0x8b, 0x00, 0x5b, 0xff, 0x25, 0, 0, 0, 0,
     ];
     stencil(
         "_BUSY",
@@ -751,20 +588,8 @@ fn runs_are_deterministic_on_one_engine_and_on_fresh_ones() {
             let first = shared.run(s, &p, &image);
             let again = shared.run(s, &p, &image);
             let fresh = engine(100_000).run(s, &p, &image);
-            assert_eq!(
-                json(&first),
-                json(&again),
-                "{} {:?}: same engine",
-                s.name,
-                p.layout
-            );
-            assert_eq!(
-                json(&first),
-                json(&fresh),
-                "{} {:?}: fresh engine",
-                s.name,
-                p.layout
-            );
+            assert_eq!(json(&first), json(&again), "{} {:?}: same engine", s.name, p.layout);
+            assert_eq!(json(&first), json(&fresh), "{} {:?}: fresh engine", s.name, p.layout);
             assert_eq!(format!("{first:?}"), format!("{fresh:?}"));
         }
     }
@@ -778,12 +603,7 @@ fn earlier_runs_of_other_stencils_leave_no_trace() {
     let alone = engine(100_000).run(&a, &pa, &ia);
     let mut e = engine(100_000);
     // Other stencils at other places (some sharing pages with A's), in between.
-    for (s, index) in [
-        (call_extern(true), 0),
-        (load_oparg(), 3),
-        (busy(), 5),
-        (jmp_continue(), 6),
-    ] {
+    for (s, index) in [(call_extern(true), 0), (load_oparg(), 3), (busy(), 5), (jmp_continue(), 6)] {
         let p = place(&s, 12, index).unwrap();
         let _ = e.run(&s, &p, &patch::emit(&s, &p, &Ports).unwrap());
         // The same stencil moved onto A's code pages, with different bytes.
@@ -807,11 +627,7 @@ fn made_up_memory_depends_on_the_contents_seed() {
         q.contents_seed = p.contents_seed ^ (k << 17);
         distinct.insert(json(&e.run(&s, &q, &image)));
     }
-    assert!(
-        distinct.len() > 4,
-        "only {} distinct traces over 16 contents seeds",
-        distinct.len()
-    );
+    assert!(distinct.len() > 4, "only {} distinct traces over 16 contents seeds", distinct.len());
 }
 
 // ---------------------------------------------------------------------------
@@ -826,14 +642,7 @@ fn exits_to_targets_beside_the_code_and_on_other_pages() {
         let mut p = moved(base.clone(), code, 0x2000);
         // Just before the code (maybe on the previous, unmapped page), just
         // after it (maybe on the guard page), and on the code's own page.
-        for target in [
-            code - 5,
-            code - 1,
-            code + 6,
-            code + 7,
-            (code & !(PAGE - 1)) + 0xf00,
-            code + 0x3000,
-        ] {
+        for target in [code - 5, code - 1, code + 6, code + 7, (code & !(PAGE - 1)) + 0xf00, code + 0x3000] {
             if (code..code + 6).contains(&target) {
                 continue;
             }
@@ -859,19 +668,13 @@ fn a_conditional_jump_out_of_the_code_is_a_jump_exit() {
         vec![],
         vec![reloc(5, RelocKind::X86_64_PLT32, "_JIT_JUMP_TARGET", -4)],
         vec![],
-        vec![
-            EmitOp::CopyCode { line: 0 },
-            hole(PatchFn::P32r, Section::Code, 5, Term::JumpTarget, -4),
-        ],
+        vec![EmitOp::CopyCode { line: 0 }, hole(PatchFn::P32r, Section::Code, 5, Term::JumpTarget, -4)],
     );
     let (mut taken, mut not) = (0, 0);
     for seed in 0..24 {
         let p = place(&s, seed, 0).unwrap();
         let (image, trace) = run(&s, &p);
-        let want = Effect::Transfer {
-            target: p.jump_target,
-            slot: None,
-        };
+        let want = Effect::Transfer { target: p.jump_target, slot: None };
         assert_eq!(sites_of(&trace.sites, 0), [want]);
         assert_eq!(sites_of(&static_sites(&s, &image), 0), [want]);
         match exit(&trace) {
@@ -883,11 +686,7 @@ fn a_conditional_jump_out_of_the_code_is_a_jump_exit() {
             {
                 not += 1
             }
-            other => panic!(
-                "{other:?} (jump target {:#x}, continuation {:#x})",
-                p.jump_target,
-                p.continuation(&s)
-            ),
+            other => panic!("{other:?} (jump target {:#x}, continuation {:#x})", p.jump_target, p.continuation(&s)),
         }
     }
     assert!(taken > 0 && not > 0, "taken {taken}, not taken {not}");
@@ -898,12 +697,9 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
     // 3.14-style shim: rdi→r12, rsi→r13, rdx→r14, then `ret` (a stand-in for the call into the trace).
     let code = vec![0x49, 0x89, 0xfc, 0x49, 0x89, 0xf5, 0x49, 0x89, 0xd6, 0xc3];
     let mut tramp = raw("trampoline", code);
-    for (insn, text) in tramp.instructions.iter_mut().zip([
-        "movq    %rdi, %r12",
-        "movq    %rsi, %r13",
-        "movq    %rdx, %r14",
-        "retq",
-    ]) {
+    for (insn, text) in
+        tramp.instructions.iter_mut().zip(["movq    %rdi, %r12", "movq    %rsi, %r13", "movq    %rdx, %r14", "retq"])
+    {
         insn.text = text.into();
     }
     let set = StencilSet {
@@ -913,10 +709,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         symbols_map: Vec::new(),
     };
     let conv = convention(&set);
-    assert_eq!(
-        (conv.frame, conv.stack_pointer, conv.tstate, conv.source),
-        ("r12", "r13", "r14", "trampoline")
-    );
+    assert_eq!((conv.frame, conv.stack_pointer, conv.tstate, conv.source), ("r12", "r13", "r14", "trampoline"));
     let mut e = UnicornX86::new(conv, 1000).unwrap();
     let p = place(&tramp, 1, 0).unwrap();
     let trace = e.run(&tramp, &p, &patch::emit(&tramp, &p, &Ports).unwrap());
@@ -941,10 +734,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         stencils: vec![],
         symbols_map: Vec::new(),
     };
-    assert_eq!(
-        (convention(&set).frame, convention(&set).source),
-        ("r13", "default")
-    );
+    assert_eq!((convention(&set).frame, convention(&set).source), ("r13", "default"));
 }
 
 #[test]
@@ -952,9 +742,7 @@ fn observations_of_a_site_in_a_loop_are_capped() {
     // mov ebx, 100; L: movzwl eax, [rip+slot OPARG] (@8); dec ebx; jnz L
     let s = stencil(
         "_LOOP",
-        vec![
-            0xbb, 100, 0, 0, 0, 0x0f, 0xb7, 0x05, 0, 0, 0, 0, 0xff, 0xcb, 0x75, 0xf5,
-        ],
+        vec![0xbb, 100, 0, 0, 0, 0x0f, 0xb7, 0x05, 0, 0, 0, 0, 0xff, 0xcb, 0x75, 0xf5],
         vec![0; 8],
         vec![reloc(8, RelocKind::X86_64_GOTPCREL, "_JIT_OPARG", -4)],
         vec![slot(0, Term::Oparg)],
@@ -978,9 +766,7 @@ fn a_runaway_call_loop_hits_the_call_limit() {
     // mov ebx, 5000; L: call *[rip+slot PyFunc] (@7); dec ebx; jnz L
     let s = stencil(
         "_CALLS",
-        vec![
-            0xbb, 0x88, 0x13, 0, 0, 0xff, 0x15, 0, 0, 0, 0, 0xff, 0xcb, 0x75, 0xf6,
-        ],
+        vec![0xbb, 0x88, 0x13, 0, 0, 0xff, 0x15, 0, 0, 0, 0, 0xff, 0xcb, 0x75, 0xf6],
         vec![0; 8],
         vec![reloc(7, RelocKind::X86_64_GOTPCRELX, "PyFunc", -4)],
         vec![slot(0, Term::Symbol("PyFunc".into()))],
@@ -995,11 +781,7 @@ fn a_runaway_call_loop_hits_the_call_limit() {
     let t0 = Instant::now();
     let (_, trace) = run(&s, &p);
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
-    assert!(
-        matches!(trace.end, Some(RunEnd::CallLimit { .. })),
-        "{:?}",
-        trace.end
-    );
+    assert!(matches!(trace.end, Some(RunEnd::CallLimit { .. })), "{:?}", trace.end);
     assert_eq!(trace.calls.len(), stencilcheck::execute::CALL_LIMIT);
     assert!(trace.calls.iter().all(|c| c.target == p.externs["PyFunc"]));
 }
@@ -1010,14 +792,8 @@ fn a_runaway_call_loop_hits_the_call_limit() {
 #[test]
 fn a_not_taken_conditional_jump_at_the_end_falls_through() {
     // xor eax, eax (ZF=1); jne +0x100: never taken, runs off the end.
-    let s = raw(
-        "_JNE_NOT_TAKEN",
-        vec![0x31, 0xc0, 0x0f, 0x85, 0x00, 0x01, 0x00, 0x00],
-    );
+    let s = raw("_JNE_NOT_TAKEN", vec![0x31, 0xc0, 0x0f, 0x85, 0x00, 0x01, 0x00, 0x00]);
     let p = place(&s, 1, 0).unwrap();
     let (_, trace) = run(&s, &p);
-    assert_eq!(
-        exit(&trace),
-        (ExitKind::FallThrough, p.continuation(&s), trace.entry_sp, false)
-    );
+    assert_eq!(exit(&trace), (ExitKind::FallThrough, p.continuation(&s), trace.entry_sp, false));
 }

@@ -63,7 +63,14 @@ fn listing(code: &[u8]) -> Vec<ObjdumpInstruction> {
 }
 
 fn reloc(offset: u64, kind: RelocKind, symbol: &str) -> Relocation {
-    Relocation { offset, kind, symbol: Symbol::classify(symbol), addend: 0, line: 0, text: format!("{offset:016x}:  {kind} {symbol}") }
+    Relocation {
+        offset,
+        kind,
+        symbol: Symbol::classify(symbol),
+        addend: 0,
+        line: 0,
+        text: format!("{offset:016x}:  {kind} {symbol}"),
+    }
 }
 
 fn hole(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
@@ -74,7 +81,14 @@ fn slot(offset: u64, term: Term) -> DataComment {
     DataComment { offset, kind: DataCommentKind::Slot(Value::new(term, 0)), line: 0 }
 }
 
-fn stencil(name: &str, code: &[u32], data_len: usize, relocations: Vec<Relocation>, slots: Vec<DataComment>, patches: Vec<EmitOp>) -> Stencil {
+fn stencil(
+    name: &str,
+    code: &[u32],
+    data_len: usize,
+    relocations: Vec<Relocation>,
+    slots: Vec<DataComment>,
+    patches: Vec<EmitOp>,
+) -> Stencil {
     let code = words(code);
     let (data_patches, code_patches): (Vec<_>, Vec<_>) =
         patches.into_iter().partition(|op| matches!(op, EmitOp::Patch(p) if p.section == Section::Data));
@@ -329,7 +343,10 @@ fn a_taken_conditional_branch_leaves_for_its_target() {
         "_CBNZ",
         &[CBNZ_X0, B],
         0,
-        vec![reloc(0, RelocKind::Aarch64_CONDBR19, "_JIT_JUMP_TARGET"), reloc(4, RelocKind::Aarch64_JUMP26, "_JIT_CONTINUE")],
+        vec![
+            reloc(0, RelocKind::Aarch64_CONDBR19, "_JIT_JUMP_TARGET"),
+            reloc(4, RelocKind::Aarch64_JUMP26, "_JIT_CONTINUE"),
+        ],
         vec![],
         vec![
             hole(PatchFn::Aarch64_19r, Section::Code, 0, Term::JumpTarget, 0),
@@ -577,7 +594,8 @@ fn branches_through_trampolines_go_where_the_veneer_says() {
             let foo = p.externs["PyFoo"];
             let slot = p.trace.as_ref().and_then(|t| t.trampoline_slot(0)).unwrap();
             let branch = image.read_u32(p.code + if link { 4 } else { 0 }).unwrap();
-            let through = A64.info().branch_target(&branch.to_le_bytes(), p.code + if link { 4 } else { 0 }) == Some(slot);
+            let through =
+                A64.info().branch_target(&branch.to_le_bytes(), p.code + if link { 4 } else { 0 }) == Some(slot);
             veneers += through as u32;
             if link {
                 assert_eq!(trace.calls[0].target, foo, "call target resolved through the veneer");

@@ -31,7 +31,8 @@ fn raw(name: &str, code: Vec<u8>) -> Stencil {
 }
 
 fn verify(target: Target, stencil: Stencil) -> StencilResult {
-    let set = StencilSet { path: PathBuf::from("verdicts.h"), target, stencils: vec![stencil], symbols_map: Vec::new() };
+    let set =
+        StencilSet { path: PathBuf::from("verdicts.h"), target, stencils: vec![stencil], symbols_map: Vec::new() };
     let options = Options {
         seed: 3,
         placements: 4,

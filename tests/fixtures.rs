@@ -48,11 +48,7 @@ fn run(name: &str) -> (StencilSet, Outcome) {
 
 /// Every finding, with the stencil it is in.
 fn findings(outcome: &Outcome) -> Vec<(&str, &Seen)> {
-    outcome
-        .results
-        .iter()
-        .flat_map(|r| r.findings.iter().map(move |s| (r.name.as_str(), s)))
-        .collect()
+    outcome.results.iter().flat_map(|r| r.findings.iter().map(move |s| (r.name.as_str(), s))).collect()
 }
 
 fn describe(outcome: &Outcome) -> String {
@@ -250,7 +246,13 @@ fn each_variant_changes_one_stencil() {
         let set = load(file);
         for s in &good.stencils {
             let same = ops(&good, &s.name) == ops(&set, &s.name);
-            assert_eq!(!same, s.name == stencil, "{file}: emit_{} {}", s.name, if same { "unchanged" } else { "changed" });
+            assert_eq!(
+                !same,
+                s.name == stencil,
+                "{file}: emit_{} {}",
+                s.name,
+                if same { "unchanged" } else { "changed" }
+            );
             let other = set.stencils.iter().find(|o| o.name == s.name).unwrap();
             assert_eq!((&other.code, &other.data, &other.relocations.len()), (&s.code, &s.data, &s.relocations.len()));
         }
@@ -421,11 +423,7 @@ fn a_displacement_pointing_outside_the_image_is_not_mangled() {
     let seen = only_in(&outcome, "_FX_PUSH_ARGS");
     let f = at(&seen, FindingKind::WrongValue, Section::Code, 0xb);
     assert!(f.finding.site.as_ref().unwrap().instruction.as_deref().unwrap().starts_with("mov rcx,[rip+"));
-    assert!(
-        !seen.iter().any(|s| s.finding.kind == FindingKind::MangledSite),
-        "{}",
-        describe(&outcome)
-    );
+    assert!(!seen.iter().any(|s| s.finding.kind == FindingKind::MangledSite), "{}", describe(&outcome));
 }
 
 // ---- CPython 3.14+ fixtures ---------------------------------------------------------
@@ -531,11 +529,8 @@ fn v314_aarch64_fixture_loads_as_written() {
     assert_eq!(call.data, [0; 8], "no data_body: only a _JIT_OPERAND0 slot");
     assert_eq!(call.ordinals, ordinals(&[(0, "PyFx_Type"), (1, "PyFx_Lookup")]));
     assert_eq!((&call.trampoline_mask[..], &call.got_mask[..]), (&[0][..], &[0x3][..]));
-    let pairs: Vec<(u64, PatchFn, &Term)> = call
-        .holes()
-        .filter(|h| h.func == PatchFn::Aarch64_33rx)
-        .map(|h| (h.offset, h.func, &h.value.term))
-        .collect();
+    let pairs: Vec<(u64, PatchFn, &Term)> =
+        call.holes().filter(|h| h.func == PatchFn::Aarch64_33rx).map(|h| (h.offset, h.func, &h.value.term)).collect();
     assert_eq!(
         pairs,
         [
@@ -549,11 +544,8 @@ fn v314_aarch64_fixture_loads_as_written() {
     assert_eq!((helper.code_size(), helper.data_size()), (60, 0));
     assert_eq!(helper.ordinals, ordinals(&[(2, "PyFx_Helper"), (3, "PyFx_Fallback")]));
     assert_eq!((&helper.trampoline_mask[..], &helper.got_mask[..]), (&[0xc][..], &[0][..]));
-    let calls: Vec<(u64, PatchFn, Section, &Term)> = helper
-        .holes()
-        .filter(|h| h.func.takes_state())
-        .map(|h| (h.offset, h.func, h.section, &h.value.term))
-        .collect();
+    let calls: Vec<(u64, PatchFn, Section, &Term)> =
+        helper.holes().filter(|h| h.func.takes_state()).map(|h| (h.offset, h.func, h.section, &h.value.term)).collect();
     assert_eq!(
         calls,
         [
@@ -692,7 +684,9 @@ fn flagged_at(file: &str, stencil: &str, offsets: &[u64]) {
     let seen = only_in(&outcome, stencil);
     let hit = seen
         .iter()
-        .find(|s| s.finding.site.as_ref().is_some_and(|site| site.section == Section::Code && offsets.contains(&site.offset)))
+        .find(|s| {
+            s.finding.site.as_ref().is_some_and(|site| site.section == Section::Code && offsets.contains(&site.offset))
+        })
         .unwrap_or_else(|| panic!("{file}: nothing at code+{offsets:x?}:\n{}", describe(&outcome)));
     assert_replays(&set, stencil, hit);
 }

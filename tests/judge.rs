@@ -3,6 +3,7 @@
 //! or of a run's trace — is caught with a finding that names the right
 //! relocation and the right labels.
 
+use common::{place, static_sites, X86};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use stencilcheck::execute::x86_64::{convention, UnicornX86, RETURN_SENTINEL};
@@ -15,7 +16,6 @@ use stencilcheck::model::{
 };
 use stencilcheck::patch::{self, Image, Ports};
 use stencilcheck::place::{Layout, Placement};
-use common::{place, static_sites, X86};
 mod common;
 use common::{hole_at as hole, listing, reloc_at as reloc, slot_at as slot};
 
@@ -79,11 +79,7 @@ fn uop() -> Stencil {
             reloc(42, RelocKind::X86_64_GOTPCRELX, "_JIT_CONTINUE", -4, 115),
         ],
         data_comments: vec![
-            DataComment {
-                offset: 0,
-                kind: DataCommentKind::Bytes,
-                line: 120,
-            },
+            DataComment { offset: 0, kind: DataCommentKind::Bytes, line: 120 },
             slot(8, sym("PyData"), 121),
             slot(16, Term::Oparg, 122),
             slot(24, sym("PyFunc"), 123),
@@ -143,10 +139,7 @@ fn engine() -> UnicornX86 {
 }
 
 fn placement_of(s: &Stencil, seed: u64, layout: Layout) -> Placement {
-    (0..8)
-        .map(|i| place(s, seed, i).unwrap())
-        .find(|p| p.layout == layout)
-        .unwrap()
+    (0..8).map(|i| place(s, seed, i).unwrap()).find(|p| p.layout == layout).unwrap()
 }
 
 /// Everything the pipeline judges for one image: static sites, data slots,
@@ -252,21 +245,12 @@ fn a_correct_stencil_has_no_findings_at_any_layout() {
             }
             // Strict judging of a clean run finds nothing either.
             let strict = judge_run(X86, &s, &p, &j.trace, true);
-            assert!(
-                strict.findings.is_empty() && strict.inconclusive.is_none(),
-                "{what}"
-            );
+            assert!(strict.findings.is_empty() && strict.inconclusive.is_none(), "{what}");
         }
     }
     // Both exits and both forms of the GOT load were exercised.
-    assert!(
-        errors > 0 && continues > 0,
-        "error exits {errors}, continues {continues}"
-    );
-    assert!(
-        relaxed > 0 && unrelaxed > 0,
-        "relaxed {relaxed}, unrelaxed {unrelaxed}"
-    );
+    assert!(errors > 0 && continues > 0, "error exits {errors}, continues {continues}");
+    assert!(relaxed > 0 && unrelaxed > 0, "relaxed {relaxed}, unrelaxed {unrelaxed}");
 }
 
 // ---------------------------------------------------------------------------
@@ -315,11 +299,7 @@ fn mutant_relaxed_error_jump_off_by_8_is_caught() {
     let j = judge(&mut e, &s, &p, &image);
     let f = wrong_value(&j.static_findings, &s, R_ERROR, "_JIT_ERROR_TARGET");
     assert_eq!(f.actual.as_ref().unwrap().value, p.error_target + 8);
-    assert!(
-        f.message.contains("instead of _JIT_ERROR_TARGET"),
-        "{}",
-        f.message
-    );
+    assert!(f.message.contains("instead of _JIT_ERROR_TARGET"), "{}", f.message);
 }
 
 /// LLVM JITLink #190968: relaxing `call *` wrote the ABSOLUTE address into the PC-relative `e8`.
@@ -386,10 +366,7 @@ fn mutant_got_slot_redirected_to_the_error_target_is_caught() {
     let f = &j.slot_findings[0];
     assert_eq!(f.kind, FindingKind::DataSlot);
     assert_eq!(
-        (
-            f.expected.as_ref().unwrap().label.as_str(),
-            f.actual.as_ref().unwrap().label.as_str()
-        ),
+        (f.expected.as_ref().unwrap().label.as_str(), f.actual.as_ref().unwrap().label.as_str()),
         ("PyFunc", "_JIT_ERROR_TARGET")
     );
     assert_eq!(f.site.as_ref().unwrap().offset, 24);
@@ -415,26 +392,15 @@ fn mutant_relaxed_lea_turned_back_into_a_load_is_caught() {
             j.static_findings
         );
         // The run loads made-up memory at S.
-        let loads = j
-            .trace
-            .sites
-            .iter()
-            .filter(|o| o.relocation == R_DATA)
-            .collect::<Vec<_>>();
+        let loads = j.trace.sites.iter().filter(|o| o.relocation == R_DATA).collect::<Vec<_>>();
         assert!(
             matches!(loads[0].effect, Some(Effect::Load { address, bits: 64, .. }) if address == p.externs["PyData"])
         );
-        if j.dynamic_findings
-            .iter()
-            .any(|f| f.kind == FindingKind::WrongValue && f.relocation == Some(R_DATA))
-        {
+        if j.dynamic_findings.iter().any(|f| f.kind == FindingKind::WrongValue && f.relocation == Some(R_DATA)) {
             dynamic_caught += 1;
         }
     }
-    assert!(
-        dynamic_caught >= 6,
-        "the run caught it in only {dynamic_caught} of 8 placements"
-    );
+    assert!(dynamic_caught >= 6, "the run caught it in only {dynamic_caught} of 8 placements");
 }
 
 #[test]
@@ -474,11 +440,7 @@ fn mutant_oparg_slot_is_judged_at_the_width_the_instruction_loads() {
     let mut high = image.clone();
     write_u64(&mut high, p.data + 16, oparg | 0x1_0000);
     let j = judge(&mut e, &s, &p, &high);
-    assert!(
-        j.static_findings.is_empty() && j.dynamic_findings.is_empty(),
-        "{:#?}",
-        j.static_findings
-    );
+    assert!(j.static_findings.is_empty() && j.dynamic_findings.is_empty(), "{:#?}", j.static_findings);
     assert_eq!(j.slot_findings.len(), 1);
     assert_eq!(j.slot_findings[0].expected.as_ref().unwrap().label, "_JIT_OPARG");
 }
@@ -535,40 +497,22 @@ fn mutant_code_patched_before_data_is_caught() {
                 let disp = wrong.read_u32(p.code + off).unwrap() as i32 as i64 as u64;
                 let refers = (p.code + end).wrapping_add(disp);
                 let relaxed = matches!(wrong.code[off as usize - 2], 0x8d | 0x90);
-                let uses = if relaxed {
-                    refers
-                } else {
-                    wrong.read_u64(refers).unwrap()
-                };
-                let flagged: Vec<&Finding> = j
-                    .static_findings
-                    .iter()
-                    .filter(|f| f.relocation == Some(r))
-                    .collect();
+                let uses = if relaxed { refers } else { wrong.read_u64(refers).unwrap() };
+                let flagged: Vec<&Finding> = j.static_findings.iter().filter(|f| f.relocation == Some(r)).collect();
                 let what = format!("seed {seed} index {index} relocation {r}");
                 if uses == s_val {
                     assert!(flagged.is_empty(), "{what}: correct site flagged: {flagged:#?}");
                 } else {
                     broken += 1;
-                    assert_eq!(
-                        flagged.len(),
-                        1,
-                        "{what}: uses {uses:#x} instead of {s_val:#x}, not caught"
-                    );
+                    assert_eq!(flagged.len(), 1, "{what}: uses {uses:#x} instead of {s_val:#x}, not caught");
                     assert_eq!(flagged[0].kind, FindingKind::WrongValue);
-                    assert_eq!(
-                        flagged[0].expected.as_ref().unwrap().label,
-                        good.relocations[r].symbol.to_string()
-                    );
+                    assert_eq!(flagged[0].expected.as_ref().unwrap().label, good.relocations[r].symbol.to_string());
                     assert_eq!(flagged[0].actual.as_ref().unwrap().value, uses);
                 }
             }
             // Nothing else is ever flagged: the other sites are not relaxable.
             for f in &j.static_findings {
-                assert!(
-                    [R_DATA, R_FUNC, R_ERROR, R_CONTINUE].contains(&f.relocation.unwrap()),
-                    "{f:#?}"
-                );
+                assert!([R_DATA, R_FUNC, R_ERROR, R_CONTINUE].contains(&f.relocation.unwrap()), "{f:#?}");
             }
             // The data ends up right either way.
             assert!(j.slot_findings.is_empty());
@@ -589,11 +533,7 @@ fn clean_run() -> (Stencil, Placement, Trace) {
     let image = patch::emit(&s, &p, &Ports).unwrap();
     let trace = engine().run(&s, &p, &image);
     let j = judge_run(X86, &s, &p, &trace, true);
-    assert!(
-        j.findings.is_empty() && j.inconclusive.is_none(),
-        "{:#?}",
-        j.findings
-    );
+    assert!(j.findings.is_empty() && j.inconclusive.is_none(), "{:#?}", j.findings);
     (s, p, trace)
 }
 
@@ -618,11 +558,7 @@ fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
     });
     let j = judge_run(X86, &s, &p, &t, false);
     assert_eq!(kinds(&j.findings), [FindingKind::BadExit]);
-    assert!(
-        j.findings[0].message.contains(&format!("{random:#x}")),
-        "{}",
-        j.findings[0].message
-    );
+    assert!(j.findings[0].message.contains(&format!("{random:#x}")), "{}", j.findings[0].message);
     // The same target computed at run time is not the relocations' business.
     let t = with_end(&t, |e| {
         if let RunEnd::Exit { computed, .. } = e {
@@ -637,10 +573,7 @@ fn trace_mutant_exit_to_a_random_address_is_a_bad_exit() {
             *target = p.error_target;
         }
     });
-    assert_eq!(
-        kinds(&judge_run(X86, &s, &p, &t, false).findings),
-        [FindingKind::BadExit]
-    );
+    assert_eq!(kinds(&judge_run(X86, &s, &p, &t, false).findings), [FindingKind::BadExit]);
 }
 
 #[test]
@@ -664,11 +597,7 @@ fn trace_mutant_exit_targets_the_uop_may_take_are_allowed() {
                 *target = bad;
             }
         });
-        assert_eq!(
-            kinds(&judge_run(X86, &s, &p, &t, false).findings),
-            [FindingKind::BadExit],
-            "{bad:#x}"
-        );
+        assert_eq!(kinds(&judge_run(X86, &s, &p, &t, false).findings), [FindingKind::BadExit], "{bad:#x}");
     }
 }
 
@@ -683,11 +612,7 @@ fn trace_mutant_stack_off_by_8_is_a_stack_imbalance() {
         });
         let j = judge_run(X86, &s, &p, &t, false);
         assert_eq!(kinds(&j.findings), [FindingKind::StackImbalance], "{delta:#x}");
-        assert!(
-            j.findings[0].message.contains(&format!("{:+}", delta as i64)),
-            "{}",
-            j.findings[0].message
-        );
+        assert!(j.findings[0].message.contains(&format!("{:+}", delta as i64)), "{}", j.findings[0].message);
     }
     // A noreturn call's exit carries the stub's stack: not judged for balance.
     let t = with_end(&trace, |e| {
@@ -713,11 +638,7 @@ fn trace_mutant_return_anywhere_but_the_sentinel_is_a_bad_exit() {
     assert!(judge_run(X86, &s, &p, &ret(RETURN_SENTINEL), true).findings.is_empty());
     // Even to the continuation: a `ret` that lands there popped a wrong address.
     for to in [p.continuation(&s), RETURN_SENTINEL + 8, 0] {
-        assert_eq!(
-            kinds(&judge_run(X86, &s, &p, &ret(to), false).findings),
-            [FindingKind::BadExit],
-            "{to:#x}"
-        );
+        assert_eq!(kinds(&judge_run(X86, &s, &p, &ret(to), false).findings), [FindingKind::BadExit], "{to:#x}");
     }
 }
 
@@ -725,17 +646,10 @@ fn trace_mutant_return_anywhere_but_the_sentinel_is_a_bad_exit() {
 fn trace_mutant_instruction_limit_is_inconclusive_unless_strict() {
     let (s, p, trace) = clean_run();
     let mut t = trace.clone();
-    t.end = Some(RunEnd::InstructionLimit {
-        limit: 1000,
-        pc: p.code,
-    });
+    t.end = Some(RunEnd::InstructionLimit { limit: 1000, pc: p.code });
     let j = judge_run(X86, &s, &p, &t, false);
     assert!(j.findings.is_empty());
-    assert!(
-        j.inconclusive.as_deref().unwrap().contains("1000"),
-        "{:?}",
-        j.inconclusive
-    );
+    assert!(j.inconclusive.as_deref().unwrap().contains("1000"), "{:?}", j.inconclusive);
     let j = judge_run(X86, &s, &p, &t, true);
     assert_eq!(kinds(&j.findings), [FindingKind::Hang]);
     assert_eq!(j.inconclusive, None);
@@ -749,27 +663,15 @@ fn trace_mutant_instruction_limit_is_inconclusive_unless_strict() {
 fn trace_mutant_misaligned_call_is_caught() {
     let (s, p, trace) = clean_run();
     let mut t = trace.clone();
-    let call = |sp: u64| CallRecord {
-        from: p.code,
-        target: 0x7000_0000,
-        sp,
-        returned: 0,
-    };
+    let call = |sp: u64| CallRecord { from: p.code, target: 0x7000_0000, sp, returned: 0 };
     // entry_sp ≡ 8 mod 16 (entered as if by call); one push and the call's
     // return address later, the callee sees entry_sp − 16 ≡ 8 mod 16: aligned.
     assert_eq!(trace.entry_sp % 16, 8);
     t.calls = vec![call(trace.entry_sp - 16)];
     assert!(judge_run(X86, &s, &p, &t, true).findings.is_empty());
-    t.calls = vec![
-        call(trace.entry_sp - 8),
-        call(trace.entry_sp - 16),
-        call(trace.entry_sp - 12),
-    ];
+    t.calls = vec![call(trace.entry_sp - 8), call(trace.entry_sp - 16), call(trace.entry_sp - 12)];
     let j = judge_run(X86, &s, &p, &t, false);
-    assert_eq!(
-        kinds(&j.findings),
-        [FindingKind::MisalignedCall, FindingKind::MisalignedCall]
-    );
+    assert_eq!(kinds(&j.findings), [FindingKind::MisalignedCall, FindingKind::MisalignedCall]);
     // A real run without the push before the call: the engine's record is misaligned.
     let mut s2 = uop();
     s2.code[0] = 0x90; // no push
@@ -795,20 +697,13 @@ fn a_fault_is_always_a_finding() {
         (Fault::MemoryBudget, None),
     ] {
         let mut t = trace.clone();
-        t.end = Some(RunEnd::Fault {
-            fault,
-            pc: p.code,
-            address: p.data,
-        });
+        t.end = Some(RunEnd::Fault { fault, pc: p.code, address: p.data });
         let j = judge_run(X86, &s, &p, &t, false);
         match finding {
             Some(k) => assert_eq!(kinds(&j.findings), [k], "{fault:?}"),
             None => {
                 assert!(j.findings.is_empty() && j.inconclusive.is_some(), "{fault:?}");
-                assert!(
-                    !judge_run(X86, &s, &p, &t, true).findings.is_empty(),
-                    "{fault:?} strict"
-                );
+                assert!(!judge_run(X86, &s, &p, &t, true).findings.is_empty(), "{fault:?} strict");
             }
         }
     }
@@ -832,28 +727,12 @@ fn a_continue_slot_holding_the_error_target_is_a_data_slot_finding() {
         assert_eq!(f.kind, FindingKind::DataSlot);
         assert_eq!(f.relocation, None);
         let (exp, act) = (f.expected.as_ref().unwrap(), f.actual.as_ref().unwrap());
-        assert_eq!(
-            (exp.value, exp.label.as_str()),
-            (p.continuation(&s), "_JIT_CONTINUE")
-        );
-        assert_eq!(
-            (act.value, act.label.as_str()),
-            (p.error_target, "_JIT_ERROR_TARGET")
-        );
+        assert_eq!((exp.value, exp.label.as_str()), (p.continuation(&s), "_JIT_CONTINUE"));
+        assert_eq!((act.value, act.label.as_str()), (p.error_target, "_JIT_ERROR_TARGET"));
         let site = f.site.as_ref().unwrap();
-        assert_eq!(
-            (site.section, site.offset, site.address),
-            (Section::Data, 40, p.data + 40)
-        );
-        assert_eq!(
-            site.hole.as_deref(),
-            Some("patch_64(data + 0x28, (uintptr_t)code + sizeof(code_body))")
-        );
-        assert!(
-            f.message.contains("data+0x28") && f.message.contains("line 125"),
-            "{}",
-            f.message
-        );
+        assert_eq!((site.section, site.offset, site.address), (Section::Data, 40, p.data + 40));
+        assert_eq!(site.hole.as_deref(), Some("patch_64(data + 0x28, (uintptr_t)code + sizeof(code_body))"));
+        assert!(f.message.contains("data+0x28") && f.message.contains("line 125"), "{}", f.message);
     }
 }
 
@@ -862,121 +741,43 @@ fn a_continue_slot_holding_the_error_target_is_a_data_slot_finding() {
 // ---------------------------------------------------------------------------
 
 fn obs(relocation: usize, pc: u64, len: u32, effect: Effect) -> SiteObservation {
-    SiteObservation {
-        relocation,
-        pc,
-        len,
-        effect: Some(effect),
-    }
+    SiteObservation { relocation, pc, len, effect: Some(effect) }
 }
 
 #[test]
 fn coverage_marks_exactly_the_holes_a_trace_touched() {
     let s = uop();
     let p = place(&s, 11, 0).unwrap();
-    let trace = |sites: Vec<SiteObservation>| Trace {
-        sites,
-        ..Trace::default()
-    };
+    let trace = |sites: Vec<SiteObservation>| Trace { sites, ..Trace::default() };
     let cov = |sites| coverage(&s, &p, &trace(sites)).into_iter().collect::<Vec<_>>();
     assert_eq!(cov(vec![]), Vec::<usize>::new());
     // The lea at code+1..8 covers code hole code+4 (hole 5), and the PyData
     // slot (data hole 0) whose value the relaxation put into it.
-    assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 1,
-            7,
-            Effect::Address { value: 1, bits: 64 }
-        )]),
-        [0, 5]
-    );
+    assert_eq!(cov(vec![obs(R_DATA, p.code + 1, 7, Effect::Address { value: 1, bits: 64 })]), [0, 5]);
     // A load from the PyFunc slot, at an instruction covering no code hole: data hole 2.
-    assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 29,
-            3,
-            Effect::Load {
-                address: p.data + 24,
-                value: 0,
-                bits: 64
-            }
-        )]),
-        [2]
-    );
+    assert_eq!(cov(vec![obs(R_DATA, p.code + 29, 3, Effect::Load { address: p.data + 24, value: 0, bits: 64 })]), [2]);
     // ...also through the middle of the slot, and a transfer through the CONTINUE slot: data hole 4.
+    assert_eq!(cov(vec![obs(R_DATA, p.code + 29, 3, Effect::Load { address: p.data + 28, value: 0, bits: 32 })]), [2]);
     assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 29,
-            3,
-            Effect::Load {
-                address: p.data + 28,
-                value: 0,
-                bits: 32
-            }
-        )]),
-        [2]
-    );
-    assert_eq!(
-        cov(vec![obs(
-            R_CONTINUE,
-            p.code + 29,
-            3,
-            Effect::Transfer {
-                target: 0,
-                slot: Some(p.data + 40)
-            }
-        )]),
+        cov(vec![obs(R_CONTINUE, p.code + 29, 3, Effect::Transfer { target: 0, slot: Some(p.data + 40) })]),
         [4]
     );
     // Forming the slot's address, or a direct transfer, reads no slot.
     assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 29,
-            3,
-            Effect::Address {
-                value: p.data + 8,
-                bits: 64
-            }
-        )]),
+        cov(vec![obs(R_DATA, p.code + 29, 3, Effect::Address { value: p.data + 8, bits: 64 })]),
         Vec::<usize>::new()
     );
     assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 29,
-            3,
-            Effect::MemoryOperand { address: p.data + 8 }
-        )]),
+        cov(vec![obs(R_DATA, p.code + 29, 3, Effect::MemoryOperand { address: p.data + 8 })]),
         Vec::<usize>::new()
     );
     // The unrelaxed GOT load at code+8..15 covers code hole 6 and reads the OPARG slot (hole 1).
     assert_eq!(
-        cov(vec![obs(
-            R_OPARG,
-            p.code + 8,
-            7,
-            Effect::Load {
-                address: p.data + 16,
-                value: 0,
-                bits: 16
-            }
-        )]),
+        cov(vec![obs(R_OPARG, p.code + 8, 7, Effect::Load { address: p.data + 16, value: 0, bits: 16 })]),
         [1, 6]
     );
     // Outside the code: nothing.
-    assert_eq!(
-        cov(vec![obs(
-            R_DATA,
-            p.code + 46,
-            6,
-            Effect::Address { value: 0, bits: 64 }
-        )]),
-        Vec::<usize>::new()
-    );
+    assert_eq!(cov(vec![obs(R_DATA, p.code + 46, 6, Effect::Address { value: 0, bits: 64 })]), Vec::<usize>::new());
 }
 
 #[test]
@@ -1022,14 +823,7 @@ fn lea_pc32() -> Stencil {
         data_comments: vec![],
         emit: vec![
             EmitOp::CopyCode { line: 3 },
-            hole(
-                PatchFn::P32r,
-                Section::Code,
-                3,
-                Term::Symbol("PyObj".into()),
-                -4,
-                4,
-            ),
+            hole(PatchFn::P32r, Section::Code, 3, Term::Symbol("PyObj".into()), -4, 4),
         ],
     }
 }
@@ -1042,13 +836,7 @@ fn pc32_with_addend_minus_4_on_lea_expects_s() {
         let p = place(&s, 13, index).unwrap();
         let image = patch::emit(&s, &p, &Ports).unwrap();
         let st = static_sites(&s, &image);
-        assert_eq!(
-            st[0].effect,
-            Some(Effect::Address {
-                value: p.externs["PyObj"],
-                bits: 64
-            })
-        );
+        assert_eq!(st[0].effect, Some(Effect::Address { value: p.externs["PyObj"], bits: 64 }));
         let j = judge(&mut e, &s, &p, &image);
         assert!(j.all().is_empty(), "{:?}: {:#?}", p.layout, j.all());
         // Off by one either way: caught, expected S.
@@ -1091,14 +879,7 @@ fn movabs() -> Stencil {
         data_comments: vec![],
         emit: vec![
             EmitOp::CopyCode { line: 3 },
-            hole(
-                PatchFn::P64,
-                Section::Code,
-                2,
-                Term::Symbol("PyObj".into()),
-                0x10,
-                4,
-            ),
+            hole(PatchFn::P64, Section::Code, 2, Term::Symbol("PyObj".into()), 0x10, 4),
         ],
     }
 }
@@ -1112,13 +893,7 @@ fn r_x86_64_64_on_movabs_expects_the_immediate_s_plus_a() {
         let want = p.externs["PyObj"] + 0x10;
         let image = patch::emit(&s, &p, &Ports).unwrap();
         let st = static_sites(&s, &image);
-        assert_eq!(
-            st[0].effect,
-            Some(Effect::Immediate {
-                value: want,
-                bits: 64
-            })
-        );
+        assert_eq!(st[0].effect, Some(Effect::Immediate { value: want, bits: 64 }));
         let j = judge(&mut e, &s, &p, &image);
         assert!(j.all().is_empty(), "{:#?}", j.all());
         assert_eq!(j.trace.sites.len(), 1);
@@ -1128,18 +903,8 @@ fn r_x86_64_64_on_movabs_expects_the_immediate_s_plus_a() {
         let j = judge(&mut e, &s, &p, &m);
         for fs in [&j.static_findings, &j.dynamic_findings] {
             let f = wrong_value(fs, &s, 0, "");
-            assert_eq!(
-                (
-                    f.expected.as_ref().unwrap().value,
-                    f.actual.as_ref().unwrap().value
-                ),
-                (want, want + 1)
-            );
-            assert!(
-                f.message.contains("immediate") || f.message.contains("held"),
-                "{}",
-                f.message
-            );
+            assert_eq!((f.expected.as_ref().unwrap().value, f.actual.as_ref().unwrap().value), (want, want + 1));
+            assert!(f.message.contains("immediate") || f.message.contains("held"), "{}", f.message);
         }
         // S without the addend: caught too, and labelled as the symbol.
         let mut m = image.clone();
@@ -1225,7 +990,10 @@ fn a_hole_without_a_relocation_and_a_relocation_without_a_hole_are_flagged() {
     let mut s = uop();
     s.relocations.remove(R_OPARG);
     let f = accounting(&s, 0);
-    assert!(f.iter().any(|f| f.message.contains("holds no relocation's field") && f.site.as_ref().unwrap().offset == 11), "{f:?}");
+    assert!(
+        f.iter().any(|f| f.message.contains("holds no relocation's field") && f.site.as_ref().unwrap().offset == 11),
+        "{f:?}"
+    );
     // Drop the oparg hole instead: the relocation is written by nobody.
     let mut s = uop();
     s.emit.retain(|op| !matches!(op, EmitOp::Patch(h) if h.section == Section::Code && h.offset == 11));
@@ -1245,7 +1013,11 @@ fn a_data_patch_outside_the_listed_slots_is_flagged() {
     }
     // (Flagged whenever the oparg's low byte is not what the body held.)
     let flagged = (0..8)
-        .filter(|i| accounting(&s, *i).iter().any(|f| f.kind == FindingKind::Unaccounted && f.site.as_ref().unwrap().section == Section::Data))
+        .filter(|i| {
+            accounting(&s, *i)
+                .iter()
+                .any(|f| f.kind == FindingKind::Unaccounted && f.site.as_ref().unwrap().section == Section::Data)
+        })
         .count();
     assert!(flagged >= 4, "flagged on {flagged} of 8 placements");
 }

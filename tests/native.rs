@@ -7,11 +7,11 @@
 //! without them they print a note and pass. The mutants are made here, at
 //! test time, from that file: no CPython code is kept in this repository.
 
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use stencilcheck::model::PatchFn;
 use stencilcheck::patch::native::{self, NativePatcher};
 use stencilcheck::patch::{FailureKind, Image, Patcher, Ports};
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 const JIT_C: &str = "/tmp/cpython-src/Python-3.13.5/Python/jit.c";
 const HEADER: &str = "/tmp/cpython-stencils/3.13.5/x86_64-unknown-linux-gnu/jit_stencils.h";
@@ -345,7 +345,13 @@ fn mutant_aarch64_wrong_bit_field_is_caught_by_diff_patch() {
 struct Taken;
 
 impl Patcher for Taken {
-    fn patch(&self, func: PatchFn, _: &mut Image, location: u64, value: u64) -> Result<(), stencilcheck::patch::PatchAssert> {
+    fn patch(
+        &self,
+        func: PatchFn,
+        _: &mut Image,
+        location: u64,
+        value: u64,
+    ) -> Result<(), stencilcheck::patch::PatchAssert> {
         Err(stencilcheck::patch::PatchAssert::unusable(func, location, value, "test"))
     }
     fn name(&self) -> &str {
@@ -473,8 +479,16 @@ fn hostile_calls_fail_in_the_worker_and_the_next_call_works() {
         (7, FailureKind::Crash, "SIGILL: patch_64 executed an illegal instruction"),
         (8, FailureKind::Crash, "patch_64 closed or replaced its stdout or stderr"),
         (9, FailureKind::Crash, r#"wrote to stdout or stderr: "FINDING forged by jit.c\n""#),
-        (10, FailureKind::Crash, "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found when it was freed)"),
-        (11, FailureKind::Crash, "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found after the call)"),
+        (
+            10,
+            FailureKind::Crash,
+            "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found when it was freed)",
+        ),
+        (
+            11,
+            FailureKind::Crash,
+            "heap damage: patch_64 wrote outside a 8-byte block it allocated with malloc (found after the call)",
+        ),
         (12, FailureKind::Crash, r#"wrote to stdout or stderr: "boom\n""#),
         (13, FailureKind::Crash, "exit status 0"),
         (14, FailureKind::Crash, "killed the patch worker process with SIGKILL"),
@@ -530,11 +544,17 @@ fn an_undefined_helper_is_refused_at_build_time_naming_it() {
     if !have_cc() {
         return;
     }
-    let src = SYNTHETIC.replace("*(uint64_t *)location = value;\n}", "*(uint64_t *)location = value;\n    not_defined_anywhere(value);\n}");
+    let src = SYNTHETIC.replace(
+        "*(uint64_t *)location = value;\n}",
+        "*(uint64_t *)location = value;\n    not_defined_anywhere(value);\n}",
+    );
     let (_dir, path) = write_jit_c(&src);
     let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "5"]);
     assert_eq!(code, 2, "{out}{err}");
-    assert!(err.contains("do not compile") && err.contains("not_defined_anywhere") && err.contains("jit.c:10"), "{err}");
+    assert!(
+        err.contains("do not compile") && err.contains("not_defined_anywhere") && err.contains("jit.c:10"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -575,7 +595,8 @@ fn insert_into(src: &str, func: &str, stmt: &str) -> String {
 fn verify_hostile(src: &str, func: &str, stmt: &str, words: &str) {
     let (_dir, path) = write_jit_c(&insert_into(src, func, stmt));
     let started = Instant::now();
-    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    let (code, out, err) =
+        run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
     let took = started.elapsed();
     assert_eq!(code, 1, "{stmt}: {out}{err}");
     assert!(out.contains(&format!("FINDING {HOSTILE_STENCIL} [patch_assert]: {func}(")), "{stmt}: {out}");
@@ -618,7 +639,12 @@ fn cpython_mutants_dying_of_a_signal_are_findings() {
         "{ volatile uint64_t zero = 0; value /= zero; }",
         "SIGFPE (integer divide by zero) in patch_x86_64_32rx",
     );
-    verify_hostile(&src, "patch_x86_64_32rx", "__builtin_trap();", "SIGILL: patch_x86_64_32rx executed an illegal instruction");
+    verify_hostile(
+        &src,
+        "patch_x86_64_32rx",
+        "__builtin_trap();",
+        "SIGILL: patch_x86_64_32rx executed an illegal instruction",
+    );
 }
 
 #[test]
@@ -648,7 +674,8 @@ fn cpython_mutant_overflowing_the_heap_is_a_finding() {
 fn cpython_mutant_calling_an_undefined_helper_is_refused_naming_it() {
     let Some((src, _)) = cpython() else { return };
     let (_dir, path) = write_jit_c(&insert_into(&src, "patch_64", "undefined_helper(value);"));
-    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    let (code, out, err) =
+        run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.is_empty(), "{out}");
     assert!(err.contains("do not compile") && err.contains("undefined_helper") && err.contains("jit.c:"), "{err}");
@@ -675,16 +702,21 @@ fn cpython_with_an_attributed_static_helper_verifies_and_its_crash_is_a_finding(
     assert!(out.contains("235 stencils: 235 correct"), "{out}");
 
     let (_dir, path) = write_jit_c(&with_attributed_helper(&src, "    abort();\n"));
-    let (code, out, err) = run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
+    let (code, out, err) =
+        run(&["verify", HEADER, "--jit-c", &path, "--placements", "2", "--stencil", HOSTILE_STENCIL]);
     assert_eq!(code, 1, "{out}{err}");
-    assert!(out.contains(&format!("FINDING {HOSTILE_STENCIL} [patch_assert]: patch_64(")) && out.contains("SIGABRT"), "{out}");
+    assert!(
+        out.contains(&format!("FINDING {HOSTILE_STENCIL} [patch_assert]: patch_64(")) && out.contains("SIGABRT"),
+        "{out}"
+    );
 }
 
 #[test]
 fn diff_patch_reports_cpython_crashes_as_differences_in_cases_and_emits() {
     let Some((src, _)) = cpython() else { return };
     let (_dir, path) = write_jit_c(&insert_into(&src, "patch_64", "exit(0);"));
-    let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "20", "--header", HEADER, "--placements", "1"]);
+    let (code, out, err) =
+        run(&["diff-patch", "--jit-c", &path, "--cases", "20", "--header", HEADER, "--placements", "1"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("DIFFERENCE patch_64(") && out.contains("crashed: patch_64(location 0x"), "{out}");
     assert!(out.contains("DIFFERENCE _") && out.contains("ended the patch worker process with exit status 0"), "{out}");
@@ -696,7 +728,11 @@ fn diff_patch_reports_cpython_crashes_as_differences_in_cases_and_emits() {
     let (code, out, err) = run(&["diff-patch", "--jit-c", &path, "--cases", "50"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("did not return within 2s") && out.contains("not run: patch_64 already hung"), "{out}");
-    assert!(started.elapsed() < native::DEFAULT_TIME_LIMIT * (native::HANG_BUDGET + 1) + Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < native::DEFAULT_TIME_LIMIT * (native::HANG_BUDGET + 1) + Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// The aarch64 relocation bugs of the issue, planted in a copy of 3.13's
@@ -711,7 +747,12 @@ fn aarch64_mutants_are_caught_by_verify_on_the_aarch64_header() {
     }
     let cases = [
         // lo12 written unscaled into an 8-byte ldr.
-        ("    set_bits(loc32, 10, value, shift, 12);", "    set_bits(loc32, 10, value, 0, 12);", "R_AARCH64_LD64_GOT_LO12_NC", "patch_aarch64_12x"),
+        (
+            "    set_bits(loc32, 10, value, shift, 12);",
+            "    set_bits(loc32, 10, value, 0, 12);",
+            "R_AARCH64_LD64_GOT_LO12_NC",
+            "patch_aarch64_12x",
+        ),
         // branch26 offset off by 4.
         (
             "    assert(IS_AARCH64_BRANCH(*loc32));\n    value -= (uintptr_t)location;",
@@ -720,7 +761,12 @@ fn aarch64_mutants_are_caught_by_verify_on_the_aarch64_header() {
             "patch_aarch64_26r",
         ),
         // ADRP immlo from the wrong bits of the page delta.
-        ("    set_bits(loc32, 29, value, 0, 2);", "    set_bits(loc32, 29, value, 1, 2);", "R_AARCH64_ADR_GOT_PAGE", "patch_aarch64_21rx"),
+        (
+            "    set_bits(loc32, 29, value, 0, 2);",
+            "    set_bits(loc32, 29, value, 1, 2);",
+            "R_AARCH64_ADR_GOT_PAGE",
+            "patch_aarch64_21rx",
+        ),
         // page delta from the unaligned difference.
         (
             "    value = (value >> 12) - ((uintptr_t)location >> 12);",
@@ -731,14 +777,19 @@ fn aarch64_mutants_are_caught_by_verify_on_the_aarch64_header() {
     ];
     for (from, to, reloc, func) in cases {
         let (_dir, path) = write_jit_c(&mutate(&src, from, to));
-        let (code, out, err) = run(&["verify", HEADER_A64, "--jit-c", &path, "--placements", "4", "--stencil", "_BINARY_OP"]);
+        let (code, out, err) =
+            run(&["verify", HEADER_A64, "--jit-c", &path, "--placements", "4", "--stencil", "_BINARY_OP"]);
         assert_eq!(code, 1, "{to}: not caught\n{out}{err}");
-        let finding = out.split("\nFINDING ").find(|f| f.contains(reloc)).unwrap_or_else(|| panic!("{to}: no {reloc} finding\n{out}"));
+        let finding = out
+            .split("\nFINDING ")
+            .find(|f| f.contains(reloc))
+            .unwrap_or_else(|| panic!("{to}: no {reloc} finding\n{out}"));
         assert!(finding.starts_with("_BINARY_OP "), "{to}: names the stencil\n{finding}");
         assert!(finding.contains("at code+0x"), "{to}: names the site\n{finding}");
         assert!(finding.contains(&format!("hole         {func}(code + 0x")), "{to}: names the function\n{finding}");
     }
     // The unmodified jit.c is clean on the same stencil.
-    let (code, out, err) = run(&["verify", HEADER_A64, "--jit-c", JIT_C, "--placements", "4", "--stencil", "_BINARY_OP"]);
+    let (code, out, err) =
+        run(&["verify", HEADER_A64, "--jit-c", JIT_C, "--placements", "4", "--stencil", "_BINARY_OP"]);
     assert_eq!(code, 0, "{out}{err}");
 }

@@ -130,7 +130,11 @@ fn a_wrong_derived_hole_is_caught_by_the_object_oracle() {
     assert!(
         findings.iter().any(|f| {
             f.finding.kind != stencilcheck::judge::FindingKind::DataSlot
-                && f.finding.site.as_ref().and_then(|s| s.relocation.as_deref()).is_some_and(|r| r.contains("_JIT_CONTINUE"))
+                && f.finding
+                    .site
+                    .as_ref()
+                    .and_then(|s| s.relocation.as_deref())
+                    .is_some_and(|r| r.contains("_JIT_CONTINUE"))
         }),
         "a swapped continuation went unnoticed by the relocation oracle: {findings:?}"
     );
@@ -274,7 +278,10 @@ fn assert_damage_refused(what: &str, f: impl Fn(&mut Vec<u8>, usize)) {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(2), "{what}: {}", text(&o));
     assert_eq!(err.lines().count(), 1, "{what}: {err}");
-    assert!(err.contains("damaged.o") && err.contains(".rela.text") && err.contains(&format!("{h:#x}")), "{what}: {err}");
+    assert!(
+        err.contains("damaged.o") && err.contains(".rela.text") && err.contains(&format!("{h:#x}")),
+        "{what}: {err}"
+    );
 }
 
 #[test]
@@ -346,7 +353,12 @@ fn mutated_section_headers_and_relocations_never_lose_relocations() {
             Ok(Ok(raw)) => {
                 let got = relocs_of(&raw);
                 if got.len() < original.len() {
-                    fewer.push(format!("{} byte {at:#x}: {} of {} relocations", path.display(), got.len(), original.len()));
+                    fewer.push(format!(
+                        "{} byte {at:#x}: {} of {} relocations",
+                        path.display(),
+                        got.len(),
+                        original.len()
+                    ));
                 } else if got == original {
                     same += 1;
                 } else {
@@ -415,7 +427,11 @@ fn an_object_file_over_the_size_limit_is_refused_unread() {
     // In a directory too.
     let o = stencilcheck(&["verify", tmp.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("big.o") && String::from_utf8_lossy(&o.stderr).contains("limit"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("big.o") && String::from_utf8_lossy(&o.stderr).contains("limit"),
+        "{}",
+        text(&o)
+    );
 }
 
 // ---- Gates that cannot pass vacuously: directories ----

@@ -59,8 +59,7 @@ fn layout() -> impl Strategy<Value = (u64, u64, Vec<u8>)> {
     let gap = prop_oneof![0x40u64..0x1000, 0x1000u64..(1 << 31) - 0x1000];
     (code, gap, any::<bool>(), proptest::collection::vec(any::<u8>(), DATA_LEN)).prop_map(
         |(code, gap, below, noise)| {
-            let data =
-                if below { code - DATA_LEN as u64 - gap } else { code + CODE_LEN as u64 + gap };
+            let data = if below { code - DATA_LEN as u64 - gap } else { code + CODE_LEN as u64 + gap };
             (code, data, noise)
         },
     )
@@ -105,42 +104,12 @@ struct RxTemplate {
 }
 
 const RX_TEMPLATES: &[RxTemplate] = &[
-    RxTemplate {
-        name: "mov rax, [rip+slot]",
-        bytes: &[0x48, 0x8b, 0x05, 0, 0, 0, 0],
-        disp_at: 3,
-        relax: Relax::Lea,
-    },
-    RxTemplate {
-        name: "mov r12, [rip+slot]",
-        bytes: &[0x4c, 0x8b, 0x25, 0, 0, 0, 0],
-        disp_at: 3,
-        relax: Relax::Lea,
-    },
-    RxTemplate {
-        name: "mov eax, [rip+slot]",
-        bytes: &[0x8b, 0x05, 0, 0, 0, 0],
-        disp_at: 2,
-        relax: Relax::Lea,
-    },
-    RxTemplate {
-        name: "call [rip+slot]",
-        bytes: &[0xff, 0x15, 0, 0, 0, 0],
-        disp_at: 2,
-        relax: Relax::Call,
-    },
-    RxTemplate {
-        name: "jmp [rip+slot]",
-        bytes: &[0xff, 0x25, 0, 0, 0, 0],
-        disp_at: 2,
-        relax: Relax::Jmp,
-    },
-    RxTemplate {
-        name: "lea rax, [rip+slot]",
-        bytes: &[0x48, 0x8d, 0x05, 0, 0, 0, 0],
-        disp_at: 3,
-        relax: Relax::Never,
-    },
+    RxTemplate { name: "mov rax, [rip+slot]", bytes: &[0x48, 0x8b, 0x05, 0, 0, 0, 0], disp_at: 3, relax: Relax::Lea },
+    RxTemplate { name: "mov r12, [rip+slot]", bytes: &[0x4c, 0x8b, 0x25, 0, 0, 0, 0], disp_at: 3, relax: Relax::Lea },
+    RxTemplate { name: "mov eax, [rip+slot]", bytes: &[0x8b, 0x05, 0, 0, 0, 0], disp_at: 2, relax: Relax::Lea },
+    RxTemplate { name: "call [rip+slot]", bytes: &[0xff, 0x15, 0, 0, 0, 0], disp_at: 2, relax: Relax::Call },
+    RxTemplate { name: "jmp [rip+slot]", bytes: &[0xff, 0x25, 0, 0, 0, 0], disp_at: 2, relax: Relax::Jmp },
+    RxTemplate { name: "lea rax, [rip+slot]", bytes: &[0x48, 0x8d, 0x05, 0, 0, 0, 0], disp_at: 3, relax: Relax::Never },
     RxTemplate {
         name: "movzx eax, word ptr [rip+slot]",
         bytes: &[0x0f, 0xb7, 0x05, 0, 0, 0, 0],
@@ -189,8 +158,8 @@ struct RxCase {
 }
 
 fn rx_case() -> impl Strategy<Value = RxCase> {
-    (proptest::sample::select(RX_TEMPLATES.to_vec()), layout(), 0u64..40, 0u64..8, sym_spec())
-        .prop_map(|(tpl, (code_addr, data_addr, mut data), insn_off, slot_idx, spec)| {
+    (proptest::sample::select(RX_TEMPLATES.to_vec()), layout(), 0u64..40, 0u64..8, sym_spec()).prop_map(
+        |(tpl, (code_addr, data_addr, mut data), insn_off, slot_idx, spec)| {
             let insn = code_addr + insn_off;
             let location = insn + tpl.disp_at;
             let s = match spec {
@@ -201,15 +170,9 @@ fn rx_case() -> impl Strategy<Value = RxCase> {
             data[8 * slot_idx as usize..][..8].copy_from_slice(&s.to_le_bytes());
             let mut code = vec![0xcc; CODE_LEN];
             code[insn_off as usize..][..tpl.bytes.len()].copy_from_slice(tpl.bytes);
-            RxCase {
-                tpl,
-                image: Image::new(code_addr, code, data_addr, data),
-                insn,
-                location,
-                slot,
-                s,
-            }
-        })
+            RxCase { tpl, image: Image::new(code_addr, code, data_addr, data), insn, location, slot, s }
+        },
+    )
 }
 
 fn mask(bytes: usize) -> u64 {
@@ -229,10 +192,7 @@ fn check_rx(patch: Patch, case: RxCase) -> Result<(), TestCaseError> {
     let mut after = image.clone();
     // As the header calls it: patch_x86_64_32rx(code + off, (uintptr_t)data + slot - 4).
     if let Err(e) = patch(&mut after, location, slot - 4) {
-        return Err(TestCaseError::fail(format!(
-            "{}: patch failed on a valid site: {e}",
-            tpl.name
-        )));
+        return Err(TestCaseError::fail(format!("{}: patch failed on a valid site: {e}", tpl.name)));
     }
     let len = tpl.bytes.len() as u64;
     only_changed(&image, &after, insn, insn + len)?;
@@ -267,12 +227,7 @@ fn check_rx(patch: Patch, case: RxCase) -> Result<(), TestCaseError> {
                 );
             }
             Relax::Call | Relax::Jmp => {
-                prop_assert_eq!(
-                    after.code[(insn - after.code_addr) as usize],
-                    0x90,
-                    "{}: nop",
-                    tpl.name
-                );
+                prop_assert_eq!(after.code[(insn - after.code_addr) as usize], 0x90, "{}: nop", tpl.name);
                 let i = decode(&after, insn + 1, 64);
                 let want = if tpl.relax == Relax::Call { Mnemonic::Call } else { Mnemonic::Jmp };
                 prop_assert_eq!(i.mnemonic(), want, "{}: relaxed to {:?}", tpl.name, i);
@@ -288,10 +243,7 @@ fn check_rx(patch: Patch, case: RxCase) -> Result<(), TestCaseError> {
                 );
             }
             Relax::Never => {
-                return Err(TestCaseError::fail(format!(
-                    "{}: must never be rewritten, got {:02x?}",
-                    tpl.name, opcode
-                )))
+                return Err(TestCaseError::fail(format!("{}: must never be rewritten, got {:02x?}", tpl.name, opcode)))
             }
         }
         true
@@ -415,24 +367,9 @@ const REL_TEMPLATES: &[RelTemplate] = &[
     RelTemplate { name: "call S", bytes: &[0xe8, 0, 0, 0, 0], disp_at: 1, branch: true },
     RelTemplate { name: "jmp S", bytes: &[0xe9, 0, 0, 0, 0], disp_at: 1, branch: true },
     RelTemplate { name: "jne S", bytes: &[0x0f, 0x85, 0, 0, 0, 0], disp_at: 2, branch: true },
-    RelTemplate {
-        name: "mov rax, [rip+S]",
-        bytes: &[0x48, 0x8b, 0x05, 0, 0, 0, 0],
-        disp_at: 3,
-        branch: false,
-    },
-    RelTemplate {
-        name: "lea rdi, [rip+S]",
-        bytes: &[0x48, 0x8d, 0x3d, 0, 0, 0, 0],
-        disp_at: 3,
-        branch: false,
-    },
-    RelTemplate {
-        name: "cmp byte ptr [rip+S], 0",
-        bytes: &[0x80, 0x3d, 0, 0, 0, 0, 0],
-        disp_at: 2,
-        branch: false,
-    },
+    RelTemplate { name: "mov rax, [rip+S]", bytes: &[0x48, 0x8b, 0x05, 0, 0, 0, 0], disp_at: 3, branch: false },
+    RelTemplate { name: "lea rdi, [rip+S]", bytes: &[0x48, 0x8d, 0x3d, 0, 0, 0, 0], disp_at: 3, branch: false },
+    RelTemplate { name: "cmp byte ptr [rip+S], 0", bytes: &[0x80, 0x3d, 0, 0, 0, 0, 0], disp_at: 2, branch: false },
     RelTemplate {
         name: "mov dword ptr [rip+S], 7",
         bytes: &[0xc7, 0x05, 0, 0, 0, 0, 7, 0, 0, 0],
@@ -668,8 +605,7 @@ enum Outcome {
 /// or a read outside the image, is an error.
 fn execute(image: &Image, pc: u64, n: u64) -> Result<Outcome, String> {
     let mut x = [None; 31];
-    let get =
-        |x: &[Option<u64>; 31], r: usize| x.get(r).copied().flatten().ok_or(format!("x{r} unset"));
+    let get = |x: &[Option<u64>; 31], r: usize| x.get(r).copied().flatten().ok_or(format!("x{r} unset"));
     for k in 0..n {
         let at = pc + 4 * k;
         let w = image.read_u32(at).ok_or("pc outside image")?;
@@ -693,9 +629,7 @@ fn execute(image: &Image, pc: u64, n: u64) -> Result<Outcome, String> {
         } else if w == 0xd503_201f {
             continue;
         } else if w & 0x7c00_0000 == 0x1400_0000 {
-            return Ok(Outcome::Branch(
-                at.wrapping_add((sext(w as u64 & 0x3ff_ffff, 26) << 2) as u64),
-            ));
+            return Ok(Outcome::Branch(at.wrapping_add((sext(w as u64 & 0x3ff_ffff, 26) << 2) as u64)));
         } else {
             return Err(format!("cannot execute {w:#010x} at {at:#x}"));
         };
@@ -709,9 +643,7 @@ fn execute(image: &Image, pc: u64, n: u64) -> Result<Outcome, String> {
 
 fn reg_after(image: &Image, pc: u64, n: u64, reg: u32) -> Result<u64, TestCaseError> {
     match execute(image, pc, n) {
-        Ok(Outcome::Regs(x)) => {
-            x[reg as usize].ok_or_else(|| TestCaseError::fail(format!("x{reg} not written")))
-        }
+        Ok(Outcome::Regs(x)) => x[reg as usize].ok_or_else(|| TestCaseError::fail(format!("x{reg} not written"))),
         Ok(other) => Err(TestCaseError::fail(format!("unexpected {other:?}"))),
         Err(e) => Err(TestCaseError::fail(e)),
     }
@@ -755,20 +687,12 @@ fn adrp_case() -> impl Strategy<Value = AdrpCase> {
         2 => -64i64..64,
         1 => proptest::sample::select(vec![-(1i64 << 20) - 1, -(1i64 << 20), (1i64 << 20) - 1, 1i64 << 20]),
     ];
-    (a64_code_addr(), 0usize..60, 0u32..31, pages, 0u64..0x1000).prop_map(
-        |(code, at, reg, pages, off)| {
-            let words = [ADRP | reg, ADD | reg << 5 | reg];
-            let loc = code + 4 * at as u64;
-            let s = (loc & !0xfff).wrapping_add((pages << 12) as u64) + off;
-            AdrpCase {
-                image: Image::new(code, a64_code(&words, at), 0x1000, vec![]),
-                loc,
-                reg,
-                pages,
-                s,
-            }
-        },
-    )
+    (a64_code_addr(), 0usize..60, 0u32..31, pages, 0u64..0x1000).prop_map(|(code, at, reg, pages, off)| {
+        let words = [ADRP | reg, ADD | reg << 5 | reg];
+        let loc = code + 4 * at as u64;
+        let s = (loc & !0xfff).wrapping_add((pages << 12) as u64) + off;
+        AdrpCase { image: Image::new(code, a64_code(&words, at), 0x1000, vec![]), loc, reg, pages, s }
+    })
 }
 
 fn check_adrp_add(hi: Patch, lo: Patch, c: AdrpCase) -> Result<(), TestCaseError> {
@@ -782,14 +706,7 @@ fn check_adrp_add(hi: Patch, lo: Patch, c: AdrpCase) -> Result<(), TestCaseError
     lo(&mut after, c.loc + 4, c.s).map_err(|e| TestCaseError::fail(e.to_string()))?;
     only_changed(&c.image, &after, c.loc, c.loc + 8)?;
     let got = reg_after(&after, c.loc, 2, c.reg)?;
-    prop_assert_eq!(
-        got,
-        c.s,
-        "adrp+add formed {:#x}, S is {:#x} ({} pages away)",
-        got,
-        c.s,
-        c.pages
-    );
+    prop_assert_eq!(got, c.s, "adrp+add formed {:#x}, S is {:#x} ({} pages away)", got, c.s, c.pages);
     Ok(())
 }
 
@@ -841,21 +758,11 @@ fn got_case() -> impl Strategy<Value = GotCase> {
         1 => 0x1_0000u64..1 << 32,
         3 => any::<u64>(),
     ];
-    (
-        a64_code_addr(),
-        0usize..60,
-        0u32..31,
-        dist,
-        any::<bool>(),
-        0u64..8,
-        s,
-        proptest::collection::vec(any::<u8>(), 64),
-    )
+    (a64_code_addr(), 0usize..60, 0u32..31, dist, any::<bool>(), 0u64..8, s, proptest::collection::vec(any::<u8>(), 64))
         .prop_map(|(code, at, reg, dist, below, slot_idx, s, mut data)| {
             let words = [ADRP | reg, LDR | reg << 5 | reg];
             let loc = code + 4 * at as u64;
-            let data_addr =
-                if below { code - 64 - (dist & !7) } else { code + 0x100 + (dist & !7) };
+            let data_addr = if below { code - 64 - (dist & !7) } else { code + 0x100 + (dist & !7) };
             data[8 * slot_idx as usize..][..8].copy_from_slice(&s.to_le_bytes());
             GotCase {
                 image: Image::new(code, a64_code(&words, at), data_addr, data),
@@ -951,19 +858,17 @@ fn branch_case() -> impl Strategy<Value = (Image, u64, u64, i64)> {
         4 => -(1i64 << 25)..(1i64 << 25),
         1 => proptest::sample::select(vec![-(1i64 << 25) - 1, -(1i64 << 25), (1i64 << 25) - 1, 1i64 << 25]),
     ];
-    (a64_code_addr(), 0usize..63, any::<bool>(), words, prop_oneof![4 => Just(0u64), 1 => 1u64..4])
-        .prop_map(|(code, at, link, words, misalign)| {
+    (a64_code_addr(), 0usize..63, any::<bool>(), words, prop_oneof![4 => Just(0u64), 1 => 1u64..4]).prop_map(
+        |(code, at, link, words, misalign)| {
             let loc = code + 4 * at as u64;
             let s = loc.wrapping_add((words << 2) as u64) + misalign;
             let im = Image::new(code, a64_code(&[if link { BL } else { B }], at), 0x1000, vec![]);
             (im, loc, s, words)
-        })
+        },
+    )
 }
 
-fn check_branch(
-    patch: Patch,
-    (image, loc, s, words): (Image, u64, u64, i64),
-) -> Result<(), TestCaseError> {
+fn check_branch(patch: Patch, (image, loc, s, words): (Image, u64, u64, i64)) -> Result<(), TestCaseError> {
     let mut after = image.clone();
     let r = patch(&mut after, loc, s);
     if s & 3 != 0 || !(-(1i64 << 25)..(1i64 << 25)).contains(&words) {
@@ -1017,16 +922,9 @@ fn aarch64_16_chain_builds_any_value() {
         let words = [0xd280_0000 | reg, 0xf2a0_0000 | reg, 0xf2c0_0000 | reg, 0xf2e0_0000 | reg];
         let mut im = Image::new(code, a64_code(&words, at), 0x1000, vec![]);
         let loc = code + 4 * at as u64;
-        let funcs = [
-            PatchFn::Aarch64_16a,
-            PatchFn::Aarch64_16b,
-            PatchFn::Aarch64_16c,
-            PatchFn::Aarch64_16d,
-        ];
+        let funcs = [PatchFn::Aarch64_16a, PatchFn::Aarch64_16b, PatchFn::Aarch64_16c, PatchFn::Aarch64_16d];
         for (k, f) in funcs.into_iter().enumerate() {
-            Ports
-                .patch(f, &mut im, loc + 4 * k as u64, s)
-                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            Ports.patch(f, &mut im, loc + 4 * k as u64, s).map_err(|e| TestCaseError::fail(e.to_string()))?;
         }
         prop_assert_eq!(reg_after(&im, loc, 4, reg)?, s);
         Ok(())
@@ -1047,12 +945,7 @@ fn oracle_decodes_known_encodings() {
     let im = Image::new(code, a64_code(&[B | 0x3ff_fffe], 0), 0x1000, vec![]);
     assert_eq!(execute(&im, code, 1), Ok(Outcome::Branch(code - 8)));
     // iced: call rel32 and a RIP-relative load.
-    let im = Image::new(
-        code,
-        vec![0xe8, 0xfb, 0xff, 0xff, 0xff, 0x48, 0x8b, 0x05, 1, 0, 0, 0],
-        0x1000,
-        vec![],
-    );
+    let im = Image::new(code, vec![0xe8, 0xfb, 0xff, 0xff, 0xff, 0x48, 0x8b, 0x05, 1, 0, 0, 0], 0x1000, vec![]);
     assert_eq!(decode(&im, code, 64).near_branch_target(), code);
     assert_eq!(decode(&im, code + 5, 64).ip_rel_memory_address(), code + 12 + 1);
 }

@@ -5,13 +5,11 @@
 //! own arithmetic (`data + addend − (code + offset)` must fit a rel32), not
 //! against place.rs's internals.
 
+use common::{place, placements, USER_END, USER_MIN};
 use std::collections::BTreeSet;
-use stencilcheck::model::{
-    DataComment, DataCommentKind, EmitOp, PatchFn, RelocKind, Section, Stencil, Term,
-};
+use stencilcheck::model::{DataComment, DataCommentKind, EmitOp, PatchFn, RelocKind, Section, Stencil, Term};
 use stencilcheck::patch::{self, Ports};
 use stencilcheck::place::{Layout, Placement, PAGE};
-use common::{place, placements, USER_END, USER_MIN};
 mod common;
 use common::{hole, reloc, slot};
 
@@ -64,11 +62,7 @@ fn multi(name: &str) -> Stencil {
             reloc(40, RelocKind::X86_64_GOTPCRELX, "_JIT_TOP", -4),
         ],
         data_comments: vec![
-            DataComment {
-                offset: 0,
-                kind: DataCommentKind::Bytes,
-                line: 0,
-            },
+            DataComment { offset: 0, kind: DataCommentKind::Bytes, line: 0 },
             slot(8, Term::Symbol("PyFoo".into())),
             slot(16, Term::Symbol("PyBar".into())),
             slot(24, Term::JumpTarget),
@@ -87,13 +81,7 @@ fn multi(name: &str) -> Stencil {
             hole(PatchFn::X86_64_32rx, Section::Code, 10, Term::Data, 16 - 4),
             hole(PatchFn::P32r, Section::Code, 17, Term::Data, -4),
             hole(PatchFn::X86_64_32rx, Section::Code, 23, Term::Data, 24 - 4),
-            hole(
-                PatchFn::P32r,
-                Section::Code,
-                28,
-                Term::Symbol("PyNear".into()),
-                -4,
-            ),
+            hole(PatchFn::P32r, Section::Code, 28, Term::Symbol("PyNear".into()), -4),
             hole(PatchFn::X86_64_32rx, Section::Code, 34, Term::Data, 32 - 4),
             hole(PatchFn::X86_64_32rx, Section::Code, 40, Term::Data, 40 - 4),
         ],
@@ -104,20 +92,15 @@ fn multi(name: &str) -> Stencil {
 /// `mov rax, [rip+slot PyFoo]` @3, `mov rcx, [rip+slot PyBar]` @10, then a GOT jump to CONTINUE @16.
 fn got_only(name: &str) -> Stencil {
     let mut s = multi(name);
-    s.code = vec![
-        0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x8b, 0x0d, 0, 0, 0, 0, 0xff, 0x25, 0, 0, 0, 0,
-    ];
+    s.code = vec![0x48, 0x8b, 0x05, 0, 0, 0, 0, 0x48, 0x8b, 0x0d, 0, 0, 0, 0, 0xff, 0x25, 0, 0, 0, 0];
     s.data = vec![0; 24];
     s.relocations = vec![
         reloc(3, RelocKind::X86_64_REX_GOTPCRELX, "PyFoo", -4),
         reloc(10, RelocKind::X86_64_REX_GOTPCRELX, "PyBar", -4),
         reloc(16, RelocKind::X86_64_GOTPCRELX, "_JIT_CONTINUE", -4),
     ];
-    s.data_comments = vec![
-        slot(0, Term::Symbol("PyFoo".into())),
-        slot(8, Term::Symbol("PyBar".into())),
-        slot(16, Term::Continue),
-    ];
+    s.data_comments =
+        vec![slot(0, Term::Symbol("PyFoo".into())), slot(8, Term::Symbol("PyBar".into())), slot(16, Term::Continue)];
     s.emit = vec![
         EmitOp::CopyData { line: 0 },
         hole(PatchFn::P64, Section::Data, 0, Term::Symbol("PyFoo".into()), 0),
@@ -138,11 +121,7 @@ fn displacements(s: &Stencil, p: &Placement) -> Vec<(u64, Term, i64)> {
         .map(|h| {
             let value = p.value(&h.value, s);
             let location = p.code + h.offset;
-            (
-                h.offset,
-                h.value.term.clone(),
-                value.wrapping_sub(location) as i64,
-            )
+            (h.offset, h.value.term.clone(), value.wrapping_sub(location) as i64)
         })
         .collect()
 }
@@ -177,21 +156,11 @@ fn same_seed_stencil_and_index_give_the_same_placement() {
 fn a_different_seed_moves_the_code() {
     let s = multi("_MULTI");
     for index in 0..16 {
-        let codes: BTreeSet<u64> = (0..8u64)
-            .map(|seed| place(&s, seed, index).unwrap().code)
-            .collect();
+        let codes: BTreeSet<u64> = (0..8u64).map(|seed| place(&s, seed, index).unwrap().code).collect();
         // `High` code sits a few pages below the top: 96 possible addresses,
         // so 8 seeds may repeat one. Every other layout draws from a vast range.
-        let want = if place(&s, 0, index).unwrap().layout == Layout::High {
-            5
-        } else {
-            8
-        };
-        assert!(
-            codes.len() >= want,
-            "index {index}: 8 seeds gave only {} code addresses",
-            codes.len()
-        );
+        let want = if place(&s, 0, index).unwrap().layout == Layout::High { 5 } else { 8 };
+        assert!(codes.len() >= want, "index {index}: 8 seeds gave only {} code addresses", codes.len());
     }
     // And different indices under one seed differ too.
     let codes: BTreeSet<u64> = (0..32).map(|i| place(&s, 3, i).unwrap().code).collect();
@@ -201,35 +170,21 @@ fn a_different_seed_moves_the_code() {
 #[test]
 fn streams_are_per_stencil() {
     let a = multi("_A");
-    let before: Vec<String> = (0..16)
-        .map(|i| format!("{:?}", place(&a, 9, i).unwrap()))
-        .collect();
+    let before: Vec<String> = (0..16).map(|i| format!("{:?}", place(&a, 9, i).unwrap())).collect();
     // Placing other stencils in between (whatever their names) changes nothing for A.
     for other in ["_B", "_BB", "_LOAD_FAST", ""] {
         let b = multi(other);
         for i in 0..16 {
             let _ = place(&b, 9, i).unwrap();
-            assert_eq!(
-                format!("{:?}", place(&a, 9, i).unwrap()),
-                before[i as usize],
-                "after placing {other:?}"
-            );
+            assert_eq!(format!("{:?}", place(&a, 9, i).unwrap()), before[i as usize], "after placing {other:?}");
         }
     }
     // The stream is keyed by the name: the same bytes under another name are placed elsewhere.
     let b1 = multi("_B1");
     let b2 = multi("_B2");
     for i in 0..8 {
-        assert_ne!(
-            place(&b1, 9, i).unwrap().code,
-            place(&b2, 9, i).unwrap().code,
-            "index {i}"
-        );
-        assert_ne!(
-            place(&a, 9, i).unwrap().code,
-            place(&b1, 9, i).unwrap().code,
-            "index {i}"
-        );
+        assert_ne!(place(&b1, 9, i).unwrap().code, place(&b2, 9, i).unwrap().code, "index {i}");
+        assert_ne!(place(&a, 9, i).unwrap().code, place(&b1, 9, i).unwrap().code, "index {i}");
     }
 }
 
@@ -240,51 +195,30 @@ fn streams_are_per_stencil() {
 fn check_legal(s: &Stencil, p: &Placement) {
     let what = format!("{} seed-index {} ({:?})", s.name, p.index, p.layout);
     for (offset, term, d) in displacements(s, p) {
-        assert!(
-            (-REACH..REACH).contains(&d),
-            "{what}: hole code+{offset:#x} ({term:?}) displacement {d:#x}"
-        );
+        assert!((-REACH..REACH).contains(&d), "{what}: hole code+{offset:#x} ({term:?}) displacement {d:#x}");
     }
     // Code and data do not overlap.
     let (c0, c1) = (p.code, p.code + s.code_size());
     let (d0, d1) = (p.data, p.data + s.data_size());
-    assert!(
-        c1 <= d0 || d1 <= c0,
-        "{what}: code {c0:#x}..{c1:#x} overlaps data {d0:#x}..{d1:#x}"
-    );
+    assert!(c1 <= d0 || d1 <= c0, "{what}: code {c0:#x}..{c1:#x} overlaps data {d0:#x}..{d1:#x}");
     // Everything in user space.
     assert!(in_user(p.code, s.code_size()), "{what}: code {:#x}", p.code);
     assert!(in_user(p.data, s.data_size()), "{what}: data {:#x}", p.data);
     assert!(in_user(p.heap, p.heap_size), "{what}: heap {:#x}", p.heap);
     for (name, &a) in &p.externs {
         assert!(in_user(a, 1), "{what}: extern {name} at {a:#x}");
-        assert!(
-            !(c0..c1).contains(&a) && !(d0..d1).contains(&a),
-            "{what}: extern {name} inside the image"
-        );
+        assert!(!(c0..c1).contains(&a) && !(d0..d1).contains(&a), "{what}: extern {name} inside the image");
     }
     for (t, a) in [("jump", p.jump_target), ("error", p.error_target), ("top", p.top)] {
         assert!(in_user(a, 1), "{what}: {t} target {a:#x}");
-        assert!(
-            !(c0..c1).contains(&a),
-            "{what}: {t} target {a:#x} inside the code"
-        );
+        assert!(!(c0..c1).contains(&a), "{what}: {t} target {a:#x} inside the code");
     }
-    for (t, a) in [
-        ("executor", p.executor),
-        ("frame", p.frame),
-        ("stack_pointer", p.stack_pointer),
-        ("tstate", p.tstate),
-    ] {
-        assert!(
-            (p.heap..p.heap + p.heap_size).contains(&a),
-            "{what}: {t} {a:#x} outside the heap"
-        );
+    for (t, a) in
+        [("executor", p.executor), ("frame", p.frame), ("stack_pointer", p.stack_pointer), ("tstate", p.tstate)]
+    {
+        assert!((p.heap..p.heap + p.heap_size).contains(&a), "{what}: {t} {a:#x} outside the heap");
     }
-    assert!(
-        (p.heap..p.heap + p.heap_size).contains(&(p.machine_sp - 8)),
-        "{what}: machine sp"
-    );
+    assert!((p.heap..p.heap + p.heap_size).contains(&(p.machine_sp - 8)), "{what}: machine sp");
     assert_eq!(p.machine_sp % 16, 0, "{what}: machine sp {:#x}", p.machine_sp);
     // Targets distinct from each other and from the continuation.
     let cont = p.continuation(s);
@@ -315,11 +249,7 @@ fn a_hole_on_its_own_extern_keeps_it_in_reach_in_every_layout() {
             let p = place(&s, seed, index).unwrap();
             let near = p.externs["PyNear"];
             let d = near.wrapping_sub(4).wrapping_sub(p.code + 28) as i64;
-            assert!(
-                (-REACH..REACH).contains(&d),
-                "{:?}: PyNear displacement {d:#x}",
-                p.layout
-            );
+            assert!((-REACH..REACH).contains(&d), "{:?}: PyNear displacement {d:#x}", p.layout);
         }
     }
 }
@@ -342,15 +272,9 @@ const ALL_LAYOUTS: [Layout; 7] = [
 fn any_eight_consecutive_indices_cover_every_layout() {
     let s = multi("_MULTI");
     for start in 0..24 {
-        let seen: Vec<Layout> = (start..start + 8)
-            .map(|i| place(&s, 1, i).unwrap().layout)
-            .collect();
+        let seen: Vec<Layout> = (start..start + 8).map(|i| place(&s, 1, i).unwrap().layout).collect();
         for l in ALL_LAYOUTS {
-            assert!(
-                seen.contains(&l),
-                "indices {start}..{}: no {l:?} in {seen:?}",
-                start + 8
-            );
+            assert!(seen.contains(&l), "indices {start}..{}: no {l:?} in {seen:?}", start + 8);
         }
     }
 }
@@ -380,11 +304,7 @@ fn relative_edge_puts_a_hole_exactly_on_the_rel32_edge() {
             let ds = displacements(&s, &p);
             // 3.13 puts a trace's data after its code: the upper edge.
             let on_edge = ds.iter().any(|(_, t, d)| *t == Term::Data && *d == REACH - 1);
-            assert!(
-                on_edge,
-                "{} index {}: no data hole on the edge: {ds:x?}",
-                s.name, p.index
-            );
+            assert!(on_edge, "{} index {}: no data hole on the edge: {ds:x?}", s.name, p.index);
             check_legal(&s, &p);
         }
     }
@@ -396,12 +316,7 @@ fn far_externs_are_out_of_relaxation_reach() {
     for p in of_layout(&s, Layout::FarExterns, 40) {
         assert_eq!(p.externs.len(), 2);
         for (name, &a) in &p.externs {
-            assert!(
-                a.abs_diff(p.code) > 1 << 31,
-                "index {}: {name} at {a:#x}, code {:#x}",
-                p.index,
-                p.code
-            );
+            assert!(a.abs_diff(p.code) > 1 << 31, "index {}: {name} at {a:#x}, code {:#x}", p.index, p.code);
             // Then the GOT loads stay loads.
         }
         let image = patch::emit(&s, &p, &Ports).unwrap();
@@ -421,18 +336,9 @@ fn relax_edge_puts_externs_on_the_edge_of_their_got_site() {
             // patch_x86_64_32rx relaxes iff S − 4 − location ∈ [−2^31, 2^31 − 1).
             let delta = p.externs[name].wrapping_sub(4).wrapping_sub(loc) as i64;
             let edges = [-REACH, -REACH - 1, REACH - 2, REACH - 1];
-            assert!(
-                edges.contains(&delta),
-                "index {}: {name} delta {delta:#x} not at an edge",
-                p.index
-            );
+            assert!(edges.contains(&delta), "index {}: {name} delta {delta:#x} not at an edge", p.index);
             let relaxed = (-REACH..REACH - 1).contains(&delta);
-            assert_eq!(
-                image.code[opcode_at] == 0x8d,
-                relaxed,
-                "index {}: {name} delta {delta:#x}",
-                p.index
-            );
+            assert_eq!(image.code[opcode_at] == 0x8d, relaxed, "index {}: {name} delta {delta:#x}", p.index);
             sides.insert(delta);
         }
     }
@@ -450,11 +356,7 @@ fn low_and_high_layouts_sit_at_the_ends_of_user_space() {
         }
         for p in of_layout(&s, Layout::High, 20) {
             let end = p.code + s.code_size();
-            assert!(
-                end <= USER_END && USER_END - end <= 4 * GIB,
-                "High code at {:#x}",
-                p.code
-            );
+            assert!(end <= USER_END && USER_END - end <= 4 * GIB, "High code at {:#x}", p.code);
             check_legal(&s, &p);
         }
     }
@@ -535,7 +437,11 @@ fn data_follows_the_code_and_targets_lie_in_the_trace_code() {
             let p = place(&s, seed, index).unwrap();
             assert!(p.data >= p.code + s.code_size(), "{:?}: data before the code's end", p.layout);
             for t in [p.jump_target, p.error_target, p.top] {
-                assert!(t < p.data && t + (4 << 20) >= p.code, "{:?}: target {t:#x} outside the trace's code", p.layout);
+                assert!(
+                    t < p.data && t + (4 << 20) >= p.code,
+                    "{:?}: target {t:#x} outside the trace's code",
+                    p.layout
+                );
                 assert!(!(p.code..p.code + s.code_size()).contains(&t), "a target inside the stencil itself");
             }
         }
@@ -560,10 +466,7 @@ fn a_narrow_window_far_below_the_code_does_not_panic() {
             }
         }
     }
-    assert!(
-        panicked.is_empty(),
-        "place() panicked for (addends apart, layout) {panicked:?}"
-    );
+    assert!(panicked.is_empty(), "place() panicked for (addends apart, layout) {panicked:?}");
 }
 
 const LAYOUTS_BY_INDEX: [Layout; 8] = [
@@ -589,11 +492,6 @@ fn holes_that_only_fit_with_data_over_the_code_are_an_impossible_placement() {
     let s = two_data_holes(apart, 16, 32, a0);
     match place(&s, 1, 0) {
         Err(e) => assert!(e.message.contains("impossible placement"), "{e}"),
-        Ok(p) => panic!(
-            "placed at code {:#x} data {:#x}: displacements {:x?}",
-            p.code,
-            p.data,
-            displacements(&s, &p)
-        ),
+        Ok(p) => panic!("placed at code {:#x} data {:#x}: displacements {:x?}", p.code, p.data, displacements(&s, &p)),
     }
 }

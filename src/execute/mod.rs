@@ -184,9 +184,7 @@ impl Contents<'_> {
             0..=39 => self.heap + (r % HEAP_OBJECTS) / 16 * 16,
             40..=69 => r % 8,
             70..=79 => 0,
-            80..=89 if !self.interesting.is_empty() => {
-                self.interesting[(r as usize) % self.interesting.len()]
-            }
+            80..=89 if !self.interesting.is_empty() => self.interesting[(r as usize) % self.interesting.len()],
             // An immortal-looking refcount (negative as int32).
             90..=94 => 0xffff_ffff,
             _ => r % 0x7fff_ffff_0000,
@@ -224,4 +222,3 @@ pub enum TransferClass {
     Jump,
     Other,
 }
-

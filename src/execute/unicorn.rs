@@ -326,7 +326,8 @@ impl<M: Machine> UnicornEngine<M> {
         // be seen by the code hook, not fail inside Unicorn's translator
         // (which then reports the block's start as the faulting PC).
         let code_len = image.code.len() as u64 + PAGE;
-        let rest = image.regions().filter(|(r, _, _)| *r != crate::patch::Region::Code).map(|(_, a, b)| (a, b.len() as u64));
+        let rest =
+            image.regions().filter(|(r, _, _)| *r != crate::patch::Region::Code).map(|(_, a, b)| (a, b.len() as u64));
         for (addr, len) in std::iter::once((image.code_addr, code_len)).chain(rest) {
             if len == 0 {
                 continue;

@@ -10,8 +10,8 @@ use crate::model::{Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::x86_64::USER_SPACE;
 use iced_x86::{
-    ConstantOffsets, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic,
-    OpAccess, OpKind, Register,
+    ConstantOffsets, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register,
 };
 use unicorn_engine::unicorn_const::{Arch, Mode};
 use unicorn_engine::{RegisterX86, Unicorn};
@@ -215,11 +215,8 @@ fn site_effect(
         }
         let size = insn.memory_size().size().clamp(1, 8);
         let mut info = InstructionInfoFactory::new();
-        let reads = info
-            .info(insn)
-            .used_memory()
-            .iter()
-            .any(|m| matches!(m.access(), OpAccess::Read | OpAccess::CondRead));
+        let reads =
+            info.info(insn).used_memory().iter().any(|m| matches!(m.access(), OpAccess::Read | OpAccess::CondRead));
         if reads {
             let bits = size as u32 * 8;
             return match mem(address, size) {
@@ -457,17 +454,29 @@ impl Machine for X86 {
         };
         // Reading memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
-        let _ = site_effect(&insn, &offsets, field, |r| regs(uc, r), |a, n| {
-            reads.push((a, n));
-            None
-        });
+        let _ = site_effect(
+            &insn,
+            &offsets,
+            field,
+            |r| regs(uc, r),
+            |a, n| {
+                reads.push((a, n));
+                None
+            },
+        );
         for (a, n) in reads {
             ensure_mapped(uc, a, n);
         }
-        site_effect(&insn, &offsets, field, |r| regs(uc, r), |a, n| {
-            let mut b = vec![0u8; n];
-            uc.mem_read(a, &mut b).ok().map(|_| le(&b))
-        })
+        site_effect(
+            &insn,
+            &offsets,
+            field,
+            |r| regs(uc, r),
+            |a, n| {
+                let mut b = vec![0u8; n];
+                uc.mem_read(a, &mut b).ok().map(|_| le(&b))
+            },
+        )
         .observation()
     }
 

@@ -113,9 +113,7 @@ mod tempdir {
     pub struct Dir(pub std::path::PathBuf);
     impl Dir {
         pub fn new() -> std::io::Result<Dir> {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
+            let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
             let p = std::env::temp_dir().join(format!("stencilcheck-{}-{nanos}", std::process::id()));
             std::fs::create_dir_all(&p)?;
             Ok(Dir(p))

@@ -12,7 +12,9 @@ use crate::error::BadInput;
 use crate::model::{Arch, RelocKind};
 use object::elf;
 use object::read::elf::{ElfFile64, SectionHeader as _};
-use object::{Endianness, Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionFlags, SymbolKind};
+use object::{
+    Endianness, Object, ObjectSection, ObjectSymbol, RelocationFlags, RelocationTarget, SectionFlags, SymbolKind,
+};
 use std::collections::BTreeMap;
 
 /// Largest part (all code, or all read-only data) of one stencil: see
@@ -78,7 +80,8 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
     if bytes.get(4) != Some(&elf::ELFCLASS64) {
         return Err(BadInput::in_file(path, "bad ELF object: not a 64-bit ELF object (ELFCLASS64)"));
     }
-    let file = ElfFile64::<Endianness>::parse(bytes).map_err(|e| BadInput::in_file(path, format!("bad ELF object: {e}")))?;
+    let file =
+        ElfFile64::<Endianness>::parse(bytes).map_err(|e| BadInput::in_file(path, format!("bad ELF object: {e}")))?;
     let arch = match file.architecture() {
         object::Architecture::X86_64 => Arch::X86_64,
         object::Architecture::Aarch64 => Arch::Aarch64,
@@ -93,7 +96,10 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
     let (mut code_total, mut data_total) = (0u64, 0u64);
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     for s in file.sections() {
-        let name = s.name().map_err(|e| BadInput::in_file(path, format!("bad ELF object: section {}: {e}", s.index().0)))?.to_string();
+        let name = s
+            .name()
+            .map_err(|e| BadInput::in_file(path, format!("bad ELF object: section {}: {e}", s.index().0)))?
+            .to_string();
         names.insert(s.index().0, name.clone());
         let SectionFlags::Elf { sh_flags } = s.flags() else { continue };
         if sh_flags & u64::from(elf::SHF_ALLOC) == 0 {
@@ -106,7 +112,12 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
         *part = part.saturating_add(s.size());
         if *part > MAX_PART {
             let what = if kind == RawKind::Code { "code" } else { "read-only data" };
-            return Err(bad(path, &name, 0, format!("{:#x} bytes make the {what} larger than a stencil's limit ({MAX_PART:#x} bytes)", s.size())));
+            return Err(bad(
+                path,
+                &name,
+                0,
+                format!("{:#x} bytes make the {what} larger than a stencil's limit ({MAX_PART:#x} bytes)", s.size()),
+            ));
         }
         let data = if s.kind() == object::SectionKind::UninitializedData {
             vec![0; s.size() as usize]
@@ -124,7 +135,9 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
         if matches!(sym.kind(), SymbolKind::Section | SymbolKind::File) {
             continue;
         }
-        let name = sym.name().map_err(|e| BadInput::in_file(path, format!("bad ELF object: symbol {}: {e}", sym.index().0)))?;
+        let name = sym
+            .name()
+            .map_err(|e| BadInput::in_file(path, format!("bad ELF object: symbol {}: {e}", sym.index().0)))?;
         if let Some(s) = sections.iter_mut().find(|s| s.index == idx.0) {
             s.symbols.push((name.to_string(), sym.address()));
         }
@@ -148,14 +161,18 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
             let kind = reloc_kind(arch, r_type)
                 .ok_or_else(|| bad(path, &sname, offset, format!("unknown relocation type {r_type}")))?;
             if offset.checked_add(kind.width()).is_none_or(|end| end > size) {
-                return Err(bad(path, &sname, offset, format!("{} outside its section ({size:#x} bytes)", kind.name())));
+                return Err(bad(
+                    path,
+                    &sname,
+                    offset,
+                    format!("{} outside its section ({size:#x} bytes)", kind.name()),
+                ));
             }
             let RelocationTarget::Symbol(si) = rel.target() else {
                 return Err(bad(path, &sname, offset, "relocation without a symbol"));
             };
-            let sym = file
-                .symbol_by_index(si)
-                .map_err(|e| bad(path, &sname, offset, format!("bad symbol index: {e}")))?;
+            let sym =
+                file.symbol_by_index(si).map_err(|e| bad(path, &sname, offset, format!("bad symbol index: {e}")))?;
             let (symbol, target) = match sym.section_index() {
                 Some(idx) => {
                     let name = if sym.kind() == SymbolKind::Section {
@@ -164,7 +181,12 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
                         sym.name().map_err(|e| bad(path, &sname, offset, format!("bad symbol name: {e}")))?.to_string()
                     };
                     if !sections.iter().any(|c| c.index == idx.0) {
-                        return Err(bad(path, &sname, offset, format!("relocation against `{name}` in a section that is not copied")));
+                        return Err(bad(
+                            path,
+                            &sname,
+                            offset,
+                            format!("relocation against `{name}` in a section that is not copied"),
+                        ));
                     }
                     (name, RawTarget::Defined { section: idx.0, offset: sym.address() })
                 }
@@ -190,7 +212,12 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
         }
         let want = expected.get(&s.index().0).copied().unwrap_or(0);
         if read != want {
-            return Err(bad(path, &sname, 0, format!("{read} relocations read, but its relocation sections hold {want}")));
+            return Err(bad(
+                path,
+                &sname,
+                0,
+                format!("{read} relocations read, but its relocation sections hold {want}"),
+            ));
         }
     }
     for (pos, offset, w) in implicit {
@@ -219,9 +246,8 @@ fn relocation_sections(path: &str, file: &ElfFile64<'_, Endianness>) -> Result<B
             Ok(n) if !n.is_empty() => n.clone(),
             _ => format!("section {index}"),
         };
-        let refuse = |msg: String| {
-            BadInput::in_file(path, format!("{shown} (section header at {header_at:#x}): {msg}"))
-        };
+        let refuse =
+            |msg: String| BadInput::in_file(path, format!("{shown} (section header at {header_at:#x}): {msg}"));
         let sh_type = h.sh_type(endian);
         let entsize = match sh_type {
             elf::SHT_RELA => 24,
@@ -261,7 +287,9 @@ fn relocation_sections(path: &str, file: &ElfFile64<'_, Endianness>) -> Result<B
                 return Err(refuse(format!("sh_size {size:#x} is not a multiple of {entsize}")));
             }
             if offset.checked_add(size).is_none_or(|end| end > file_len) {
-                return Err(refuse(format!("sh_offset {offset:#x} + sh_size {size:#x} lies past the end of the file ({file_len:#x} bytes)")));
+                return Err(refuse(format!(
+                    "sh_offset {offset:#x} + sh_size {size:#x} lies past the end of the file ({file_len:#x} bytes)"
+                )));
             }
             Ok(size / entsize)
         };

@@ -107,7 +107,10 @@ pub fn load_path(path: &Path) -> Result<StencilSet, BadInput> {
 /// At most [`MAX_STENCILS`] stencils.
 fn check_count(shown: &str, set: &StencilSet) -> Result<(), BadInput> {
     if set.stencils.len() > MAX_STENCILS {
-        return Err(BadInput::in_file(shown, format!("{} stencils, more than the limit of {MAX_STENCILS}", set.stencils.len())));
+        return Err(BadInput::in_file(
+            shown,
+            format!("{} stencils, more than the limit of {MAX_STENCILS}", set.stencils.len()),
+        ));
     }
     Ok(())
 }
@@ -141,8 +144,11 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, BadInput> {
     use std::os::unix::fs::OpenOptionsExt;
     let shown = path.display().to_string();
     let cannot = |e: std::io::Error| BadInput::in_file(&shown, format!("cannot read: {e}"));
-    let special = |t: std::fs::FileType| BadInput::in_file(&shown, format!("cannot read: {}, not a regular file", file_type_name(t)));
-    let too_large = |n: u64| BadInput::in_file(&shown, format!("{n} bytes or more, larger than the limit of {limit} bytes"));
+    let special = |t: std::fs::FileType| {
+        BadInput::in_file(&shown, format!("cannot read: {}, not a regular file", file_type_name(t)))
+    };
+    let too_large =
+        |n: u64| BadInput::in_file(&shown, format!("{n} bytes or more, larger than the limit of {limit} bytes"));
     let meta = std::fs::metadata(path).map_err(cannot)?;
     if !meta.is_file() {
         return Err(special(meta.file_type()));
@@ -150,11 +156,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, BadInput> {
     if meta.len() > limit {
         return Err(too_large(meta.len()));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(cannot)?;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(cannot)?;
     let meta = file.metadata().map_err(cannot)?;
     if !meta.is_file() {
         return Err(special(meta.file_type()));
@@ -191,9 +193,7 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             kind: crate::error::Refusal::Unsupported,
             ..BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet")
         }),
-        InputKind::Unknown => {
-            Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)"))
-        }
+        InputKind::Unknown => Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)")),
     }
 }
 
@@ -234,7 +234,12 @@ pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) 
         stencils.push(object::build(&stem(p), &raw));
     }
     let arch = arch.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
-    Ok(StencilSet { path: set_path.to_path_buf(), target: crate::target::Target::elf(arch), stencils, symbols_map: Vec::new() })
+    Ok(StencilSet {
+        path: set_path.to_path_buf(),
+        target: crate::target::Target::elf(arch),
+        stencils,
+        symbols_map: Vec::new(),
+    })
 }
 
 /// A directory of `*.o`: one stencil per object, sorted by name. Nothing
@@ -284,9 +289,7 @@ mod tests {
         assert_eq!(InputKind::sniff(b"int main(void) { return 0; }\n"), InputKind::Unknown);
         assert_eq!(InputKind::sniff(b""), InputKind::Unknown);
         assert_eq!(
-            InputKind::sniff(
-                b"void\nemit_x(\n{\n    const unsigned char code_body[1] = {0x90,};\n"
-            ),
+            InputKind::sniff(b"void\nemit_x(\n{\n    const unsigned char code_body[1] = {0x90,};\n"),
             InputKind::Header
         );
         assert_eq!(
@@ -305,10 +308,7 @@ mod tests {
 
         let other = write_temp(b"hello\nworld\n");
         let e = load_path(other.path()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!("{}: not a jit_stencils.h (no emit_ functions)", other.path().display())
-        );
+        assert_eq!(e.to_string(), format!("{}: not a jit_stencils.h (no emit_ functions)", other.path().display()));
 
         let missing = Path::new("/nonexistent/stencilcheck/jit_stencils.h");
         let e = load_path(missing).unwrap_err();

@@ -39,8 +39,8 @@
 
 use crate::error::BadInput;
 use crate::model::{
-    Arch, DataComment, DataCommentKind, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind,
-    Relocation, Section, Stencil, Symbol, Term, Value,
+    Arch, DataComment, DataCommentKind, EmitOp, ObjdumpInstruction, PatchCall, PatchFn, RelocKind, Relocation, Section,
+    Stencil, Symbol, Term, Value,
 };
 use std::collections::BTreeMap;
 
@@ -247,7 +247,13 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     }
     for (i, (_, value)) in got.iter().enumerate() {
         let offset = got_start + 8 * i as u64;
-        data_holes.push(PatchCall { func: PatchFn::P64, section: Section::Data, offset, value: value.clone(), line: 0 });
+        data_holes.push(PatchCall {
+            func: PatchFn::P64,
+            section: Section::Data,
+            offset,
+            value: value.clone(),
+            line: 0,
+        });
         data_comments.push(DataComment { offset, kind: DataCommentKind::Slot(value.clone()), line: 0 });
         data.extend_from_slice(&[0; 8]);
     }
@@ -412,7 +418,8 @@ mod tests {
         // 29 bytes of string, padded to 32, then ext_message, _JIT_CONTINUE, _JIT_ERROR_TARGET.
         assert_eq!(s.data.len(), 32 + 3 * 8);
         assert_eq!(s.rodata_len(), 32);
-        let data_patches: Vec<_> = s.holes().filter(|h| h.section == Section::Data).map(|h| (h.offset, h.value.term.clone())).collect();
+        let data_patches: Vec<_> =
+            s.holes().filter(|h| h.section == Section::Data).map(|h| (h.offset, h.value.term.clone())).collect();
         assert_eq!(
             data_patches,
             vec![(32, Term::Symbol("ext_message".into())), (40, Term::Continue), (48, Term::ErrorTarget)]
@@ -440,7 +447,11 @@ mod tests {
                 patch(PatchFn::P32r, Section::Code, 0x25, Term::Continue, -4),
             ]
         );
-        assert_eq!(s.code.len(), 0x29, "a jmp rel32 to _JIT_CONTINUE is not cut (CPython only cuts the GOT jump on ELF)");
+        assert_eq!(
+            s.code.len(),
+            0x29,
+            "a jmp rel32 to _JIT_CONTINUE is not cut (CPython only cuts the GOT jump on ELF)"
+        );
     }
 
     #[test]
@@ -467,7 +478,13 @@ mod tests {
         let s = &set.stencils[0];
         assert_eq!(s.code.len() % 8, 0, "aarch64 code is padded to 8");
         let funcs: Vec<PatchFn> = s.holes().filter(|h| h.section == Section::Code).map(|h| h.func).collect();
-        for f in [PatchFn::Aarch64_21rx, PatchFn::Aarch64_12x, PatchFn::Aarch64_21r, PatchFn::Aarch64_12, PatchFn::Aarch64_26r] {
+        for f in [
+            PatchFn::Aarch64_21rx,
+            PatchFn::Aarch64_12x,
+            PatchFn::Aarch64_21r,
+            PatchFn::Aarch64_12,
+            PatchFn::Aarch64_26r,
+        ] {
             assert!(funcs.contains(&f), "{f} missing from {funcs:?}");
         }
         assert_eq!(s.locals.get(".rodata.str1.1"), Some(&0));
@@ -479,7 +496,8 @@ mod tests {
     fn object_aarch64_adjacent_got_pair_folds_into_33rx() {
         let (p, bytes) = corpus_file("aarch64-unknown-linux-gnu", "load_oparg");
         let s = load_objects(&p, &[(p.clone(), bytes)]).expect("loads").stencils.remove(0);
-        let code: Vec<(PatchFn, u64)> = s.holes().filter(|h| h.section == Section::Code).map(|h| (h.func, h.offset)).collect();
+        let code: Vec<(PatchFn, u64)> =
+            s.holes().filter(|h| h.section == Section::Code).map(|h| (h.func, h.offset)).collect();
         assert_eq!(code[0], (PatchFn::Aarch64_33rx, 0), "{code:?}");
         assert!(!code.iter().any(|(f, _)| *f == PatchFn::Aarch64_12x), "{code:?}");
         assert_eq!(s.relocations.len(), 2, "the oracle keeps both relocations");
@@ -574,7 +592,11 @@ mod tests {
             assert!(a.relocs.iter().any(|r| r.addend != 0), "{name}: a non-zero addend to move");
             let holes = |o: &RawObject| build(name, o).holes().cloned().collect::<Vec<_>>();
             assert_eq!(holes(&a), holes(&b), "{name}");
-            assert_eq!(build(name, &a).code, build(name, &b).code, "{name}: implicit addends are cleared from the code");
+            assert_eq!(
+                build(name, &a).code,
+                build(name, &b).code,
+                "{name}: implicit addends are cleared from the code"
+            );
         }
     }
 

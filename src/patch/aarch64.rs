@@ -72,12 +72,7 @@ pub fn patch_aarch64_12(image: &mut Image, location: u64, value: u64) -> Result<
     patch_12_in(&Site::new(PatchFn::Aarch64_12, location, value), image, location, value)
 }
 
-fn patch_12_in(
-    site: &Site,
-    image: &mut Image,
-    location: u64,
-    value: u64,
-) -> Result<(), PatchAssert> {
+fn patch_12_in(site: &Site, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
     let mut insn = read_insn(site, image, location)?;
     site.check(is_ldr_or_str(insn) || is_add_or_sub(insn), || {
         format!(
@@ -96,10 +91,7 @@ fn patch_12_in(
     }
     let value = get_bits(value, 0, 12) as u64;
     site.check(get_bits(value, 0, shift) == 0, || {
-        format!(
-            "patch_aarch64_12: low 12 bits {value:#x} are not a multiple of the {}-byte access size",
-            1u32 << shift
-        )
+        format!("patch_aarch64_12: low 12 bits {value:#x} are not a multiple of the {}-byte access size", 1u32 << shift)
     })?;
     set_bits(&mut insn, 10, value, shift, 12);
     write_insn(site, image, location, insn)
@@ -113,13 +105,7 @@ pub fn patch_aarch64_12x(image: &mut Image, location: u64, value: u64) -> Result
 
 /// `patch_aarch64_16a..d`: 16-bit part `part` (0..=3) of an absolute value
 /// into a MOVZ/MOVK whose `hw` field must say the same part.
-fn patch_16(
-    func: PatchFn,
-    part: u32,
-    image: &mut Image,
-    location: u64,
-    value: u64,
-) -> Result<(), PatchAssert> {
+fn patch_16(func: PatchFn, part: u32, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
     let site = Site::new(func, location, value);
     let mut insn = read_insn(&site, image, location)?;
     site.check(is_mov(insn), || {
@@ -127,10 +113,7 @@ fn patch_16(
     })?;
     let hw = get_bits(insn as u64, 21, 2);
     site.check(hw == part, || {
-        format!(
-            "{func}: MOV {insn:#010x} has shift field hw = {hw}, expected {part} (lsl #{})",
-            16 * part
-        )
+        format!("{func}: MOV {insn:#010x} has shift field hw = {hw}, expected {part} (lsl #{})", 16 * part)
     })?;
     set_bits(&mut insn, 5, value, 16 * part, 16);
     write_insn(&site, image, location, insn)
@@ -156,12 +139,7 @@ pub fn patch_aarch64_21r(image: &mut Image, location: u64, value: u64) -> Result
     patch_21r_in(&Site::new(PatchFn::Aarch64_21r, location, value), image, location, value)
 }
 
-fn patch_21r_in(
-    site: &Site,
-    image: &mut Image,
-    location: u64,
-    value: u64,
-) -> Result<(), PatchAssert> {
+fn patch_21r_in(site: &Site, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
     // value = (value >> 12) - ((uintptr_t)location >> 12);
     let pages = (value >> 12).wrapping_sub(location >> 12);
     let signed = pages as i64;
@@ -211,10 +189,7 @@ pub fn patch_aarch64_26r(image: &mut Image, location: u64, value: u64) -> Result
         )
     })?;
     site.check(get_bits(delta, 0, 2) == 0, || {
-        format!(
-            "patch_aarch64_26r: value - location = {} is not 4-byte aligned",
-            hex_signed(signed)
-        )
+        format!("patch_aarch64_26r: value - location = {} is not 4-byte aligned", hex_signed(signed))
     })?;
     set_bits(&mut insn, 0, delta, 2, 26);
     write_insn(&site, image, location, insn)
@@ -281,25 +256,17 @@ pub fn patch_aarch64_33rx(image: &mut Image, location: u64, value: u64) -> Resul
     let site = Site::new(PatchFn::Aarch64_33rx, location, value);
     let second = location.wrapping_add(4);
     let i0 = read_insn(&site, image, location)?;
-    site.check(is_adrp(i0), || {
-        format!("patch_aarch64_33rx: instruction {i0:#010x} at {location:#x} is not ADRP")
-    })?;
+    site.check(is_adrp(i0), || format!("patch_aarch64_33rx: instruction {i0:#010x} at {location:#x} is not ADRP"))?;
     let reg = get_bits(i0 as u64, 0, 5);
     let i1 = read_insn(&site, image, second)?;
     site.check(is_ldr_or_str(i1), || {
-        format!(
-            "patch_aarch64_33rx: instruction {i1:#010x} at {second:#x} is not LDR/STR (immediate)"
-        )
+        format!("patch_aarch64_33rx: instruction {i1:#010x} at {second:#x} is not LDR/STR (immediate)")
     })?;
     // There should be only one register involved:
     let rt = get_bits(i1 as u64, 0, 5);
-    site.check(reg == rt, || {
-        format!("patch_aarch64_33rx: ADRP writes x{reg} but the LDR's output register is x{rt}")
-    })?;
+    site.check(reg == rt, || format!("patch_aarch64_33rx: ADRP writes x{reg} but the LDR's output register is x{rt}"))?;
     let rn = get_bits(i1 as u64, 5, 5);
-    site.check(reg == rn, || {
-        format!("patch_aarch64_33rx: ADRP writes x{reg} but the LDR's input register is x{rn}")
-    })?;
+    site.check(reg == rn, || format!("patch_aarch64_33rx: ADRP writes x{reg} but the LDR's input register is x{rn}"))?;
     let relaxed = site.read_u64(image, value, "relaxation read of *(uint64_t *)value")?;
     if relaxed < (1u64 << 16) {
         // adrp reg, AAA; ldr reg, [reg + BBB] -> movz reg, XXX; nop
@@ -309,12 +276,7 @@ pub fn patch_aarch64_33rx(image: &mut Image, location: u64, value: u64) -> Resul
     if relaxed < (1u64 << 32) {
         // adrp reg, AAA; ldr reg, [reg + BBB] -> movz reg, XXX; movk reg, YYY
         write_insn(&site, image, location, 0xD280_0000 | (get_bits(relaxed, 0, 16) << 5) | reg)?;
-        return write_insn(
-            &site,
-            image,
-            second,
-            0xF2A0_0000 | (get_bits(relaxed, 16, 16) << 5) | reg,
-        );
+        return write_insn(&site, image, second, 0xF2A0_0000 | (get_bits(relaxed, 16, 16) << 5) | reg);
     }
     let delta = value.wrapping_sub(location);
     if delta & 0x3 == 0 && (delta as i64) >= -(1i64 << 19) && (delta as i64) < (1i64 << 19) {
@@ -581,12 +543,9 @@ mod tests {
     #[test]
     fn got_pair_ldr_literal_edges_then_fallback() {
         // Highest reach of the ±2^19 check (jit.c's, half of LDR literal's range).
-        for (delta, literal) in [
-            ((1i64 << 19) - 8, true),
-            (1i64 << 19, false),
-            (-(1i64 << 19), true),
-            (-(1i64 << 19) - 8, false),
-        ] {
+        for (delta, literal) in
+            [((1i64 << 19) - 8, true), (1i64 << 19, false), (-(1i64 << 19), true), (-(1i64 << 19) - 8, false)]
+        {
             let (mut im, slot) = pair_with_slot_at(delta);
             patch_aarch64_33rx(&mut im, LOC, slot).unwrap();
             let (a, b) = (insn(&im, LOC), insn(&im, LOC + 4));
@@ -620,10 +579,7 @@ mod tests {
     #[test]
     fn got_pair_asserts() {
         let mut im = image(&[ADD_X1, LDR_X1], 5);
-        assert!(patch_aarch64_33rx(&mut im, LOC, SLOT)
-            .unwrap_err()
-            .message
-            .contains("is not ADRP"));
+        assert!(patch_aarch64_33rx(&mut im, LOC, SLOT).unwrap_err().message.contains("is not ADRP"));
         let mut im = image(&[ADRP_X1, ADD_X1], 5);
         let e = patch_aarch64_33rx(&mut im, LOC, SLOT).unwrap_err();
         assert!(e.message.contains("is not LDR/STR"), "{e}");
@@ -635,11 +591,7 @@ mod tests {
         assert!(e.message.contains("input register is x2"), "{e}");
         let mut im = pair(5);
         let e = patch_aarch64_33rx(&mut im, LOC, DATA + 0x100).unwrap_err();
-        assert!(
-            e.message
-                .starts_with("relaxation read of *(uint64_t *)value at 0x400012348100 is outside"),
-            "{e}"
-        );
+        assert!(e.message.starts_with("relaxation read of *(uint64_t *)value at 0x400012348100 is outside"), "{e}");
         assert_eq!(im, pair(5));
     }
 

@@ -19,8 +19,8 @@
 //! visibly different image instead of happening to work on zeros.
 
 pub mod aarch64;
-pub mod x86_64;
 pub mod native;
+pub mod x86_64;
 
 use crate::model::{hex_signed, EmitOp, PatchCall, PatchFn, Section, Stencil, Term};
 use crate::place::Placement;
@@ -250,7 +250,13 @@ pub enum FailureKind {
 impl PatchAssert {
     /// A placement this patcher cannot use (see [`FailureKind::Unusable`]).
     pub fn unusable(func: PatchFn, location: u64, value: u64, why: impl Into<String>) -> PatchAssert {
-        PatchAssert { func, location, value, message: format!("placement unusable: {}", why.into()), kind: FailureKind::Unusable }
+        PatchAssert {
+            func,
+            location,
+            value,
+            message: format!("placement unusable: {}", why.into()),
+            kind: FailureKind::Unusable,
+        }
     }
     pub fn is_unusable(&self) -> bool {
         self.kind == FailureKind::Unusable
@@ -274,13 +280,7 @@ impl std::error::Error for PatchAssert {}
 
 /// Applies one `patch_*` call to an image, by absolute address.
 pub trait Patcher {
-    fn patch(
-        &self,
-        func: PatchFn,
-        image: &mut Image,
-        location: u64,
-        value: u64,
-    ) -> Result<(), PatchAssert>;
+    fn patch(&self, func: PatchFn, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert>;
     /// Short name for reports (`ports`, later e.g. `jit.c@<path>`).
     fn name(&self) -> &str;
     /// Addresses this patcher can work at. The ports work anywhere; a
@@ -313,13 +313,7 @@ pub fn trampoline(
 pub struct Ports;
 
 impl Patcher for Ports {
-    fn patch(
-        &self,
-        func: PatchFn,
-        image: &mut Image,
-        location: u64,
-        value: u64,
-    ) -> Result<(), PatchAssert> {
+    fn patch(&self, func: PatchFn, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
         match func {
             PatchFn::P64 => patch_64(image, location, value),
             PatchFn::P32 => patch_32(image, location, value),
@@ -337,10 +331,11 @@ impl Patcher for Ports {
             PatchFn::Aarch64_19r => aarch64::patch_aarch64_19r(image, location, value),
             PatchFn::Aarch64_33rx => aarch64::patch_aarch64_33rx(image, location, value),
             // The GOT slot of an ordinal is an 8-byte absolute address.
-            PatchFn::GotSymbol => Site::new(PatchFn::GotSymbol, location, value).write(image, location, &value.to_le_bytes()),
-            PatchFn::Aarch64_Trampoline | PatchFn::X86_64_Trampoline => {
-                Err(Site::new(func, location, value).fail(format!("{func} needs the trace's trampolines (Patcher::trampoline)")))
+            PatchFn::GotSymbol => {
+                Site::new(PatchFn::GotSymbol, location, value).write(image, location, &value.to_le_bytes())
             }
+            PatchFn::Aarch64_Trampoline | PatchFn::X86_64_Trampoline => Err(Site::new(func, location, value)
+                .fail(format!("{func} needs the trace's trampolines (Patcher::trampoline)"))),
         }
     }
     fn name(&self) -> &str {
@@ -372,11 +367,7 @@ impl Site {
     }
 
     /// `assert(cond)`: Err with `message()` when it does not hold.
-    pub(crate) fn check(
-        &self,
-        cond: bool,
-        message: impl FnOnce() -> String,
-    ) -> Result<(), PatchAssert> {
+    pub(crate) fn check(&self, cond: bool, message: impl FnOnce() -> String) -> Result<(), PatchAssert> {
         if cond {
             Ok(())
         } else {
@@ -393,33 +384,16 @@ impl Site {
         image.read_u8(addr).ok_or_else(|| self.outside(what, addr))
     }
 
-    pub(crate) fn read_u32(
-        &self,
-        image: &Image,
-        addr: u64,
-        what: &str,
-    ) -> Result<u32, PatchAssert> {
+    pub(crate) fn read_u32(&self, image: &Image, addr: u64, what: &str) -> Result<u32, PatchAssert> {
         image.read_u32(addr).ok_or_else(|| self.outside(what, addr))
     }
 
-    pub(crate) fn read_u64(
-        &self,
-        image: &Image,
-        addr: u64,
-        what: &str,
-    ) -> Result<u64, PatchAssert> {
+    pub(crate) fn read_u64(&self, image: &Image, addr: u64, what: &str) -> Result<u64, PatchAssert> {
         image.read_u64(addr).ok_or_else(|| self.outside(what, addr))
     }
 
-    pub(crate) fn write(
-        &self,
-        image: &mut Image,
-        addr: u64,
-        bytes: &[u8],
-    ) -> Result<(), PatchAssert> {
-        image
-            .write(addr, bytes)
-            .ok_or_else(|| self.outside(&format!("write of {} bytes", bytes.len()), addr))
+    pub(crate) fn write(&self, image: &mut Image, addr: u64, bytes: &[u8]) -> Result<(), PatchAssert> {
+        image.write(addr, bytes).ok_or_else(|| self.outside(&format!("write of {} bytes", bytes.len()), addr))
     }
 }
 
@@ -444,12 +418,7 @@ pub fn patch_32r(image: &mut Image, location: u64, value: u64) -> Result<(), Pat
 }
 
 /// `patch_32r` on behalf of `site` (so `patch_x86_64_32rx` reports its own call).
-pub(crate) fn patch_32r_in(
-    site: &Site,
-    image: &mut Image,
-    location: u64,
-    value: u64,
-) -> Result<(), PatchAssert> {
+pub(crate) fn patch_32r_in(site: &Site, image: &mut Image, location: u64, value: u64) -> Result<(), PatchAssert> {
     // value -= (uintptr_t)location;
     let value = value.wrapping_sub(location);
     let signed = value as i64;
@@ -561,11 +530,7 @@ impl std::error::Error for EmitFailure {}
 /// absolute location and value and goes through `patcher`. A stencil whose
 /// emit never copies its code keeps the stale bytes: that is what CPython
 /// would run, so it is what we return.
-pub fn emit(
-    stencil: &Stencil,
-    placement: &Placement,
-    patcher: &dyn Patcher,
-) -> Result<Image, EmitFailure> {
+pub fn emit(stencil: &Stencil, placement: &Placement, patcher: &dyn Patcher) -> Result<Image, EmitFailure> {
     let mut image = stale_image(stencil, placement);
     for op in &stencil.emit {
         match op {
@@ -583,7 +548,9 @@ pub fn emit(
                             func: call.func,
                             location: 0,
                             value,
-                            message: format!("ordinal {ordinal:#x} has no slot in the trace's GOT (its got_mask bit is clear)"),
+                            message: format!(
+                                "ordinal {ordinal:#x} has no slot in the trace's GOT (its got_mask bit is clear)"
+                            ),
                             kind: FailureKind::Assert,
                         },
                     });
@@ -684,8 +651,7 @@ mod tests {
         assert_eq!(a, stale_bytes(7, CODE, 8 * 256));
         assert_ne!(a, stale_bytes(8, CODE, 8 * 256));
         assert_eq!(stale_bytes(7, CODE, 13), a[..13]);
-        let words: Vec<u64> =
-            a.chunks(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect();
+        let words: Vec<u64> = a.chunks(8).map(|w| u64::from_le_bytes(w.try_into().unwrap())).collect();
         let near = words.iter().filter(|w| w.abs_diff(CODE) <= 1 << 20).count();
         let zero = words.iter().filter(|w| **w == 0).count();
         assert!(near > 64 && zero > 32 && near + zero < 256, "near {near}, zero {zero}");
@@ -697,13 +663,7 @@ mod tests {
     const SYM_FAR: u64 = CODE + 0x1_0000_0000;
 
     fn patch(func: PatchFn, section: Section, offset: u64, term: Term, addend: i64) -> EmitOp {
-        EmitOp::Patch(PatchCall {
-            func,
-            section,
-            offset,
-            value: Value::new(term, addend),
-            line: 100 + offset as usize,
-        })
+        EmitOp::Patch(PatchCall { func, section, offset, value: Value::new(term, addend), line: 100 + offset as usize })
     }
 
     fn data_ops() -> Vec<EmitOp> {

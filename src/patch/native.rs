@@ -90,7 +90,6 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-
 // ---------------------------------------------------------------------------
 // The extractor
 // ---------------------------------------------------------------------------
@@ -360,8 +359,22 @@ pub struct Head {
 /// Words followed by a parenthesised group that is not the declarator:
 /// GNU/MSVC attributes, asm labels, and type operators.
 const NOT_DECLARATOR: &[&str] = &[
-    "__attribute__", "__attribute", "__declspec", "__asm__", "__asm", "asm", "_Alignas", "alignas",
-    "__typeof__", "__typeof", "typeof", "_Atomic", "sizeof", "_Alignof", "alignof", "_Generic",
+    "__attribute__",
+    "__attribute",
+    "__declspec",
+    "__asm__",
+    "__asm",
+    "asm",
+    "_Alignas",
+    "alignas",
+    "__typeof__",
+    "__typeof",
+    "typeof",
+    "_Atomic",
+    "sizeof",
+    "_Alignof",
+    "alignof",
+    "_Generic",
 ];
 
 /// Offset of the `)` (or `]`) closing the group opened at `open`, skipping
@@ -1034,7 +1047,9 @@ pub fn generate(ex: &Extracted, path: &str) -> String {
     c.push_str("#line 1 \"stencilcheck-worker\"\n#undef malloc\n#undef calloc\n#undef realloc\n#undef free\n");
     c.push_str("typedef void (*sc_entry_fn)(unsigned char *, uint64_t);\n");
     for (k, name) in ex.entry_points.iter().enumerate() {
-        c.push_str(&format!("static void sc_entry_{k}(unsigned char *location, uint64_t value) {{ {name}(location, value); }}\n"));
+        c.push_str(&format!(
+            "static void sc_entry_{k}(unsigned char *location, uint64_t value) {{ {name}(location, value); }}\n"
+        ));
     }
     c.push_str("static const struct { const char *name; sc_entry_fn fn; } sc_entries[] = {\n");
     for (k, name) in ex.entry_points.iter().enumerate() {
@@ -1121,8 +1136,7 @@ fn compile(c_src: &str, jit_c: &Path) -> Result<PathBuf, BadInput> {
         .replace(|c: char| !c.is_ascii_alphanumeric(), "");
     let c_path = dir.join(format!("jitc-worker-{hash:016x}-{unique}.c"));
     let tmp = dir.join(format!("jitc-worker-{hash:016x}-{unique}.tmp"));
-    std::fs::write(&c_path, c_src)
-        .map_err(|e| BadInput::in_file(c_path.display(), format!("cannot write: {e}")))?;
+    std::fs::write(&c_path, c_src).map_err(|e| BadInput::in_file(c_path.display(), format!("cannot write: {e}")))?;
     let out = Command::new(&cc)
         .args(CFLAGS)
         .arg("-o")
@@ -1522,7 +1536,10 @@ impl NativePatcher {
                             jit_c.display(),
                             format!(
                                 "{} (used by {} at {}:{}) is not defined here",
-                                call.func, st.name, set.path.display(), call.line
+                                call.func,
+                                st.name,
+                                set.path.display(),
+                                call.line
                             ),
                         ));
                     }
@@ -1544,17 +1561,19 @@ impl NativePatcher {
 fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 { p as u64 } else { 4096 }
+    if p > 0 {
+        p as u64
+    } else {
+        4096
+    }
 }
 
 /// Page-aligned `[start, end)` ranges covering the image's regions, merged
 /// when they touch.
 fn page_ranges(image: &Image) -> Vec<(u64, u64)> {
     let ps = page_size();
-    let mut ranges: Vec<(u64, u64)> = image
-        .regions()
-        .map(|(_, a, b)| (a & !(ps - 1), (a + b.len() as u64 + ps - 1) & !(ps - 1)))
-        .collect();
+    let mut ranges: Vec<(u64, u64)> =
+        image.regions().map(|(_, a, b)| (a & !(ps - 1), (a + b.len() as u64 + ps - 1) & !(ps - 1))).collect();
     ranges.sort();
     let mut merged: Vec<(u64, u64)> = Vec::new();
     for r in ranges {
@@ -1580,8 +1599,9 @@ impl Patcher for NativePatcher {
                 format!("{call} not run: {func} already hung {hangs} times (limit {:?} per call)", self.time_limit),
             ));
         }
-        let mut worker =
-            self.take_worker().map_err(|e| failure(FailureKind::Crash, format!("{call}: cannot start a patch worker: {e}")))?;
+        let mut worker = self
+            .take_worker()
+            .map_err(|e| failure(FailureKind::Crash, format!("{call}: cannot start a patch worker: {e}")))?;
         let ranges = page_ranges(image);
         let reply = match worker.call(entry, image, location, value, &ranges, self.time_limit) {
             Ok(reply) => reply,
@@ -1726,7 +1746,11 @@ patch_tramp(unsigned char *location, int ordinal, some_state *state)
         for (head, name, params) in [
             ("__attribute__((noinline)) static void\nh(void)", "h", "(void)"),
             ("static inline __attribute__((always_inline, unused)) uint32_t g(uint64_t v)", "g", "(uint64_t v)"),
-            ("void __attribute__((cold)) k(unsigned char *location, uint64_t value)", "k", "(unsigned char *location, uint64_t value)"),
+            (
+                "void __attribute__((cold)) k(unsigned char *location, uint64_t value)",
+                "k",
+                "(unsigned char *location, uint64_t value)",
+            ),
             ("static void m(int x) __attribute__((nonnull(1)))", "m", "(int x)"),
             ("[[gnu::noinline]] static const char *const_name(void)", "const_name", "(void)"),
             ("extern _Alignas(16) volatile int *vp(void)", "vp", "(void)"),

@@ -21,9 +21,8 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
     let site = Site::new(PatchFn::X86_64_32rx, location, value);
     let mut value = value;
     // uint64_t relaxed = *(uint64_t *)(value + 4) - 4;
-    let relaxed = site
-        .read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)")?
-        .wrapping_sub(4);
+    let relaxed =
+        site.read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)")?.wrapping_sub(4);
     // (int64_t)relaxed - (int64_t)location (+ 1), wrapping as the machine does.
     let delta = (relaxed as i64).wrapping_sub(location as i64);
     if delta >= -(1i64 << 31) && delta.wrapping_add(1) < (1i64 << 31) {
@@ -239,10 +238,7 @@ mod tests {
         let mut im = Image::new(CODE, code, data_far - 8, data);
         let e = patch_x86_64_32rx(&mut im, CODE + 3, data_far - 4).unwrap_err();
         assert_eq!(e.func, PatchFn::X86_64_32rx);
-        assert!(
-            e.message.contains("value - location out of signed 32-bit range: 0x80000000"),
-            "{e}"
-        );
+        assert!(e.message.contains("value - location out of signed 32-bit range: 0x80000000"), "{e}");
         assert!(e.to_string().starts_with("patch_x86_64_32rx(location 0x7f1234560003"), "{e}");
     }
 

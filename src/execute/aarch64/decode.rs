@@ -8,27 +8,79 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Insn {
     /// `adrp xd, page`: `imm` is the signed 21-bit page count.
-    Adrp { rd: u8, imm: i64 },
+    Adrp {
+        rd: u8,
+        imm: i64,
+    },
     /// `adr xd, label`: `imm` is the signed 21-bit byte offset.
-    Adr { rd: u8, imm: i64 },
+    Adr {
+        rd: u8,
+        imm: i64,
+    },
     /// ADD/SUB (immediate), `imm` already shifted by `lsl #12` when `shift`.
-    AddSubImm { sf: bool, sub: bool, flags: bool, rd: u8, rn: u8, imm: u64, shift: bool },
+    AddSubImm {
+        sf: bool,
+        sub: bool,
+        flags: bool,
+        rd: u8,
+        rn: u8,
+        imm: u64,
+        shift: bool,
+    },
     /// MOVN/MOVZ/MOVK.
-    MovWide { sf: bool, op: MovOp, rd: u8, imm16: u16, hw: u8 },
+    MovWide {
+        sf: bool,
+        op: MovOp,
+        rd: u8,
+        imm16: u16,
+        hw: u8,
+    },
     /// Load/store register, unsigned scaled immediate offset: the access is
     /// `1 << size` bytes at `xn + offset` (already scaled).
-    LdStImm { op: MemOp, fp: bool, size: u8, rt: u8, rn: u8, offset: u64 },
+    LdStImm {
+        op: MemOp,
+        fp: bool,
+        size: u8,
+        rt: u8,
+        rn: u8,
+        offset: u64,
+    },
     /// LDR (literal): `1 << size` bytes at `pc + offset`.
-    LdrLiteral { op: MemOp, fp: bool, size: u8, rt: u8, offset: i64 },
+    LdrLiteral {
+        op: MemOp,
+        fp: bool,
+        size: u8,
+        rt: u8,
+        offset: i64,
+    },
     /// B or BL.
-    Branch { link: bool, offset: i64 },
-    BranchCond { cond: u8, offset: i64 },
+    Branch {
+        link: bool,
+        offset: i64,
+    },
+    BranchCond {
+        cond: u8,
+        offset: i64,
+    },
     /// CBZ/CBNZ.
-    CompareBranch { sf: bool, nonzero: bool, rt: u8, offset: i64 },
+    CompareBranch {
+        sf: bool,
+        nonzero: bool,
+        rt: u8,
+        offset: i64,
+    },
     /// TBZ/TBNZ.
-    TestBranch { nonzero: bool, rt: u8, bit: u8, offset: i64 },
+    TestBranch {
+        nonzero: bool,
+        rt: u8,
+        bit: u8,
+        offset: i64,
+    },
     /// BR/BLR/RET through `rn`.
-    BranchReg { kind: BranchRegKind, rn: u8 },
+    BranchReg {
+        kind: BranchRegKind,
+        rn: u8,
+    },
     Nop,
     /// Anything else.
     Other(u32),
@@ -47,7 +99,9 @@ pub enum MemOp {
     /// Zero-extending load (or any FP/SIMD load).
     Load,
     /// Sign-extending load into a 64-bit (`x`) or 32-bit (`w`) register.
-    LoadSigned { to64: bool },
+    LoadSigned {
+        to64: bool,
+    },
     Prefetch,
 }
 
@@ -228,7 +282,10 @@ impl Insn {
 
     /// Ends a straight-line run: control never falls through to the next instruction.
     pub fn is_unconditional_transfer(&self) -> bool {
-        matches!(self, Insn::Branch { link: false, .. } | Insn::BranchReg { kind: BranchRegKind::Br | BranchRegKind::Ret, .. })
+        matches!(
+            self,
+            Insn::Branch { link: false, .. } | Insn::BranchReg { kind: BranchRegKind::Br | BranchRegKind::Ret, .. }
+        )
     }
 }
 
@@ -293,7 +350,8 @@ pub fn writes(w: u32) -> u32 {
 
 // Formatting ------------------------------------------------------------------
 
-const CONDS: [&str; 16] = ["eq", "ne", "hs", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al", "nv"];
+const CONDS: [&str; 16] =
+    ["eq", "ne", "hs", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al", "nv"];
 
 /// `x3`, `w3`, or 31 as `sp`/`wsp` (`sp == true`) or `xzr`/`wzr`.
 fn gpr(r: u8, sf: bool, sp: bool) -> String {
@@ -452,20 +510,11 @@ mod tests {
             Insn::LdStImm { op: MemOp::Load, fp: false, size: 3, rt: 8, rn: 8, offset: 0x10 }
         );
         // ldr w1, [x1, #0x4]: imm12 = 1, scaled by 4
-        assert_eq!(
-            decode(0xb940_0421),
-            Insn::LdStImm { op: MemOp::Load, fp: false, size: 2, rt: 1, rn: 1, offset: 4 }
-        );
+        assert_eq!(decode(0xb940_0421), Insn::LdStImm { op: MemOp::Load, fp: false, size: 2, rt: 1, rn: 1, offset: 4 });
         // ldrb w1, [x1, #0x3]: unscaled
-        assert_eq!(
-            decode(0x3940_0c21),
-            Insn::LdStImm { op: MemOp::Load, fp: false, size: 0, rt: 1, rn: 1, offset: 3 }
-        );
+        assert_eq!(decode(0x3940_0c21), Insn::LdStImm { op: MemOp::Load, fp: false, size: 0, rt: 1, rn: 1, offset: 3 });
         // ldrh w1, [x1, #0x2]
-        assert_eq!(
-            decode(0x7940_0421),
-            Insn::LdStImm { op: MemOp::Load, fp: false, size: 1, rt: 1, rn: 1, offset: 2 }
-        );
+        assert_eq!(decode(0x7940_0421), Insn::LdStImm { op: MemOp::Load, fp: false, size: 1, rt: 1, rn: 1, offset: 2 });
         // ldrsw x8, [x8, #0x4]
         assert_eq!(
             decode(0xb980_0508),
@@ -515,8 +564,14 @@ mod tests {
         assert_eq!(decode(0x5280_0021), Insn::MovWide { sf: false, op: MovOp::Z, rd: 1, imm16: 1, hw: 0 });
         assert_eq!(format(0xf2aa_cf08, 0), "movk x8, #0x5678, lsl #16");
         // jit.c's relaxation words: movz/movk with reg and imm or'ed in
-        assert_eq!(decode(0xd280_0000 | (0xbeef << 5) | 9), Insn::MovWide { sf: true, op: MovOp::Z, rd: 9, imm16: 0xbeef, hw: 0 });
-        assert_eq!(decode(0xf2a0_0000 | (0xdead << 5) | 9), Insn::MovWide { sf: true, op: MovOp::K, rd: 9, imm16: 0xdead, hw: 1 });
+        assert_eq!(
+            decode(0xd280_0000 | (0xbeef << 5) | 9),
+            Insn::MovWide { sf: true, op: MovOp::Z, rd: 9, imm16: 0xbeef, hw: 0 }
+        );
+        assert_eq!(
+            decode(0xf2a0_0000 | (0xdead << 5) | 9),
+            Insn::MovWide { sf: true, op: MovOp::K, rd: 9, imm16: 0xdead, hw: 1 }
+        );
     }
 
     #[test]

@@ -56,8 +56,8 @@ const X: [RegisterARM64; 31] = [
 ];
 
 const NAMES: [&str; 31] = [
-    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16",
-    "x17", "x18", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28", "x29", "x30",
+    "x0", "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16", "x17",
+    "x18", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28", "x29", "x30",
 ];
 
 /// x1..x17: what a C callee may leave anything in besides x0 (x18 is the
@@ -708,7 +708,12 @@ mod tests {
             _ => None,
         };
         let mut mem = |a: u64, n: usize| (a == DATA + 0x10 && n <= 8).then_some(slot & (u64::MAX >> (64 - 8 * n)));
-        let mut image = |a: u64, n: usize| (a == VENEER && n == 4).then_some(0x5800_0048).or((a == VENEER + 4 && n == 4).then_some(0xd61f_0100)).or((a == VENEER + 8 && n == 8).then_some(0xfeed_f00d));
+        let mut image = |a: u64, n: usize| {
+            (a == VENEER && n == 4)
+                .then_some(0x5800_0048)
+                .or((a == VENEER + 4 && n == 4).then_some(0xd61f_0100))
+                .or((a == VENEER + 8 && n == 8).then_some(0xfeed_f00d))
+        };
         site_effect(word, pc, original, &mut reg, &mut mem, &mut image)
     }
 
@@ -742,13 +747,19 @@ mod tests {
     #[test]
     fn adrp_forms_its_page_above_and_below() {
         let pc = CODE + 0x104;
-        assert_eq!(eval(adrp_x8(3), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Address { value: CODE + 0x3000, bits: 64 }));
+        assert_eq!(
+            eval(adrp_x8(3), pc, Some(ADRP_X8), None, 0),
+            Evaluation::Known(Effect::Address { value: CODE + 0x3000, bits: 64 })
+        );
         // A negative page count is sign-extended (wasmtime PR 11734's bug zero-extended it).
         assert_eq!(
             eval(adrp_x8(-0x10_0000), pc, Some(ADRP_X8), None, 0),
             Evaluation::Known(Effect::Address { value: CODE - (1 << 32), bits: 64 })
         );
-        assert_eq!(eval(adrp_x8(-1), pc, None, None, 0), Evaluation::Known(Effect::Address { value: CODE - 0x1000, bits: 64 }));
+        assert_eq!(
+            eval(adrp_x8(-1), pc, None, None, 0),
+            Evaluation::Known(Effect::Address { value: CODE - 0x1000, bits: 64 })
+        );
     }
 
     #[test]
@@ -785,13 +796,17 @@ mod tests {
     fn branches_transfer_to_their_target() {
         let pc = CODE + 0x40;
         for (w, target) in [
-            (0x1400_0010u32, pc + 0x40),     // b
-            (0x97ff_fff0, pc - 0x40),        // bl
-            (0x5400_0260, pc + 0x4c),        // b.eq
-            (0xb400_00a8, pc + 0x14),        // cbz x8
-            (0x37f8_0088, pc + 0x10),        // tbnz w8, #31
+            (0x1400_0010u32, pc + 0x40), // b
+            (0x97ff_fff0, pc - 0x40),    // bl
+            (0x5400_0260, pc + 0x4c),    // b.eq
+            (0xb400_00a8, pc + 0x14),    // cbz x8
+            (0x37f8_0088, pc + 0x10),    // tbnz w8, #31
         ] {
-            assert_eq!(eval(w, pc, Some(w), None, 0), Evaluation::Known(Effect::Transfer { target, slot: None }), "{w:#x}");
+            assert_eq!(
+                eval(w, pc, Some(w), None, 0),
+                Evaluation::Known(Effect::Transfer { target, slot: None }),
+                "{w:#x}"
+            );
         }
         // Through a veneer: where its literal goes, read from the image.
         let bl_veneer = 0x9400_0000 | (((VENEER - pc) / 4) as u32 & 0x3ff_ffff);
@@ -806,17 +821,29 @@ mod tests {
     #[test]
     fn movz_movk_carry_their_chunk() {
         let movk48 = 0xf2e0_0000 | (0xbeef << 5) | 1;
-        assert_eq!(eval(movk48, 0, Some(0xf2e0_0001), None, 0), Evaluation::Known(Effect::Immediate { value: 0xbeef << 48, bits: 64 }));
-        assert_eq!(eval(movz_x8(0x1234), 0, Some(movz_x8(0)), None, 0), Evaluation::Known(Effect::Immediate { value: 0x1234, bits: 64 }));
+        assert_eq!(
+            eval(movk48, 0, Some(0xf2e0_0001), None, 0),
+            Evaluation::Known(Effect::Immediate { value: 0xbeef << 48, bits: 64 })
+        );
+        assert_eq!(
+            eval(movz_x8(0x1234), 0, Some(movz_x8(0)), None, 0),
+            Evaluation::Known(Effect::Immediate { value: 0x1234, bits: 64 })
+        );
     }
 
     #[test]
     fn relaxed_pairs_report_what_the_register_holds() {
         let pc = CODE + 0x100;
         // movz x8 in place of adrp: the immediate.
-        assert_eq!(eval(movz_x8(0xbeef), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Formed { value: 0xbeef }));
+        assert_eq!(
+            eval(movz_x8(0xbeef), pc, Some(ADRP_X8), None, 0),
+            Evaluation::Known(Effect::Formed { value: 0xbeef })
+        );
         // nop in place of the ldr: x8 as the movz left it.
-        assert_eq!(eval(NOP, pc + 4, Some(LDR_X8), Some(0xbeef), 0), Evaluation::Known(Effect::Formed { value: 0xbeef }));
+        assert_eq!(
+            eval(NOP, pc + 4, Some(LDR_X8), Some(0xbeef), 0),
+            Evaluation::Known(Effect::Formed { value: 0xbeef })
+        );
         assert_eq!(eval(NOP, pc + 4, Some(LDR_X8), None, 0), Evaluation::Unknown);
         // movk x8 in place of the ldr: x8 after the movk.
         assert_eq!(
@@ -825,7 +852,10 @@ mod tests {
         );
         // ldr literal in place of adrp: the loaded value.
         let lit = ldr_lit_x8((DATA + 0x10 - pc) as i64);
-        assert_eq!(eval(lit, pc, Some(ADRP_X8), None, 0x7777_0000_1234), Evaluation::Known(Effect::Formed { value: 0x7777_0000_1234 }));
+        assert_eq!(
+            eval(lit, pc, Some(ADRP_X8), None, 0x7777_0000_1234),
+            Evaluation::Known(Effect::Formed { value: 0x7777_0000_1234 })
+        );
         // Left as a pair: ordinary effects, not Formed.
         assert!(matches!(eval(adrp_x8(3), pc, Some(ADRP_X8), None, 0), Evaluation::Known(Effect::Address { .. })));
         // Rewritten into something that forms nothing: mangled.

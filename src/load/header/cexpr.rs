@@ -94,8 +94,7 @@ pub(crate) fn statement(t: &str, line: usize) -> Result<EmitOp, String> {
         let value = Value::new(Term::Ordinal(ordinal_of(ordinal)?), 0);
         return Ok(EmitOp::Patch(PatchCall { func, section, offset, value, line }));
     }
-    let (location, value_text) =
-        args.split_once(',').ok_or_else(|| format!("expected `location, value` in `{t}`"))?;
+    let (location, value_text) = args.split_once(',').ok_or_else(|| format!("expected `location, value` in `{t}`"))?;
     let (section, offset) =
         location_of(location).ok_or_else(|| format!("cannot parse patch location `{}`", location.trim()))?;
     let value_text = value_text.trim();

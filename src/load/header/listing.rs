@@ -63,10 +63,8 @@ const FOREIGN: &[(&str, Option<Arch>, &str, ObjectFormat)] = &[
 /// Why a relocation type name is refused: a typed "not supported" (exit 3)
 /// for the Mach-O and COFF families, bad input ("unknown") for anything else.
 fn refuse_kind(file: &str, line: usize, kind: &str, version: Version) -> BadInput {
-    let unsupported = |message: String| BadInput {
-        kind: Refusal::Unsupported,
-        ..BadInput::at_line(file, line, message)
-    };
+    let unsupported =
+        |message: String| BadInput { kind: Refusal::Unsupported, ..BadInput::at_line(file, line, message) };
     match FOREIGN.iter().find(|(prefix, ..)| kind.starts_with(prefix)) {
         Some((_, Some(arch), _, format)) => {
             unsupported(Target::new(*arch, *format, version).unsupported(format!("relocation {kind}")).to_string())
@@ -114,7 +112,11 @@ pub(super) fn is_code_line(c: &str) -> bool {
     !bytes.is_empty() && !text.is_empty()
 }
 
-pub(super) fn code_disassembly(file: &str, comments: &[(usize, &str)], version: Version) -> Result<CodeDisassembly, BadInput> {
+pub(super) fn code_disassembly(
+    file: &str,
+    comments: &[(usize, &str)],
+    version: Version,
+) -> Result<CodeDisassembly, BadInput> {
     let err = |line: usize, m: String| BadInput::at_line(file, line, m);
     let mut out = CodeDisassembly { instructions: Vec::new(), relocations: Vec::new(), last_pad: None };
     for &(no, c) in comments {
@@ -276,8 +278,7 @@ pub(crate) fn slot_value(s: &str) -> Option<Value> {
         return is_symbol_name(name).then(|| Value::new(Term::Symbol(name.to_string()), addend));
     }
     if s.starts_with(|c: char| c.is_ascii_uppercase()) {
-        let end =
-            s.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(s.len());
+        let end = s.find(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')).unwrap_or(s.len());
         let term = match &s[..end] {
             "CODE" => Term::Code,
             "DATA" => Term::Data,

@@ -27,9 +27,7 @@ use scanner::Scanner;
 use std::collections::HashMap;
 
 #[cfg(test)]
-use crate::model::{
-    DataComment, DataCommentKind, EmitOp, PatchCall, PatchFn, RelocKind, Section, Symbol, Term, Value,
-};
+use crate::model::{DataComment, DataCommentKind, EmitOp, PatchCall, PatchFn, RelocKind, Section, Symbol, Term, Value};
 #[cfg(test)]
 use cexpr::{lex, location_of, split_addend, value_of};
 #[cfg(test)]
@@ -153,7 +151,12 @@ struct Declared<'a> {
 
 /// Every table entry names a function whose bodies have its sizes, and
 /// every function is in the table exactly once.
-fn cross_check(sc: &Scanner<'_>, functions: &[Declared<'_>], table: &[TableEntry], table_line: usize) -> Result<(), BadInput> {
+fn cross_check(
+    sc: &Scanner<'_>,
+    functions: &[Declared<'_>],
+    table: &[TableEntry],
+    table_line: usize,
+) -> Result<(), BadInput> {
     let by_name: HashMap<&str, &Declared<'_>> = functions.iter().map(|s| (s.name, s)).collect();
     let mut listed: HashMap<&str, usize> = HashMap::new();
     for entry in table {
@@ -183,7 +186,9 @@ fn cross_check(sc: &Scanner<'_>, functions: &[Declared<'_>], table: &[TableEntry
     }
     for f in functions {
         if !listed.contains_key(f.name) {
-            return Err(sc.err(table_line, format!("emit_{} (line {}) is missing from the stencil table", f.name, f.line)));
+            return Err(
+                sc.err(table_line, format!("emit_{} (line {}) is missing from the stencil table", f.name, f.line))
+            );
         }
     }
     Ok(())
@@ -200,7 +205,9 @@ fn arch(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<Arch, Ba
             match &first {
                 None => first = Some((arch, line, what.to_string())),
                 Some((a, l, w)) if *a != arch => {
-                    return Err(sc.err(line, format!("mixed architectures: {what} is {arch}, but {w} (line {l}) is {a}")));
+                    return Err(
+                        sc.err(line, format!("mixed architectures: {what} is {arch}, but {w} (line {l}) is {a}"))
+                    );
                 }
                 Some(_) => {}
             }

@@ -172,10 +172,9 @@ impl<'a> Scanner<'a> {
                 break;
             }
             let Some((n2, l)) = self.next_line() else {
-                return Err(self.err(
-                    self.last_line(),
-                    format!("truncated: the {which} initializer (line {no}) is not closed"),
-                ));
+                return Err(
+                    self.err(self.last_line(), format!("truncated: the {which} initializer (line {no}) is not closed"))
+                );
             };
             (text_no, text) = (n2, l);
         }

@@ -147,11 +147,8 @@ fn load_fixture_field_by_field() {
     assert_eq!(add.instruction_at(0xd).map(|i| i.offset), Some(0xa));
 
     // Relocations.
-    let r: Vec<(u64, RelocKind, Symbol, i64)> = add
-        .relocations
-        .iter()
-        .map(|r| (r.offset, r.kind, r.symbol.clone(), r.addend))
-        .collect();
+    let r: Vec<(u64, RelocKind, Symbol, i64)> =
+        add.relocations.iter().map(|r| (r.offset, r.kind, r.symbol.clone(), r.addend)).collect();
     assert_eq!(
         r,
         [
@@ -162,15 +159,11 @@ fn load_fixture_field_by_field() {
             (0x22, RelocKind::X86_64_GOTPCRELX, Symbol::Continue, -4),
         ]
     );
-    assert_eq!(
-        add.relocations[0].text,
-        "0000000000000003:  R_X86_64_REX_GOTPCRELX       _JIT_OPARG-0x4"
-    );
+    assert_eq!(add.relocations[0].text, "0000000000000003:  R_X86_64_REX_GOTPCRELX       _JIT_OPARG-0x4");
     assert_eq!(add.relocations[3].line, line_of(FIXTURE, ".rodata.str1.1+0x2"));
 
     // Data comments.
-    let d: Vec<(u64, DataCommentKind)> =
-        add.data_comments.iter().map(|c| (c.offset, c.kind.clone())).collect();
+    let d: Vec<(u64, DataCommentKind)> = add.data_comments.iter().map(|c| (c.offset, c.kind.clone())).collect();
     assert_eq!(
         d,
         [
@@ -193,26 +186,14 @@ fn load_fixture_field_by_field() {
         [
             EmitOp::CopyData { line: l("memcpy(data") },
             patch(PatchFn::P64, Section::Data, 0x8, v(Term::Oparg, 0), "data + 0x8,"),
-            patch(
-                PatchFn::P64,
-                Section::Data,
-                0x10,
-                v(Term::Symbol("PyFix_Helper".into()), 0),
-                "data + 0x10,"
-            ),
+            patch(PatchFn::P64, Section::Data, 0x10, v(Term::Symbol("PyFix_Helper".into()), 0), "data + 0x10,"),
             patch(PatchFn::P64, Section::Data, 0x18, v(Term::Continue, 0), "data + 0x18,"),
             EmitOp::CopyCode { line: l("memcpy(code, code_body, sizeof(code_body));") },
             patch(PatchFn::X86_64_32rx, Section::Code, 0x3, v(Term::Data, 4), "code + 0x3,"),
             patch(PatchFn::X86_64_32rx, Section::Code, 0xc, v(Term::Data, 0xc), "code + 0xc,"),
             patch(PatchFn::P32r, Section::Code, 0x15, v(Term::ErrorTarget, -4), "code + 0x15,"),
             patch(PatchFn::P32r, Section::Code, 0x1c, v(Term::Data, -2), "code + 0x1c,"),
-            patch(
-                PatchFn::X86_64_32rx,
-                Section::Code,
-                0x22,
-                v(Term::Data, 0x14),
-                "code + 0x22,"
-            ),
+            patch(PatchFn::X86_64_32rx, Section::Code, 0x22, v(Term::Data, 0x14), "code + 0x22,"),
         ]
     );
 
@@ -225,19 +206,10 @@ fn load_fixture_field_by_field() {
     assert_eq!(t.instructions.len(), 1);
     assert_eq!(t.instructions[0].text, "pushq %rbp");
     assert!(t.relocations.is_empty());
-    let after = |needle: &str| {
-        FIXTURE
-            .lines()
-            .enumerate()
-            .skip(t.line)
-            .find(|(_, l)| l.trim() == needle)
-            .map(|(i, _)| i + 1)
-    };
+    let after =
+        |needle: &str| FIXTURE.lines().enumerate().skip(t.line).find(|(_, l)| l.trim() == needle).map(|(i, _)| i + 1);
     let data_line = after("// 0:").expect("data comment");
-    assert_eq!(
-        t.data_comments,
-        [DataComment { offset: 0, kind: DataCommentKind::Bytes, line: data_line }]
-    );
+    assert_eq!(t.data_comments, [DataComment { offset: 0, kind: DataCommentKind::Bytes, line: data_line }]);
     assert_eq!(t.emit, [EmitOp::CopyCode { line: data_line + 1 }]);
 }
 
@@ -263,13 +235,8 @@ fn load_error_missing_closing_brace() {
         "    patch_x86_64_32rx(code + 0x22, (uintptr_t)data + 0x14);\n}\n",
         "    patch_x86_64_32rx(code + 0x22, (uintptr_t)data + 0x14);\n",
     );
-    let second_void =
-        text.lines().enumerate().filter(|(_, l)| *l == "void").nth(1).map(|(i, _)| i + 1);
-    assert_err_at(
-        &text,
-        second_void.expect("two functions"),
-        "emit__FIX_ADD (line 5) is not closed",
-    );
+    let second_void = text.lines().enumerate().filter(|(_, l)| *l == "void").nth(1).map(|(i, _)| i + 1);
+    assert_err_at(&text, second_void.expect("two functions"), "emit__FIX_ADD (line 5) is not closed");
 }
 
 #[test]
@@ -291,26 +258,12 @@ fn load_error_unknown_patch_function() {
 
 #[test]
 fn load_error_garbage_value() {
-    for garbage in [
-        "(uintptr_t)data * 2",
-        "instruction->nope",
-        "(uintptr_t)data + (uintptr_t)code",
-        "1 +",
-        "data",
-    ] {
+    for garbage in ["(uintptr_t)data * 2", "instruction->nope", "(uintptr_t)data + (uintptr_t)code", "1 +", "data"] {
         let text = with("(uintptr_t)data + -0x2)", &format!("{garbage})"));
-        assert_err_at(
-            &text,
-            line_of(FIXTURE, "code + 0x1c"),
-            &format!("cannot parse patch value `{garbage}`"),
-        );
+        assert_err_at(&text, line_of(FIXTURE, "code + 0x1c"), &format!("cannot parse patch value `{garbage}`"));
     }
     let text = with("code + 0x1c,", "code + zz,");
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, "code + 0x1c"),
-        "cannot parse patch location `code + zz`",
-    );
+    assert_err_at(&text, line_of(FIXTURE, "code + 0x1c"), "cannot parse patch location `code + zz`");
     let text = with("memcpy(data, data_body", "memmove(data, data_body");
     assert_err_at(&text, line_of(FIXTURE, "memcpy(data"), "unexpected statement");
 }
@@ -318,21 +271,13 @@ fn load_error_garbage_value() {
 #[test]
 fn load_error_unknown_relocation_type() {
     let text = with("R_X86_64_PC32        .rodata", "R_X86_64_BOGUS       .rodata");
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, ".rodata.str1.1+0x2"),
-        "unknown relocation type `R_X86_64_BOGUS`",
-    );
+    assert_err_at(&text, line_of(FIXTURE, ".rodata.str1.1+0x2"), "unknown relocation type `R_X86_64_BOGUS`");
 }
 
 #[test]
 fn load_error_body_longer_than_declared() {
     let text = with("data_body[32]", "data_body[2]");
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, "data_body[32]"),
-        "data_body[2] lists more than 2 bytes",
-    );
+    assert_err_at(&text, line_of(FIXTURE, "data_body[32]"), "data_body[2] lists more than 2 bytes");
     let text = with("0x68, 0x69, 0x00,", "0x68, 0x169, 0x00,");
     assert_err_at(&text, line_of(FIXTURE, "0x68, 0x69"), "bad byte `0x169`");
 }
@@ -358,8 +303,7 @@ fn load_error_table_mismatches() {
 
 #[test]
 fn load_error_relocation_outside_code() {
-    let text =
-        with("0000000000000022:  R_X86_64_GOTPCRELX", "0000000000000024:  R_X86_64_GOTPCRELX");
+    let text = with("0000000000000022:  R_X86_64_GOTPCRELX", "0000000000000024:  R_X86_64_GOTPCRELX");
     assert_err_at(&text, line_of(FIXTURE, "0000000000000022:"), "lies outside code_body");
     // The trampoline's dropped jump must name _JIT_CONTINUE.
     let text = FIXTURE.replace(
@@ -367,11 +311,7 @@ fn load_error_relocation_outside_code() {
         "0000000000000003:  R_X86_64_GOTPCRELX   _JIT_TOP-0x4\n    // 1: ",
     );
     assert_ne!(text, FIXTURE);
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, "// 1: ff 25"),
-        "instruction at 0x1 lies outside code_body",
-    );
+    assert_err_at(&text, line_of(FIXTURE, "// 1: ff 25"), "instruction at 0x1 lies outside code_body");
     // The end line must agree with the declared size.
     let text = with("    // 26: \n", "    // 25: \n");
     assert_err_at(&text, line_of(FIXTURE, "// 26: "), "ends at 0x25");
@@ -383,20 +323,11 @@ fn load_error_relocation_outside_code() {
 #[test]
 fn load_error_bad_comments() {
     let text = with("// 18: CONTINUE", "// 18: GOT+0x8");
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, "// 18: CONTINUE"),
-        "cannot parse data slot `GOT+0x8`",
-    );
-    let text =
-        with("// 10: 48 85 c0                      testq   %rax, %rax", "// 10: 48 85 c1 4f");
+    assert_err_at(&text, line_of(FIXTURE, "// 18: CONTINUE"), "cannot parse data slot `GOT+0x8`");
+    let text = with("// 10: 48 85 c0                      testq   %rax, %rax", "// 10: 48 85 c1 4f");
     assert_err_at(&text, line_of(FIXTURE, "// 10: 48 85 c0"), "wrapped objdump output");
     let text = with("// Disassembly of section .text:", "// something else");
-    assert_err_at(
-        &text,
-        line_of(FIXTURE, "// Disassembly of section .text:"),
-        "unrecognized disassembly line",
-    );
+    assert_err_at(&text, line_of(FIXTURE, "// Disassembly of section .text:"), "unrecognized disassembly line");
 }
 
 #[test]
@@ -417,12 +348,8 @@ fn load_every_prefix_parses_or_errs() {
         let result = std::panic::catch_unwind(|| parse(PATH, &text));
         let result = result.unwrap_or_else(|_| panic!("panicked on the first {n} lines"));
         if let Err(e) = &result {
-            let line: usize =
-                e.location.rsplit(':').next().and_then(|l| l.parse().ok()).expect("file:line");
-            assert!(
-                line >= 1 && line <= n.max(1),
-                "line {line} out of range for {n} lines: {e}"
-            );
+            let line: usize = e.location.rsplit(':').next().and_then(|l| l.parse().ok()).expect("file:line");
+            assert!(line >= 1 && line <= n.max(1), "line {line} out of range for {n} lines: {e}");
         }
         // The table's closing line is the last one: every shorter prefix fails.
         assert_eq!(result.is_ok(), n == lines.len(), "prefix of {n} lines");
@@ -466,8 +393,7 @@ fn load_mutations_never_panic() {
                     }
                 }
                 _ => {
-                    let chars =
-                        ['}', '{', ';', ',', '0', 'x', '(', ')', '-', '+', ':', ' ', 'f'];
+                    let chars = ['}', '{', ';', ',', '0', 'x', '(', ')', '-', '+', ':', ' ', 'f'];
                     let l = &mut m[i];
                     let k = rng.gen_range(0..=l.len());
                     if l.is_char_boundary(k) {
@@ -502,10 +428,7 @@ fn load_patch_value_forms() {
         ("instruction_starts[instruction->error_target]", v(Term::ErrorTarget, 0)),
         ("instruction_starts[1]", v(Term::Top, 0)),
         ("state->instruction_starts[instruction->jump_target]", v(Term::JumpTarget, 0)),
-        (
-            "state->instruction_starts[instruction->error_target] + -0x4",
-            v(Term::ErrorTarget, -4),
-        ),
+        ("state->instruction_starts[instruction->error_target] + -0x4", v(Term::ErrorTarget, -4)),
         ("state->instruction_starts[1]", v(Term::Top, 0)),
         ("instruction->oparg", v(Term::Oparg, 0)),
         ("instruction->operand", v(Term::Operand(0), 0)),
@@ -532,11 +455,7 @@ fn load_patch_value_forms() {
         // Display (model.rs) round-trips through the parser.
         if !text.is_empty() {
             let shown = want.to_string();
-            assert_eq!(
-                lex(&shown).and_then(|t| value_of(&t)).as_ref(),
-                Some(want),
-                "`{shown}`"
-            );
+            assert_eq!(lex(&shown).and_then(|t| value_of(&t)).as_ref(), Some(want), "`{shown}`");
         }
     }
     for bad in [
@@ -593,16 +512,7 @@ fn load_data_slot_forms() {
     for (text, want) in cases {
         assert_eq!(slot_value(text).as_ref(), Some(want), "`{text}`");
     }
-    for bad in [
-        "GOT",
-        "OPERAND_HI",
-        "CONTINUE+&foo+0x0",
-        "&",
-        "&a b",
-        "CONTINUE-0x4",
-        "continue",
-        "DATA+",
-    ] {
+    for bad in ["GOT", "OPERAND_HI", "CONTINUE+&foo+0x0", "&", "&a b", "CONTINUE-0x4", "continue", "DATA+"] {
         assert_eq!(slot_value(bad), None, "`{bad}` should not parse");
     }
 }
@@ -614,14 +524,10 @@ fn load_small_helpers() {
     assert_eq!(split_addend("_Py_Dealloc"), ("_Py_Dealloc", 0));
     assert_eq!(split_addend("odd-name"), ("odd-name", 0));
     assert_eq!(split_addend("-0x4"), ("-0x4", 0));
-    let (bytes, words, text) =
-        split_encoding(" 48 ba 00 00 00 00 00 00 00 80 movabsq $-0x8000000000000000, %rdx");
+    let (bytes, words, text) = split_encoding(" 48 ba 00 00 00 00 00 00 00 80 movabsq $-0x8000000000000000, %rdx");
     assert_eq!((bytes.len(), words, text), (10, false, "movabsq $-0x8000000000000000, %rdx"));
     let (bytes, words, text) = split_encoding(" a9bb7bfd      stp     x29, x30, [sp, #-0x50]!");
-    assert_eq!(
-        (bytes, words, text),
-        (vec![0xfd, 0x7b, 0xbb, 0xa9], true, "stp     x29, x30, [sp, #-0x50]!")
-    );
+    assert_eq!((bytes, words, text), (vec![0xfd, 0x7b, 0xbb, 0xa9], true, "stp     x29, x30, [sp, #-0x50]!"));
     assert!(is_label("0000000000000000 <_JIT_ENTRY>:"));
     assert!(!is_label("0: 48 8b"));
 }
@@ -659,8 +565,7 @@ fn load_aarch64_words_and_later_spellings() {
     assert_eq!(s.instructions[0].bytes, [0x08, 0x00, 0x00, 0x90]);
     assert_eq!(s.instructions[2].text, "mov w1, #0x1");
     assert_eq!(s.instructions.len(), 5, "the `b` at 0x10 is kept: the code still holds it");
-    let kinds: Vec<(u64, RelocKind, i64)> =
-        s.relocations.iter().map(|r| (r.offset, r.kind, r.addend)).collect();
+    let kinds: Vec<(u64, RelocKind, i64)> = s.relocations.iter().map(|r| (r.offset, r.kind, r.addend)).collect();
     assert_eq!(
         kinds,
         [
@@ -677,8 +582,7 @@ fn load_aarch64_words_and_later_spellings() {
     assert_eq!(holes[2].value, v(Term::JumpTarget, 0));
 
     // An x86 patch function in an aarch64 header is mixed input.
-    let mixed =
-        AARCH64.replace("patch_aarch64_33rx(code + 0x0", "patch_x86_64_32rx(code + 0x0");
+    let mixed = AARCH64.replace("patch_aarch64_33rx(code + 0x0", "patch_x86_64_32rx(code + 0x0");
     assert_err_at(&mixed, line_of(&mixed, "patch_x86_64_32rx"), "mixed architectures");
 }
 
@@ -702,10 +606,7 @@ fn load_real_headers_if_present() {
             Err(e) => panic!("{e}"),
         };
         println!("loaded {path}: {} stencils in {:?}", set.stencils.len(), start.elapsed());
-        assert_eq!(
-            set.arch(),
-            if path.contains("aarch64") { Arch::Aarch64 } else { Arch::X86_64 }
-        );
+        assert_eq!(set.arch(), if path.contains("aarch64") { Arch::Aarch64 } else { Arch::X86_64 });
         assert_eq!(set.stencils.len(), 235);
         assert!(set.stencils.iter().any(|s| s.name == "trampoline"));
 
@@ -714,11 +615,7 @@ fn load_real_headers_if_present() {
         for line in text.lines() {
             let Some((_, rhs)) = line.split_once("= {emit_") else { continue };
             let f: Vec<&str> = rhs.trim_end_matches(['}', ',', ';']).split(", ").collect();
-            let s = set
-                .stencils
-                .iter()
-                .find(|s| s.name == f[0])
-                .expect("table entry has a stencil");
+            let s = set.stencils.iter().find(|s| s.name == f[0]).expect("table entry has a stencil");
             assert_eq!(s.code_size().to_string(), f[1], "{}", s.name);
             assert_eq!(s.data_size().to_string(), f[2], "{}", s.name);
             table += 1;
@@ -729,15 +626,11 @@ fn load_real_headers_if_present() {
         let patch_lines = text.lines().filter(|l| l.trim_start().starts_with("patch_")).count();
         let holes: usize = set.stencils.iter().map(|s| s.holes().count()).sum();
         assert_eq!(holes, patch_lines);
-        let reloc_lines = text
-            .lines()
-            .filter(|l| l.trim_start().strip_prefix("// ").is_some_and(|c| c.contains(":  R_")))
-            .count();
+        let reloc_lines =
+            text.lines().filter(|l| l.trim_start().strip_prefix("// ").is_some_and(|c| c.contains(":  R_"))).count();
         let relocs: usize = set.stencils.iter().map(|s| s.relocations.len()).sum();
         let dropped = reloc_lines - relocs;
-        println!(
-            "{relocs} relocations ({dropped} on removed final jumps), {holes} patch calls"
-        );
+        println!("{relocs} relocations ({dropped} on removed final jumps), {holes} patch calls");
         for s in &set.stencils {
             for r in &s.relocations {
                 assert!(!r.symbol.to_string().is_empty());
@@ -746,12 +639,7 @@ fn load_real_headers_if_present() {
             // The printed encodings are the code bytes (no trampolines here).
             for i in &s.instructions {
                 let at = i.offset as usize;
-                assert_eq!(
-                    s.code.get(at..at + i.bytes.len()),
-                    Some(&i.bytes[..]),
-                    "{}",
-                    s.name
-                );
+                assert_eq!(s.code.get(at..at + i.bytes.len()), Some(&i.bytes[..]), "{}", s.name);
             }
             // Self-consistency: every code hole sits on a printed relocation.
             for h in s.holes().filter(|h| h.section == Section::Code) {
@@ -926,7 +814,11 @@ fn load_314_fixture_field_by_field() {
 
     let shim = &set.stencils[0];
     assert_eq!(shim.code, [0x49, 0x89, 0xfc, 0xc3]);
-    assert_eq!(shim.emit, [EmitOp::CopyCode { line: line_of(FIXTURE_314, "memcpy(code") }], "the #ifdef'd call is skipped");
+    assert_eq!(
+        shim.emit,
+        [EmitOp::CopyCode { line: line_of(FIXTURE_314, "memcpy(code") }],
+        "the #ifdef'd call is skipped"
+    );
 
     let call = &set.stencils[1];
     assert_eq!(call.code.len(), 22, "zero-extended to code_body[22]");
@@ -946,14 +838,28 @@ fn load_314_fixture_field_by_field() {
             patch(PatchFn::GotSymbol, Section::Got, 1, v(Term::Ordinal(1), 0), "patch_got_symbol(state, 0x1)"),
             patch(PatchFn::P64, Section::Data, 8, v(Term::Operand(0), 0), "patch_64(data + 0x8"),
             EmitOp::CopyCode {
-                line: FIXTURE_314.lines().enumerate().skip(call.line).find(|(_, t)| t.contains("memcpy(code")).unwrap().0 + 1
+                line: FIXTURE_314
+                    .lines()
+                    .enumerate()
+                    .skip(call.line)
+                    .find(|(_, t)| t.contains("memcpy(code"))
+                    .unwrap()
+                    .0
+                    + 1
             },
             patch(PatchFn::X86_64_32rx, Section::Code, 3, v(Term::Data, 4), "code + 0x3, (uintptr_t)data + 0x4"),
-            patch(PatchFn::X86_64_32rx, Section::Code, 9, v(Term::GotSymbol(1), -4), "got_symbol_address(0x1, state) - 4"),
+            patch(
+                PatchFn::X86_64_32rx,
+                Section::Code,
+                9,
+                v(Term::GotSymbol(1), -4),
+                "got_symbol_address(0x1, state) - 4"
+            ),
             patch(PatchFn::P32r, Section::Code, 0x12, v(Term::ErrorTarget, -4), "code + 0x12"),
         ]
     );
-    let kinds: Vec<(u64, RelocKind, Symbol)> = call.relocations.iter().map(|r| (r.offset, r.kind, r.symbol.clone())).collect();
+    let kinds: Vec<(u64, RelocKind, Symbol)> =
+        call.relocations.iter().map(|r| (r.offset, r.kind, r.symbol.clone())).collect();
     assert_eq!(
         kinds,
         [
@@ -1023,7 +929,13 @@ fn load_314_statement_forms() {
     let got = statement_of("patch_got_symbol(state, 0x2);", l);
     assert_eq!(
         got,
-        Ok(EmitOp::Patch(PatchCall { func: PatchFn::GotSymbol, section: Section::Got, offset: 2, value: v(Term::Ordinal(2), 0), line: l }))
+        Ok(EmitOp::Patch(PatchCall {
+            func: PatchFn::GotSymbol,
+            section: Section::Got,
+            offset: 2,
+            value: v(Term::Ordinal(2), 0),
+            line: l
+        }))
     );
     let tramp = statement_of("patch_aarch64_trampoline(code + 0x8, 0x1, state);", l);
     assert_eq!(
@@ -1064,7 +976,10 @@ fn statement_of(t: &str, line: usize) -> Result<EmitOp, String> {
 #[test]
 fn load_314_footer_forms() {
     // Masks of several words; an entry without masks (older main).
-    let set = parse_314(&with_314("{emit__FIX_CALL, 22, 16, {0}, {0x02}}", "{emit__FIX_CALL, 22, 16, {0x1, 0x80000000}, {0x02, 0}}"));
+    let set = parse_314(&with_314(
+        "{emit__FIX_CALL, 22, 16, {0}, {0x02}}",
+        "{emit__FIX_CALL, 22, 16, {0x1, 0x80000000}, {0x02, 0}}",
+    ));
     assert_eq!(set.stencils[1].trampoline_mask, [1, 0x8000_0000]);
     assert_eq!(set.stencils[1].got_mask, [2, 0]);
     let set = parse_314(&with_314("{emit__FIX_SLOT, 13, 8, {0}, {0}}", "{emit__FIX_SLOT, 13, 8}"));
@@ -1116,7 +1031,10 @@ fn load_314_mixed_dialects_are_refused() {
     // jit_state calls in a 3.13 header.
     for (from, to) in [
         ("patch_64(data + 0x8, instruction->oparg);", "patch_got_symbol(state, 0x1);"),
-        ("patch_32r(code + 0x1c, (uintptr_t)data + -0x2);", "patch_32r(code + 0x1c, got_symbol_address(0x1, state) - 4);"),
+        (
+            "patch_32r(code + 0x1c, (uintptr_t)data + -0x2);",
+            "patch_32r(code + 0x1c, got_symbol_address(0x1, state) - 4);",
+        ),
     ] {
         let text = with(from, to);
         assert_err_at(&text, line_of(FIXTURE, from), "needs CPython 3.14+'s jit_state");
@@ -1189,7 +1107,8 @@ fn load_real_headers_truncated_and_flipped_never_panic() {
     use rand::{Rng, SeedableRng};
     let mut paths: Vec<String> = REAL.iter().map(|p| p.to_string()).collect();
     if let Ok(dir) = std::fs::read_dir("/tmp/cpython-main/test") {
-        let mut more: Vec<String> = dir.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).filter(|p| p.ends_with(".h")).collect();
+        let mut more: Vec<String> =
+            dir.filter_map(|e| e.ok()).map(|e| e.path().display().to_string()).filter(|p| p.ends_with(".h")).collect();
         more.sort();
         paths.extend(more);
     }
@@ -1205,7 +1124,12 @@ fn load_real_headers_truncated_and_flipped_never_panic() {
         let check = |t: &str, what: &str| {
             let r = std::panic::catch_unwind(|| parse(path, t)).unwrap_or_else(|_| panic!("{path}: panicked ({what})"));
             if let Err(e) = r {
-                let line: usize = e.location.rsplit(':').next().and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("{path}: no line in `{e}`"));
+                let line: usize = e
+                    .location
+                    .rsplit(':')
+                    .next()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or_else(|| panic!("{path}: no line in `{e}`"));
                 assert!(line >= 1 && line <= total + 1, "{path}: line {line} of {total} ({what}): {e}");
                 assert!(!e.to_string().contains('\n'));
             }

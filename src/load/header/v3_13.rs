@@ -49,7 +49,12 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
     let table_line = table.finish(&sc)?;
     let declared: Vec<Declared<'_>> = stencils
         .iter()
-        .map(|s| Declared { name: &s.name, line: s.line, code_size: Some(s.code_size()), data_size: Some(s.data_size()) })
+        .map(|s| Declared {
+            name: &s.name,
+            line: s.line,
+            code_size: Some(s.code_size()),
+            data_size: Some(s.data_size()),
+        })
         .collect();
     cross_check(&sc, &declared, &table.entries, table_line)?;
     let arch = arch(&sc, &stencils)?;
@@ -66,9 +71,7 @@ fn statement_3_13(no: usize, t: &str) -> Result<Option<EmitOp>, String> {
     let op = statement(t, no)?;
     if let EmitOp::Patch(p) = &op {
         if p.func.takes_state() || matches!(p.value.term, Term::GotSymbol(_)) {
-            return Err(format!(
-                "`{t}` needs CPython 3.14+'s jit_state, but this header has 3.13 signatures"
-            ));
+            return Err(format!("`{t}` needs CPython 3.14+'s jit_state, but this header has 3.13 signatures"));
         }
     }
     Ok(Some(op))
@@ -93,10 +96,9 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<St
             Some(i) => i + 1,
             None if code_comments.is_empty() => 0,
             None => {
-                return Err(sc.err(
-                    no,
-                    format!("emit_{name} has no code_body and its disassembly has no `0:` end line"),
-                ));
+                return Err(
+                    sc.err(no, format!("emit_{name} has no code_body and its disassembly has no `0:` end line"))
+                );
             }
         };
         let data_comments = code_comments.split_off(split);

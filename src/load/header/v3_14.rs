@@ -109,10 +109,9 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<Pe
     let (name, rest) = sc.function_name(start, first)?;
     let params = sc.signature(name, start, rest)?;
     if !params.contains("jit_state") {
-        return Err(sc.err(
-            start,
-            format!("emit_{name} has a 3.13 signature (no `jit_state *state`) in a 3.14+ header"),
-        ));
+        return Err(
+            sc.err(start, format!("emit_{name} has a 3.13 signature (no `jit_state *state`) in a 3.14+ header"))
+        );
     }
     let code_comments = sc.comments();
     let code_body = if sc.peek_starts("const unsigned char code_body") { Some(sc.body("code_body")?) } else { None };
@@ -147,7 +146,12 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<Pe
 
 /// A pending function, now that the table says its sizes and `symbols_map`
 /// its ordinals.
-fn finish(sc: &Scanner<'_>, f: Pending<'_>, entry: &TableEntry, symbols: Option<&SymbolsMap>) -> Result<Stencil, BadInput> {
+fn finish(
+    sc: &Scanner<'_>,
+    f: Pending<'_>,
+    entry: &TableEntry,
+    symbols: Option<&SymbolsMap>,
+) -> Result<Stencil, BadInput> {
     let name = f.name;
     let too_large = |what: &str, n: u64| sc.err(entry.line, format!("{what} {n} of emit_{name} is implausibly large"));
     let code_size = entry.code_size;
@@ -265,7 +269,10 @@ fn fields(inner: &str) -> Vec<&str> {
 fn masks(sc: &Scanner<'_>, entry: &TableEntry) -> Result<(Vec<u32>, Vec<u32>), BadInput> {
     let f = fields(&entry.inner);
     if f.len() > 5 {
-        return Err(sc.err(entry.line, format!("stencil table entry of emit_{} has {} fields (at most 5)", entry.emit, f.len())));
+        return Err(sc.err(
+            entry.line,
+            format!("stencil table entry of emit_{} has {} fields (at most 5)", entry.emit, f.len()),
+        ));
     }
     let mask = |text: &str| -> Result<Vec<u32>, BadInput> {
         let bad = || sc.err(entry.line, format!("malformed symbol mask `{text}` in the entry of emit_{}", entry.emit));
@@ -311,8 +318,12 @@ fn symbols_map(sc: &mut Scanner<'_>, start: usize, first: &str) -> Result<Symbol
         for item in items.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             let (index, value) = match item.strip_prefix('[') {
                 Some(d) => {
-                    let (k, v) = d.split_once(']').ok_or_else(|| bad(line, format!("malformed symbols_map entry `{item}`")))?;
-                    let v = v.trim_start().strip_prefix('=').ok_or_else(|| bad(line, format!("malformed symbols_map entry `{item}`")))?;
+                    let (k, v) =
+                        d.split_once(']').ok_or_else(|| bad(line, format!("malformed symbols_map entry `{item}`")))?;
+                    let v = v
+                        .trim_start()
+                        .strip_prefix('=')
+                        .ok_or_else(|| bad(line, format!("malformed symbols_map entry `{item}`")))?;
                     let k = parse_number(k.trim())
                         .and_then(|k| usize::try_from(k).ok())
                         .ok_or_else(|| bad(line, format!("bad symbols_map index in `{item}`")))?;
