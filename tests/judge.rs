@@ -1090,3 +1090,95 @@ fn a_branch_into_a_relaxed_pair_is_flagged_and_the_same_stencil_without_it_is_no
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// aarch64 page halves, judged on their own (the second opinion beside the
+// pair's load or add)
+// ---------------------------------------------------------------------------
+
+/// `adrp x8, S; add x8, x8, :lo12:S` (page) or `adrp x8, slot; ldr x8, [x8, slot]` (GOT).
+fn page_pair(got: bool) -> Stencil {
+    let words: [u32; 3] = [0x9000_0008, if got { 0xF940_0108 } else { 0x9100_0108 }, 0xD65F_03C0];
+    let code: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let instructions = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| stencilcheck::model::ObjdumpInstruction {
+            offset: 4 * i as u64,
+            bytes: w.to_le_bytes().to_vec(),
+            text: String::new(),
+            line: 10 + i,
+        })
+        .collect();
+    let (first, second) = if got {
+        (RelocKind::Aarch64_ADR_GOT_PAGE, RelocKind::Aarch64_LD64_GOT_LO12_NC)
+    } else {
+        (RelocKind::Aarch64_ADR_PREL_PG_HI21, RelocKind::Aarch64_ADD_ABS_LO12_NC)
+    };
+    let value = if got { Term::Data } else { Term::Symbol("PyFoo".into()) };
+    let mut emit = vec![EmitOp::CopyData { line: 30 }];
+    if got {
+        emit.push(hole(PatchFn::P64, Section::Data, 0, Term::Symbol("PyFoo".into()), 0, 31));
+    }
+    emit.push(EmitOp::CopyCode { line: 32 });
+    emit.push(hole(
+        if got { PatchFn::Aarch64_21rx } else { PatchFn::Aarch64_21r },
+        Section::Code,
+        0,
+        value.clone(),
+        0,
+        33,
+    ));
+    emit.push(hole(if got { PatchFn::Aarch64_12x } else { PatchFn::Aarch64_12 }, Section::Code, 4, value, 0, 34));
+    Stencil {
+        locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
+        name: "_PAGE".into(),
+        line: 1,
+        instructions,
+        code,
+        data: vec![0; 8],
+        relocations: vec![reloc(0, first, "PyFoo", 0, 20), reloc(4, second, "PyFoo", 0, 21)],
+        data_comments: if got { vec![slot(0, Term::Symbol("PyFoo".into()), 22)] } else { vec![] },
+        emit,
+    }
+}
+
+#[test]
+fn an_adrp_must_form_the_page_of_its_symbol_or_of_a_slot_holding_it() {
+    let a64 = stencilcheck::target::Target::elf(Arch::Aarch64);
+    for got in [false, true] {
+        let s = page_pair(got);
+        let p = (0..16)
+            .map(|i| stencilcheck::place::place(a64, &s, 3, i).unwrap())
+            .find(|p| p.externs["PyFoo"] & 0xfff != 0 && p.data & 0xfff != 0)
+            .unwrap();
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let right = if got { p.data & !0xfff } else { p.externs["PyFoo"] & !0xfff };
+        let judge = |page: u64| {
+            let o = SiteObservation {
+                relocation: 0,
+                pc: p.code,
+                len: 4,
+                effect: Some(Effect::Address { value: page, bits: 64 }),
+            };
+            judge_sites(a64, &s, &p, &image, &[o])
+        };
+        assert!(judge(right).is_empty(), "got {got}: {:?}", judge(right));
+        // The neighbouring page is wrong; for a page of S, so is S unmasked
+        // (a GOT page is judged by the slots on it, whatever its low bits).
+        let mut wrongs = vec![right + 0x1000];
+        if !got {
+            wrongs.push(p.externs["PyFoo"]);
+        }
+        for wrong in wrongs {
+            let f = judge(wrong);
+            assert!(
+                f.len() == 1 && f[0].kind == FindingKind::WrongValue,
+                "got {got}: page {wrong:#x} instead of {right:#x} not flagged: {f:?}"
+            );
+        }
+    }
+}
