@@ -6,7 +6,7 @@
 //! patch call is only named in a finding to show where the bug is.
 
 use crate::execute::{ExitKind, Fault, RunEnd, SiteObservation, Trace};
-use crate::model::{DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol, Term};
+use crate::model::{truncate, DataCommentKind, Effect, EmitOp, PatchCall, Section, Stencil, Symbol, Term};
 use crate::patch::{EmitFailure, Image};
 use crate::place::Placement;
 use crate::target::{RelExpr, Target};
@@ -103,14 +103,6 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
     /// Indices (in `stencil.holes()` order) of the holes the run executed or read.
     pub covered_holes: BTreeSet<usize>,
-}
-
-fn truncate(v: u64, bits: u32) -> u64 {
-    if bits >= 64 {
-        v
-    } else {
-        v & ((1u64 << bits) - 1)
-    }
 }
 
 const PAGE_MASK: u64 = !0xfff;

@@ -530,6 +530,16 @@ pub fn hex_signed(v: i64) -> String {
     }
 }
 
+/// The low `bits` bits of `v`: what an instruction that takes a field of
+/// that width keeps of a value.
+pub fn truncate(v: u64, bits: u32) -> u64 {
+    if bits >= 64 {
+        v
+    } else {
+        v & ((1u64 << bits) - 1)
+    }
+}
+
 /// What an instruction at a relocation site did with the relocated field,
 /// as seen on the patched bytes (statically or while running).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -6,7 +6,7 @@
 
 use super::unicorn::{ensure_mapped, le, Machine, RunState, Transfer, UnicornEngine};
 use super::{entered_by_call, Convention, ExitKind, SiteObservation};
-use crate::model::{Effect, Stencil, StencilSet};
+use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::x86_64::USER_SPACE;
 use iced_x86::{
@@ -257,14 +257,6 @@ impl Evaluation {
             Evaluation::NotAnOperand => Some(None),
             Evaluation::Unknown => None,
         }
-    }
-}
-
-fn truncate(v: u64, bits: u32) -> u64 {
-    if bits >= 64 {
-        v
-    } else {
-        v & ((1u64 << bits) - 1)
     }
 }
 

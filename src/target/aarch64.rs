@@ -2,6 +2,7 @@
 //! the Unicorn engine for it live (`execute::aarch64`).
 
 use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
+use crate::execute::aarch64::decode::{decode, Insn};
 use crate::execute::{self, Convention, Engine, SiteObservation, TransferClass};
 use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
 use crate::patch::Image;
@@ -96,24 +97,24 @@ const RELOCATIONS: &[RelocInfo] = &[
     },
 ];
 
-/// What kind of instruction a word is, as far as relaxations can tell
-/// (the fields patches write are masked out).
-fn class(word: u32) -> u32 {
-    use crate::patch::aarch64::{is_add_or_sub, is_adrp, is_ldr_or_str, is_mov};
-    if is_adrp(word) {
-        1
-    } else if is_ldr_or_str(word) {
-        // size, V, opc and the registers stay; imm12 is the patched field.
-        0x1000_0000 | (word & 0xFFC0_03FF)
-    } else if is_add_or_sub(word) {
-        0x2000_0000 | (word & 0xFF80_03FF)
-    } else if is_mov(word) {
-        // movz vs movk, hw and Rd stay; imm16 is the patched field.
-        0x3000_0000 | (word & 0xFFE0_001F)
-    } else if word & 0xFF00_0000 == 0x5800_0000 {
-        0x4000_0000 | (word & 0x1F) // ldr (literal)
-    } else {
-        word & 0xFC00_0000 // branches keep their opcode; anything else by its top bits
+/// An instruction with the fields patches write cleared: two words of the
+/// same shape differ only in relocated values, not in kind (a relaxation
+/// changes the shape).
+fn shape(word: u32) -> Insn {
+    match decode(word) {
+        Insn::Adrp { rd, .. } => Insn::Adrp { rd, imm: 0 },
+        Insn::Adr { rd, .. } => Insn::Adr { rd, imm: 0 },
+        Insn::AddSubImm { sf, sub, flags, rd, rn, shift, .. } => {
+            Insn::AddSubImm { sf, sub, flags, rd, rn, imm: 0, shift }
+        }
+        Insn::MovWide { sf, op, rd, hw, .. } => Insn::MovWide { sf, op, rd, imm16: 0, hw },
+        Insn::LdStImm { op, fp, size, rt, rn, .. } => Insn::LdStImm { op, fp, size, rt, rn, offset: 0 },
+        Insn::LdrLiteral { op, fp, size, rt, .. } => Insn::LdrLiteral { op, fp, size, rt, offset: 0 },
+        Insn::Branch { link, .. } => Insn::Branch { link, offset: 0 },
+        Insn::BranchCond { cond, .. } => Insn::BranchCond { cond, offset: 0 },
+        Insn::CompareBranch { sf, nonzero, rt, .. } => Insn::CompareBranch { sf, nonzero, rt, offset: 0 },
+        Insn::TestBranch { nonzero, rt, bit, .. } => Insn::TestBranch { nonzero, rt, bit, offset: 0 },
+        other => other,
     }
 }
 
@@ -212,7 +213,7 @@ impl TargetInfo for Aarch64 {
     fn relaxed(&self, original: &[u8], patched: &[u8]) -> bool {
         let word = |b: &[u8]| b.get(..4).and_then(|w| w.try_into().ok()).map(u32::from_le_bytes);
         match (word(original), word(patched)) {
-            (Some(a), Some(b)) => class(a) != class(b),
+            (Some(a), Some(b)) => shape(a) != shape(b),
             _ => false,
         }
     }

@@ -14,7 +14,7 @@ pub mod decode;
 use self::decode::{decode, writes, BranchRegKind, Insn, MemOp, MovOp};
 use super::unicorn::{ensure_mapped, le, Machine, RunState, Transfer, UnicornEngine};
 use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, RETURN_SENTINEL};
-use crate::model::{Effect, Stencil, StencilSet};
+use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::{Target, Version};
 use unicorn_engine::unicorn_const::{uc_error, Arch, Arm64CpuModel, Mode};
@@ -229,14 +229,6 @@ pub fn through_veneer(target: u64, image: Mem) -> (u64, Option<u64>) {
         }
     }
     (target, None)
-}
-
-fn truncate(v: u64, bits: u32) -> u64 {
-    if bits >= 64 {
-        v
-    } else {
-        v & ((1u64 << bits) - 1)
-    }
 }
 
 fn width(sf: bool) -> u32 {
