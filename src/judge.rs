@@ -81,6 +81,31 @@ pub struct Site {
     pub hole_line: Option<usize>,
 }
 
+impl Site {
+    /// The site at `offset` of `section`, with the hole and relocation that
+    /// concern it (no instruction: the caller adds one when it has it).
+    fn at(
+        stencil: &Stencil,
+        placement: &Placement,
+        section: Section,
+        offset: u64,
+        hole: Option<&PatchCall>,
+        relocation: Option<usize>,
+    ) -> Site {
+        Site {
+            section,
+            offset,
+            address: placement.address_of(section, offset).unwrap_or(0),
+            instruction: None,
+            instruction_offset: None,
+            relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
+            relocation_line: relocation.map(|i| stencil.relocations[i].line),
+            hole: hole.map(PatchCall::to_string),
+            hole_line: hole.map(|h| h.line),
+        }
+    }
+}
+
 /// A value with what it is (`_JIT_CONTINUE`, `data+0x18`…), when we know.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Shown {
@@ -387,17 +412,7 @@ pub fn judge_data_slots(stencil: &Stencil, placement: &Placement, image: &Image)
                 ),
                 relocation: None,
                 at: None,
-                site: Some(Site {
-                    section: Section::Data,
-                    offset: comment.offset,
-                    address,
-                    instruction: None,
-                    instruction_offset: None,
-                    relocation: None,
-                    relocation_line: None,
-                    hole: hole.map(PatchCall::to_string),
-                    hole_line: hole.map(|h| h.line),
-                }),
+                site: Some(Site::at(stencil, placement, Section::Data, comment.offset, hole, None)),
                 expected: Some(shown(stencil, placement, expected)),
                 actual: Some(shown(stencil, placement, actual)),
             });
@@ -419,20 +434,7 @@ pub fn judge_accounting(target: Target, stencil: &Stencil, placement: &Placement
             message,
             relocation,
             at: None,
-            site: Some(Site {
-                section,
-                offset,
-                address: match section {
-                    Section::Code => placement.code + offset,
-                    _ => placement.data + offset,
-                },
-                instruction: None,
-                instruction_offset: None,
-                relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
-                relocation_line: relocation.map(|i| stencil.relocations[i].line),
-                hole: hole.map(PatchCall::to_string),
-                hole_line: hole.map(|h| h.line),
-            }),
+            site: Some(Site::at(stencil, placement, section, offset, hole, relocation)),
             expected: None,
             actual: None,
         };
@@ -555,15 +557,9 @@ pub fn judge_relaxed_pairs(target: Target, stencil: &Stencil, placement: &Placem
                 relocation,
                 at: Some(branch.offset),
                 site: Some(Site {
-                    section: Section::Code,
-                    offset: second,
-                    address: placement.code + second,
                     instruction: Some(info.format_instruction(patched, placement.code + second)),
                     instruction_offset: Some(second),
-                    relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
-                    relocation_line: relocation.map(|i| stencil.relocations[i].line),
-                    hole: Some(pair.to_string()),
-                    hole_line: Some(pair.line),
+                    ..Site::at(stencil, placement, Section::Code, second, Some(pair), relocation)
                 }),
                 expected: None,
                 actual: None,
@@ -582,21 +578,7 @@ pub fn judge_emit_failure(stencil: &Stencil, placement: &Placement, failure: &Em
         message: format!("{} (line {}): {}", call, call.line, failure.assert.message),
         relocation,
         at: None,
-        site: Some(Site {
-            section: call.section,
-            offset: call.offset,
-            address: match call.section {
-                Section::Code => placement.code + call.offset,
-                Section::Data => placement.data + call.offset,
-                Section::Got => placement.trace.as_ref().and_then(|t| t.got_slot(call.offset as u32)).unwrap_or(0),
-            },
-            instruction: None,
-            instruction_offset: None,
-            relocation: relocation.map(|i| stencil.relocations[i].text.clone()),
-            relocation_line: relocation.map(|i| stencil.relocations[i].line),
-            hole: Some(call.to_string()),
-            hole_line: Some(call.line),
-        }),
+        site: Some(Site::at(stencil, placement, call.section, call.offset, Some(call), relocation)),
         expected: None,
         actual: None,
     }
@@ -802,10 +784,7 @@ pub fn coverage(stencil: &Stencil, placement: &Placement, trace: &Trace) -> BTre
                 trace.sites.iter().any(|o| o.pc <= at && at < o.pc + o.len as u64)
             }
             Section::Data | Section::Got => {
-                let at = match hole.section {
-                    Section::Got => placement.trace.as_ref().and_then(|t| t.got_slot(hole.offset as u32)).unwrap_or(0),
-                    _ => placement.data + hole.offset,
-                };
+                let at = placement.address_of(hole.section, hole.offset).unwrap_or(0);
                 let slot = at..at + 8;
                 let read = trace.sites.iter().any(|o| match o.effect {
                     Some(Effect::Load { address, .. }) | Some(Effect::Transfer { slot: Some(address), .. }) => {

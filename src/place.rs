@@ -211,6 +211,16 @@ impl Placement {
         self.code.wrapping_add(stencil.code_size())
     }
 
+    /// Where `offset` of a patch call's section lies: in the code, the data,
+    /// or (3.14+, `offset` being an ordinal) the trace's GOT slot.
+    pub fn address_of(&self, section: Section, offset: u64) -> Option<u64> {
+        match section {
+            Section::Code => Some(self.code + offset),
+            Section::Data => Some(self.data + offset),
+            Section::Got => self.trace.as_ref().and_then(|t| t.got_slot(offset as u32)),
+        }
+    }
+
     /// The run-time value of a patch expression, as the emit function computes it.
     pub fn value(&self, value: &Value, stencil: &Stencil) -> u64 {
         self.term(&value.term, stencil).wrapping_add(value.addend as u64)

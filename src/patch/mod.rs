@@ -540,8 +540,7 @@ pub fn emit(stencil: &Stencil, placement: &Placement, patcher: &dyn Patcher) -> 
                 // patch_got_symbol(state, ordinal): the ordinal's slot in the trace's GOT.
                 let ordinal = call.offset as u32;
                 let value = placement.value(&call.value, stencil);
-                let slot = placement.trace.as_ref().and_then(|t| t.got_slot(ordinal));
-                let Some(location) = slot else {
+                let Some(location) = placement.address_of(Section::Got, call.offset) else {
                     return Err(EmitFailure {
                         call: call.clone(),
                         assert: PatchAssert {
