@@ -5,30 +5,12 @@
 //! verdict is the one it gets verified alone.
 
 use std::path::PathBuf;
-use stencilcheck::model::{EmitOp, Stencil, StencilSet};
+use stencilcheck::model::{Stencil, StencilSet};
 use stencilcheck::patch::Ports;
 use stencilcheck::pipeline::{self, Options};
 use stencilcheck::report::{self, Replay};
 mod common;
-use common::{listing, X86};
-
-/// Raw code, no holes: falls through to the continuation when it ends.
-fn raw(name: &str, code: Vec<u8>) -> Stencil {
-    Stencil {
-        locals: Default::default(),
-        ordinals: Default::default(),
-        trampoline_mask: Vec::new(),
-        got_mask: Vec::new(),
-        name: name.into(),
-        line: 1,
-        instructions: listing(&code),
-        code,
-        data: vec![0; 8],
-        relocations: vec![],
-        data_comments: vec![],
-        emit: vec![EmitOp::CopyData { line: 0 }, EmitOp::CopyCode { line: 0 }],
-    }
-}
+use common::{raw, X86};
 
 /// Faulting stencils interleaved with ordinary ones, and ones whose verdict
 /// depends on state a previous run could leave behind (SSE registers, the

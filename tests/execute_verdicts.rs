@@ -4,31 +4,14 @@
 //! code can be says nothing either way.
 
 use std::path::PathBuf;
-use stencilcheck::model::{EmitOp, Stencil, StencilSet};
+use stencilcheck::model::{Stencil, StencilSet};
 use stencilcheck::patch::Ports;
 use stencilcheck::pipeline::{self, Options, StencilResult};
 use stencilcheck::target::{Arch, ObjectFormat, Target, Version};
 mod common;
-use common::{listing, X86};
+use common::{raw, X86};
 
 const ARM64: Target = Target { arch: Arch::Aarch64, format: ObjectFormat::Elf, version: Version::V3_13 };
-
-fn raw(name: &str, code: Vec<u8>) -> Stencil {
-    Stencil {
-        locals: Default::default(),
-        ordinals: Default::default(),
-        trampoline_mask: Vec::new(),
-        got_mask: Vec::new(),
-        name: name.into(),
-        line: 1,
-        instructions: listing(&code),
-        code,
-        data: vec![0; 8],
-        relocations: vec![],
-        data_comments: vec![],
-        emit: vec![EmitOp::CopyData { line: 0 }, EmitOp::CopyCode { line: 0 }],
-    }
-}
 
 fn verify(target: Target, stencil: Stencil) -> StencilResult {
     let set =

@@ -94,3 +94,24 @@ pub fn static_sites(
 
 pub const USER_MIN: u64 = stencilcheck::target::x86_64::USER_SPACE.start;
 pub const USER_END: u64 = stencilcheck::target::x86_64::USER_SPACE.end;
+
+/// Raw code, no holes: falls through to the continuation when it ends.
+pub fn raw(name: &str, code: Vec<u8>) -> stencilcheck::model::Stencil {
+    stencilcheck::model::Stencil {
+        locals: Default::default(),
+        ordinals: Default::default(),
+        trampoline_mask: Vec::new(),
+        got_mask: Vec::new(),
+        name: name.into(),
+        line: 1,
+        instructions: listing(&code),
+        code,
+        data: vec![0; 8],
+        relocations: vec![],
+        data_comments: vec![],
+        emit: vec![
+            stencilcheck::model::EmitOp::CopyData { line: 0 },
+            stencilcheck::model::EmitOp::CopyCode { line: 0 },
+        ],
+    }
+}
