@@ -747,6 +747,11 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                     format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data))
                 }
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
+                Fault::NullConstant => format!(
+                    "`{}` touched {address:#x} in the NULL page through an address no made-up input produced \
+                     (a constant or a patched value): it faults whatever the stencil is given",
+                    instruction(*pc)
+                ),
                 Fault::Forbidden => format!(
                     "reached `{}`, which no stencil may execute (privileged, a system call, a halt or a trap)",
                     instruction(*pc)

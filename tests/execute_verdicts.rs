@@ -129,3 +129,52 @@ fn aarch64_system_calls_halts_and_breakpoints_are_findings() {
         assert_eq!(r.findings[0].finding.at, Some(4), "{name}");
     }
 }
+
+/// One `Fault` finding naming the NULL page, in every run.
+fn assert_null_constant(target: Target, name: &str, code: Vec<u8>, address: &str) {
+    let r = verify(target, raw(name, code));
+    let m = messages(&r);
+    assert_eq!(m.len(), 1, "{name}: {m:?} (inconclusive: {:?})", r.first_inconclusive);
+    assert!(m[0].contains(&format!("touched {address} in the NULL page")), "{name}: {}", m[0]);
+    assert_eq!(r.findings[0].runs, 4, "{name}");
+    assert_eq!(r.inconclusive, 0, "{name}");
+}
+
+#[test]
+fn a_load_or_store_through_a_constant_null_is_a_finding() {
+    // mov rax, [0]
+    assert_null_constant(X86, "_ABS_NULL", after_nops(&[0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0]), "0x0");
+    // xor eax, eax; mov rcx, [rax+8]
+    assert_null_constant(X86, "_XOR_NULL", after_nops(&[0x31, 0xc0, 0x48, 0x8b, 0x48, 0x08]), "0x8");
+    // mov eax, 0x10; add rax, 8; mov rcx, [rax]
+    let code = [0xb8, 0x10, 0, 0, 0, 0x48, 0x83, 0xc0, 0x08, 0x48, 0x8b, 0x08];
+    assert_null_constant(X86, "_IMM_NULL", after_nops(&code), "0x18");
+    // xor ecx, ecx; mov rax, rcx; mov [rax+0x20], rdx
+    let code = [0x31, 0xc9, 0x48, 0x89, 0xc8, 0x48, 0x89, 0x50, 0x20];
+    assert_null_constant(X86, "_STORE_NULL", after_nops(&code), "0x20");
+    // mov x1, #0x28; add x1, x1, #8; ldr x0, [x1]
+    let code = words(&[0xd280_0501, 0x9100_2021, 0xf940_0020, 0xd503_201f]);
+    assert_null_constant(ARM64, "_A64_NULL", code, "0x30");
+    // mov x2, xzr; mov x1, x2; str x0, [x1, #16]
+    let code = words(&[0xaa1f_03e2, 0xaa02_03e1, 0xf900_0820, 0xd503_201f]);
+    assert_null_constant(ARM64, "_A64_STORE_NULL", code, "0x10");
+}
+
+#[test]
+fn a_null_access_through_made_up_values_is_not_the_stencils() {
+    // Made-up words are small integers and zero often: walking them touches
+    // the NULL page in some runs, and a real type check would have kept the
+    // stencil away. mov rax, [r13]; mov rcx, [rax+8]; mov rdx, [rcx]
+    let chain = [0x49, 0x8b, 0x45, 0x00, 0x48, 0x8b, 0x48, 0x08, 0x48, 0x8b, 0x11];
+    // xor eax, eax; cmp qword [r13+8], 0; sete al; mov rcx, [rax*8+0x100]:
+    // the address is a constant's, but which one the made-up flags chose.
+    let flags =
+        [0x31, 0xc0, 0x49, 0x83, 0x7d, 0x08, 0x00, 0x0f, 0x94, 0xc0, 0x48, 0x8b, 0x0c, 0xc5, 0x00, 0x01, 0x00, 0x00];
+    for (name, code) in [("_CHAIN", &chain[..]), ("_FLAGS", &flags[..])] {
+        let r = verify(X86, raw(name, after_nops(code)));
+        assert!(r.findings.is_empty(), "{name}: {:?}", messages(&r));
+    }
+    // ldr x1, [x20]; ldr x0, [x1, #8]
+    let r = verify(ARM64, raw("_A64_CHAIN", words(&[0xf940_0281, 0xf940_0420, 0xd503_201f, 0xd503_201f])));
+    assert!(r.findings.is_empty(), "{:?}", messages(&r));
+}

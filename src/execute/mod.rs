@@ -37,11 +37,13 @@ pub const DEMAND_REGION_LIMIT: usize = 24;
 /// Wall-clock backstop for one run.
 pub const RUN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Every address below this is the NULL page: Linux never maps it
-/// (`vm.mmap_min_addr`), so no code is there. (Loads and stores there are
-/// made up like any other memory: made-up integers are small and zero
-/// often, and stencils dereference them on paths a real type check would
-/// have excluded; refusing them made 46% of the 3.13.5 x86-64 runs
-/// inconclusive.)
+/// (`vm.mmap_min_addr`), so no code is there. Loads and stores there are
+/// made up like any other memory when the address came from made-up
+/// contents (made-up integers are small and zero often, and stencils
+/// dereference them on paths a real type check would have excluded:
+/// refusing them all made 46% of the 3.13.5 x86-64 runs inconclusive);
+/// when no made-up value produced the address, the access is a finding
+/// ([`Fault::NullConstant`], see [`unicorn::AddressSource`]).
 pub const NULL_PAGE_END: u64 = 0x1_0000;
 /// Calls a run may make before we call it a runaway.
 pub const CALL_LIMIT: usize = 4096;
@@ -112,6 +114,10 @@ pub enum Fault {
     Unmappable,
     /// The run wanted more made-up memory than one run may have.
     MemoryBudget,
+    /// A load or store in the NULL page through an address no made-up
+    /// value produced (`mov (0), %rax`; `xor %eax,%eax; mov 8(%rax),%rcx`):
+    /// it faults whatever the stencil's inputs.
+    NullConstant,
     InvalidInstruction,
     /// An instruction no stencil may execute: privileged, a system call,
     /// `hlt`, a software interrupt or breakpoint (named by the judge).

@@ -15,7 +15,7 @@
 
 use super::{
     entered_by_call, CallRecord, Contents, Convention, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace,
-    CALL_LIMIT, DEMAND_REGION_LIMIT,
+    CALL_LIMIT, DEMAND_REGION_LIMIT, NULL_PAGE_END,
 };
 use crate::model::{Effect, Stencil};
 use crate::patch::Image;
@@ -122,7 +122,30 @@ pub trait Machine: 'static {
     }
     /// A line of registers for `STENCILCHECK_DEBUG`.
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String;
+    /// The instruction just run ([`RunState::trail`]'s first) touched the
+    /// NULL page: was its address made up, or a constant the code (or a
+    /// hole) formed? Made up by default: a machine that cannot tell must
+    /// not call the stencil wrong.
+    fn null_access_source(_st: &RunState) -> AddressSource {
+        AddressSource::MadeUp
+    }
 }
+
+/// Where the address of a NULL-page access came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressSource {
+    /// From made-up contents: a register at entry, a load from made-up
+    /// memory, a stub's return value, or flags computed from them. A real
+    /// type check would have kept the stencil away; the run goes on.
+    MadeUp,
+    /// From immediates, zeroing idioms and placed addresses alone: the
+    /// stencil dereferences NULL whatever its inputs (a finding).
+    Constant,
+}
+
+/// Instructions [`RunState::trail`] remembers: enough to find where a
+/// register got its value in any straight-line stretch of a stencil.
+pub const TRAIL_LEN: usize = 512;
 
 /// State the hooks share with the run loop.
 pub struct RunState {
@@ -173,9 +196,29 @@ pub struct RunState {
     /// Per relocation: the instruction objdump listed there (before
     /// patching), when the machine asks for it.
     pub originals: Vec<Vec<u8>>,
+    /// Code offsets of the last [`TRAIL_LEN`] instructions run (a ring,
+    /// indexed by the instruction count).
+    trail: Vec<u32>,
+    /// The run touched the NULL page through a constant address here.
+    null_constant: Option<u64>,
 }
 
 impl RunState {
+    /// Code offsets of the last [`TRAIL_LEN`] instructions run, newest (the
+    /// one running) first.
+    pub fn trail(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.instructions as usize;
+        (0..n.min(TRAIL_LEN)).map(move |back| self.trail[(n - 1 - back) % TRAIL_LEN] as usize)
+    }
+
+    /// Does the `len` bytes long instruction at code offset `offset` hold a
+    /// relocated field (its value is a hole's)?
+    pub fn holds_field(&self, offset: usize, len: usize) -> bool {
+        let start = self.code.start + offset as u64;
+        let first = self.fields.partition_point(|(_, f)| *f < start);
+        self.fields.get(first).is_some_and(|(_, f)| *f < start + len as u64)
+    }
+
     pub fn contents(&self) -> Contents<'_> {
         Contents { seed: self.seed, heap: self.heap, heap_size: self.heap_size, interesting: &self.interesting }
     }
@@ -268,6 +311,8 @@ impl<M: Machine> UnicornEngine<M> {
             code_bytes: Vec::new(),
             checked: Vec::new(),
             forbidden_at: None,
+            trail: vec![0; TRAIL_LEN],
+            null_constant: None,
             originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
@@ -275,7 +320,7 @@ impl<M: Machine> UnicornEngine<M> {
         set_tcg_buffer_size(&mut uc, TCG_BUFFER_SIZE)?;
         M::init(&mut uc)?;
         uc.add_code_hook(1, 0, on_instruction::<M>).map_err(|e| format!("code hook: {e:?}"))?;
-        uc.add_mem_hook(HookType::MEM_READ_UNMAPPED | HookType::MEM_WRITE_UNMAPPED, 1, 0, on_unmapped)
+        uc.add_mem_hook(HookType::MEM_READ_UNMAPPED | HookType::MEM_WRITE_UNMAPPED, 1, 0, on_unmapped::<M>)
             .map_err(|e| format!("memory hook: {e:?}"))?;
         uc.add_mem_hook(HookType::MEM_WRITE_PROT, 1, 0, |uc, _, addr, _, _| {
             uc.get_data_mut().fault_address = Some(addr);
@@ -398,6 +443,7 @@ impl<M: Machine> UnicornEngine<M> {
         st.code_bytes = image.code.clone();
         st.checked = vec![0; image.code.len()];
         st.forbidden_at = None;
+        st.null_constant = None;
         st.instructions = 0;
         st.last_pc = 0;
         st.left_to = None;
@@ -482,6 +528,7 @@ impl<M: Machine> UnicornEngine<M> {
                 let bytes = st.code_bytes.get(off..).unwrap_or_default();
                 M::invalid(&bytes[..bytes.len().min(M::MAX_INSN)], pc)
             }
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.null_constant.is_some() => Fault::NullConstant,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
@@ -605,6 +652,7 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
         return;
     }
     st.last_pc = addr;
+    st.trail[(st.instructions as usize - 1) % TRAIL_LEN] = offset as u32;
     if debug_trace() {
         eprintln!("{addr:#x} {}", M::debug_registers(uc));
     }
@@ -676,9 +724,11 @@ fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     if page >= uc.get_data().user_end {
         return false;
     }
-    let chunk = page & !(DEMAND_CHUNK - 1);
+    // The NULL page is made up a page at a time, so that each page's first
+    // access has its address's source checked ([`on_unmapped`]).
+    let chunk = if page < NULL_PAGE_END { (page, PAGE) } else { (page & !(DEMAND_CHUNK - 1), DEMAND_CHUNK) };
     // The chunk may overlap the image or the stack: then just the page.
-    for (start, len) in [(chunk, DEMAND_CHUNK), (page, PAGE)] {
+    for (start, len) in [chunk, (page, PAGE)] {
         if uc.mem_map(start, len, Prot::READ | Prot::WRITE).is_ok() {
             let mut bytes = Vec::with_capacity(len as usize);
             let contents = uc.get_data().contents();
@@ -694,8 +744,21 @@ fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
 }
 
 /// Unmapped read or write: make the page up (never for fetches: code only
-/// ever runs from the image).
-fn on_unmapped(uc: &mut Unicorn<'_, RunState>, _kind: MemType, addr: u64, _size: usize, _value: i64) -> bool {
+/// ever runs from the image) -- unless it is the NULL page and the address
+/// is no made-up value.
+fn on_unmapped<M: Machine>(
+    uc: &mut Unicorn<'_, RunState>,
+    _kind: MemType,
+    addr: u64,
+    _size: usize,
+    _value: i64,
+) -> bool {
+    if addr < NULL_PAGE_END && M::null_access_source(uc.get_data()) == AddressSource::Constant {
+        let st = uc.get_data_mut();
+        st.null_constant = Some(st.last_pc);
+        st.fault_address = Some(addr);
+        return false;
+    }
     let mapped = map_demand_page(uc, addr & !(PAGE - 1));
     if !mapped {
         uc.get_data_mut().fault_address = Some(addr);

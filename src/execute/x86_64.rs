@@ -4,7 +4,7 @@
 //! `ret` use the stack, and how the last instruction before leaving the code
 //! is classified.
 
-use super::unicorn::{ensure_mapped, le, Machine, RunState, Transfer, UnicornEngine};
+use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
 use super::{entered_by_call, Convention, ExitKind, SiteObservation};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
@@ -472,6 +472,15 @@ impl Machine for X86 {
         .observation()
     }
 
+    fn null_access_source(st: &RunState) -> AddressSource {
+        let code = &st.code_bytes;
+        let decode_at = |offset: usize| {
+            let insn = decode(&code[offset..(offset + 15).min(code.len())], st.code.start + offset as u64).0;
+            (insn, st.holds_field(offset, insn.len()))
+        };
+        null_access_source(st.trail().map(decode_at))
+    }
+
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String {
         let r = |r| uc.reg_read(r).unwrap_or(0);
         format!(
@@ -483,5 +492,119 @@ impl Machine for X86 {
             r(RegisterX86::RBP),
             r(RegisterX86::RSP)
         )
+    }
+}
+
+/// Bit of a general register (any width) in a set of the 16 full ones;
+/// `None` for every other register.
+fn gpr_bit(r: Register) -> Option<u16> {
+    let full = r.full_register();
+    full.is_gpr64().then(|| 1 << (full as u32 - Register::RAX as u32))
+}
+
+/// rax, rcx, rdx, rsi, rdi, r8-r11: what a called stub leaves made up.
+const CALLER_SAVED_BITS: u16 = 0b0000_1111_1100_0111;
+const RSP_BIT: u16 = 1 << 4;
+
+/// Where the address of the memory access made by the first of `trail` (the
+/// instructions run, newest first, each with whether it holds a relocated
+/// field) came from. Walks back through the writers of its base and index
+/// registers: a zeroing idiom, an immediate, an `lea` of placed addresses or
+/// a load from the image's own data is a constant; a load from elsewhere, a
+/// call's result, a hole's value (a placed address is never in the NULL
+/// page, so it was an operand: a made-up input), anything computed from
+/// flags or vector registers, or a register as the run began is made up.
+/// Partial and conditional writes keep the register's older value in
+/// question too.
+fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>) -> AddressSource {
+    let mut factory = InstructionInfoFactory::new();
+    let Some((access, access_holds_hole)) = trail.next() else { return AddressSource::MadeUp };
+    let info = factory.info(&access);
+    let Some(memory) = info.used_memory().iter().find(|m| m.access() != OpAccess::NoMemAccess) else {
+        return AddressSource::MadeUp;
+    };
+    // fs/gs: thread-local storage, a part of the process we do not model.
+    if matches!(memory.segment(), Register::FS | Register::GS) || memory.base() == Register::RIP {
+        return AddressSource::MadeUp;
+    }
+    let mut wanted = [memory.base(), memory.index()].into_iter().filter_map(gpr_bit).fold(0, |a, b| a | b);
+    if wanted == 0 && access_holds_hole {
+        return AddressSource::MadeUp; // the address is an operand's
+    }
+    wanted &= !RSP_BIT; // the stack pointer is placed, never made up
+    for (insn, holds_hole) in trail {
+        if wanted == 0 {
+            return AddressSource::Constant;
+        }
+        if matches!(insn.flow_control(), FlowControl::Call | FlowControl::IndirectCall) {
+            if wanted & CALLER_SAVED_BITS != 0 {
+                return AddressSource::MadeUp;
+            }
+            continue;
+        }
+        let info = factory.info(&insn);
+        let mut written = 0u16;
+        let mut kept = 0u16;
+        for used in info.used_registers() {
+            let Some(bit) = gpr_bit(used.register()) else { continue };
+            match used.access() {
+                OpAccess::Write if used.register().size() >= 4 => written |= bit,
+                OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite | OpAccess::ReadCondWrite => {
+                    written |= bit;
+                    kept |= bit;
+                }
+                _ => {}
+            }
+        }
+        let hit = written & wanted;
+        if hit == 0 {
+            continue;
+        }
+        if holds_hole {
+            return AddressSource::MadeUp;
+        }
+        let zeroing = matches!(insn.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
+            && insn.op_count() == 2
+            && insn.op0_kind() == OpKind::Register
+            && insn.op1_kind() == OpKind::Register
+            && insn.op0_register() == insn.op1_register();
+        if zeroing {
+            wanted &= !hit;
+            continue;
+        }
+        let loads = info.used_memory().iter().filter(|m| {
+            matches!(m.access(), OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite)
+        });
+        // The image's own data (RIP-relative) holds placed values; anything else is made up.
+        if loads.into_iter().any(|m| m.base() != Register::RIP) {
+            return AddressSource::MadeUp;
+        }
+        if insn.rflags_read() != 0 {
+            return AddressSource::MadeUp;
+        }
+        let mut read = 0u16;
+        for used in info.used_registers() {
+            if !matches!(
+                used.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+            ) {
+                continue;
+            }
+            match gpr_bit(used.register()) {
+                Some(bit) => read |= bit,
+                None if used.register() == Register::RIP || used.register().is_segment_register() => {}
+                // A vector or other register we do not follow.
+                None => return AddressSource::MadeUp,
+            }
+        }
+        // Fully written: this instruction's inputs are now in question instead.
+        wanted = (wanted & !hit) | (hit & kept) | (read & !RSP_BIT);
+    }
+    // Registers as the run began hold made-up values (or placed addresses,
+    // which are never NULL); a trail cut short gets the benefit of the doubt.
+    if wanted == 0 {
+        AddressSource::Constant
+    } else {
+        AddressSource::MadeUp
     }
 }

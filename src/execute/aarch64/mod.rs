@@ -12,7 +12,7 @@
 pub mod decode;
 
 use self::decode::{decode, writes, BranchRegKind, Insn, MemOp, MovOp};
-use super::unicorn::{ensure_mapped, le, Machine, RunState, Transfer, UnicornEngine};
+use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
 use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, RETURN_SENTINEL};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
@@ -623,6 +623,13 @@ impl Machine for Arm64 {
         (e == uc_error::EXCEPTION).then_some(super::Fault::InvalidInstruction)
     }
 
+    fn null_access_source(st: &RunState) -> AddressSource {
+        let code = &st.code_bytes;
+        let word_at =
+            |offset: usize| (code.get(offset..offset + 4).and_then(word).unwrap_or(0), st.holds_field(offset, 4));
+        null_access_source(st.trail().map(word_at))
+    }
+
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String {
         let r = |r| uc.reg_read(r).unwrap_or(0);
         format!(
@@ -634,6 +641,50 @@ impl Machine for Arm64 {
             r(RegisterARM64::X30),
             r(RegisterARM64::SP)
         )
+    }
+}
+
+/// Where the base address of the load or store first in `trail` (the
+/// instructions run, newest first) came from: its base register's writers,
+/// followed back through `add`/`sub` immediates and register moves, end in
+/// `movz`/`movn`, `mov xN, xzr`, `adr(p)` or a literal load (a constant), or
+/// in a load, a call, a hole's value (an operand: placed addresses are never
+/// in the NULL page), another computation or the registers the run began
+/// with (made up). `trail` pairs each word with whether it holds a relocated
+/// field.
+fn null_access_source(mut trail: impl Iterator<Item = (u32, bool)>) -> AddressSource {
+    let Some((access, _)) = trail.next() else { return AddressSource::MadeUp };
+    // Every load/store encoding (op0 = x1x0) names its base in bits 5..9.
+    if (access >> 25) & 0b0101 != 0b0100 {
+        return AddressSource::MadeUp;
+    }
+    let mut wanted = 1u32 << ((access >> 5) & 31);
+    wanted &= !(1 << 31); // sp: placed, never made up
+    for (w, holds_hole) in trail {
+        if wanted == 0 {
+            return AddressSource::Constant;
+        }
+        let hit = writes(w) & wanted;
+        if hit == 0 {
+            continue;
+        }
+        if holds_hole {
+            return AddressSource::MadeUp;
+        }
+        wanted &= !hit;
+        let from = match decode(w) {
+            Insn::MovWide { op: MovOp::K, .. } => hit, // the other 48 bits are older
+            Insn::MovWide { .. } | Insn::Adrp { .. } | Insn::Adr { .. } | Insn::LdrLiteral { .. } => 0,
+            Insn::AddSubImm { rn, .. } => 1 << rn,
+            Insn::Other(w) if w & 0x7fe0_ffe0 == 0x2a00_03e0 => 1 << ((w >> 16) & 31), // mov xd, xm (orr)
+            _ => return AddressSource::MadeUp,
+        };
+        wanted |= from & !(1 << 31);
+    }
+    if wanted == 0 {
+        AddressSource::Constant
+    } else {
+        AddressSource::MadeUp
     }
 }
 
