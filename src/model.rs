@@ -162,6 +162,32 @@ pub enum RelocKind {
     Aarch64_MOVW_UABS_G1_NC,
     Aarch64_MOVW_UABS_G2_NC,
     Aarch64_MOVW_UABS_G3,
+    // Mach-O x86-64 (addends in the field).
+    MachO_X86_64_BRANCH,
+    MachO_X86_64_SIGNED,
+    MachO_X86_64_GOT,
+    MachO_X86_64_GOT_LOAD,
+    MachO_X86_64_UNSIGNED,
+    // COFF AMD64 (addends in the field); `_Import`: the symbol was `__imp_X`.
+    Coff_AMD64_REL32,
+    Coff_AMD64_REL32_Import,
+    Coff_AMD64_ADDR64,
+    // Mach-O arm64.
+    MachO_ARM64_BRANCH26,
+    MachO_ARM64_GOT_LOAD_PAGE21,
+    MachO_ARM64_GOT_LOAD_PAGEOFF12,
+    MachO_ARM64_PAGE21,
+    MachO_ARM64_PAGEOFF12,
+    MachO_ARM64_UNSIGNED,
+    // COFF ARM64; `_Import`: the symbol was `__imp_X`.
+    Coff_ARM64_BRANCH26,
+    Coff_ARM64_BRANCH19,
+    Coff_ARM64_PAGEBASE_REL21,
+    Coff_ARM64_PAGEBASE_REL21_Import,
+    Coff_ARM64_PAGEOFFSET_12A,
+    Coff_ARM64_PAGEOFFSET_12L,
+    Coff_ARM64_PAGEOFFSET_12L_Import,
+    Coff_ARM64_ADDR64,
 }
 
 impl RelocKind {
@@ -192,6 +218,29 @@ impl RelocKind {
         (RelocKind::Aarch64_MOVW_UABS_G1_NC, "R_AARCH64_MOVW_UABS_G1_NC"),
         (RelocKind::Aarch64_MOVW_UABS_G2_NC, "R_AARCH64_MOVW_UABS_G2_NC"),
         (RelocKind::Aarch64_MOVW_UABS_G3, "R_AARCH64_MOVW_UABS_G3"),
+        (RelocKind::MachO_X86_64_BRANCH, "X86_64_RELOC_BRANCH"),
+        (RelocKind::MachO_X86_64_SIGNED, "X86_64_RELOC_SIGNED"),
+        (RelocKind::MachO_X86_64_GOT, "X86_64_RELOC_GOT"),
+        (RelocKind::MachO_X86_64_GOT_LOAD, "X86_64_RELOC_GOT_LOAD"),
+        (RelocKind::MachO_X86_64_UNSIGNED, "X86_64_RELOC_UNSIGNED"),
+        // The import variants share the name: `from_name` finds the plain one.
+        (RelocKind::Coff_AMD64_REL32, "IMAGE_REL_AMD64_REL32"),
+        (RelocKind::Coff_AMD64_REL32_Import, "IMAGE_REL_AMD64_REL32"),
+        (RelocKind::Coff_AMD64_ADDR64, "IMAGE_REL_AMD64_ADDR64"),
+        (RelocKind::MachO_ARM64_BRANCH26, "ARM64_RELOC_BRANCH26"),
+        (RelocKind::MachO_ARM64_GOT_LOAD_PAGE21, "ARM64_RELOC_GOT_LOAD_PAGE21"),
+        (RelocKind::MachO_ARM64_GOT_LOAD_PAGEOFF12, "ARM64_RELOC_GOT_LOAD_PAGEOFF12"),
+        (RelocKind::MachO_ARM64_PAGE21, "ARM64_RELOC_PAGE21"),
+        (RelocKind::MachO_ARM64_PAGEOFF12, "ARM64_RELOC_PAGEOFF12"),
+        (RelocKind::MachO_ARM64_UNSIGNED, "ARM64_RELOC_UNSIGNED"),
+        (RelocKind::Coff_ARM64_BRANCH26, "IMAGE_REL_ARM64_BRANCH26"),
+        (RelocKind::Coff_ARM64_BRANCH19, "IMAGE_REL_ARM64_BRANCH19"),
+        (RelocKind::Coff_ARM64_PAGEBASE_REL21, "IMAGE_REL_ARM64_PAGEBASE_REL21"),
+        (RelocKind::Coff_ARM64_PAGEBASE_REL21_Import, "IMAGE_REL_ARM64_PAGEBASE_REL21"),
+        (RelocKind::Coff_ARM64_PAGEOFFSET_12A, "IMAGE_REL_ARM64_PAGEOFFSET_12A"),
+        (RelocKind::Coff_ARM64_PAGEOFFSET_12L, "IMAGE_REL_ARM64_PAGEOFFSET_12L"),
+        (RelocKind::Coff_ARM64_PAGEOFFSET_12L_Import, "IMAGE_REL_ARM64_PAGEOFFSET_12L"),
+        (RelocKind::Coff_ARM64_ADDR64, "IMAGE_REL_ARM64_ADDR64"),
     ];
 
     pub fn from_name(name: &str) -> Option<RelocKind> {

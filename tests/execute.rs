@@ -129,7 +129,7 @@ fn engine(limit: u64) -> UnicornX86 {
         stencils: vec![],
         symbols_map: Vec::new(),
     };
-    UnicornX86::new(convention(&set), limit).unwrap()
+    UnicornX86::new(convention(&set, stencilcheck::execute::SYSV_X86_64), limit).unwrap()
 }
 
 fn run(s: &Stencil, p: &Placement) -> (Image, Trace) {
@@ -708,7 +708,7 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         stencils: vec![tramp.clone()],
         symbols_map: Vec::new(),
     };
-    let conv = convention(&set);
+    let conv = convention(&set, stencilcheck::execute::SYSV_X86_64);
     assert_eq!((conv.frame, conv.stack_pointer, conv.tstate, conv.source), ("r12", "r13", "r14", "trampoline"));
     let mut e = UnicornX86::new(conv, 1000).unwrap();
     let p = place(&tramp, 1, 0).unwrap();
@@ -734,7 +734,13 @@ fn the_trampoline_is_entered_by_call_and_sets_the_convention() {
         stencils: vec![],
         symbols_map: Vec::new(),
     };
-    assert_eq!((convention(&set).frame, convention(&set).source), ("r13", "default"));
+    assert_eq!(
+        (
+            convention(&set, stencilcheck::execute::SYSV_X86_64).frame,
+            convention(&set, stencilcheck::execute::SYSV_X86_64).source
+        ),
+        ("r13", "default")
+    );
 }
 
 #[test]
@@ -796,4 +802,32 @@ fn a_not_taken_conditional_jump_at_the_end_falls_through() {
     let p = place(&s, 1, 0).unwrap();
     let (_, trace) = run(&s, &p);
     assert_eq!(exit(&trace), (ExitKind::FallThrough, p.continuation(&s), trace.entry_sp, false));
+}
+
+#[test]
+fn a_windows_trampoline_is_read_with_the_windows_argument_registers() {
+    let mut tramp = raw("trampoline", vec![0x49, 0x89, 0xcd, 0x48, 0x89, 0xd5, 0x4d, 0x89, 0xc4, 0xc3]);
+    tramp.instructions = ["movq    %rcx, %r13", "movq    %rdx, %rbp", "movq    %r8, %r12", "retq"]
+        .iter()
+        .zip([0u64, 3, 6, 9])
+        .map(|(text, offset)| stencilcheck::model::ObjdumpInstruction {
+            offset,
+            bytes: vec![],
+            text: text.to_string(),
+            line: 0,
+        })
+        .collect();
+    let set = StencilSet {
+        path: PathBuf::from("t.h"),
+        target: stencilcheck::target::Target::elf(Arch::X86_64),
+        stencils: vec![tramp],
+        symbols_map: Vec::new(),
+    };
+    let win = convention(&set, stencilcheck::execute::WIN64);
+    assert_eq!((win.frame, win.stack_pointer, win.tstate, win.source), ("r13", "rbp", "r12", "trampoline"));
+    // Read with System V's registers, nothing matches: the default, not the trampoline.
+    assert_eq!(convention(&set, stencilcheck::execute::SYSV_X86_64).source, "default");
+    // Windows keeps rsi and rdi across calls; System V does not.
+    assert!(!stencilcheck::execute::WIN64.caller_saved.contains(&"rsi"));
+    assert!(stencilcheck::execute::SYSV_X86_64.caller_saved.contains(&"rsi"));
 }

@@ -163,7 +163,13 @@ fn raw(name: &str, code: &[u32]) -> Stencil {
 }
 
 fn engine() -> UnicornArm64 {
-    let conv = Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default" };
+    let conv = Convention {
+        frame: "x0",
+        stack_pointer: "x1",
+        tstate: "x2",
+        source: "default",
+        c_abi: stencilcheck::execute::AAPCS64,
+    };
     UnicornArm64::new(conv, 100_000).unwrap()
 }
 
@@ -546,7 +552,13 @@ fn the_stub_returns_in_x0_and_scrambles_only_caller_saved_registers() {
 
 #[test]
 fn uops_get_the_convention_and_the_shim_gets_c_arguments() {
-    let conv = Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "shim" };
+    let conv = Convention {
+        frame: "x20",
+        stack_pointer: "x21",
+        tstate: "x22",
+        source: "shim",
+        c_abi: stencilcheck::execute::AAPCS64,
+    };
     let mut e = UnicornArm64::new(conv, 1000).unwrap();
     // ldr x9, [x20, #0x10]; br x9
     let uop = raw("_UOP", &[0xf940_0a89, BR_X9]);
@@ -582,7 +594,13 @@ fn via_trampoline(link: bool) -> Stencil {
 #[test]
 fn branches_through_trampolines_go_where_the_veneer_says() {
     let t314 = Target { version: stencilcheck::target::Version::V3_14, ..A64 };
-    let conv = Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "shim" };
+    let conv = Convention {
+        frame: "x20",
+        stack_pointer: "x21",
+        tstate: "x22",
+        source: "shim",
+        c_abi: stencilcheck::execute::AAPCS64,
+    };
     let mut e = UnicornArm64::new(conv, 1000).unwrap();
     let mut veneers = 0;
     for link in [false, true] {

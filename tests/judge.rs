@@ -135,7 +135,7 @@ fn engine() -> UnicornX86 {
         stencils: vec![],
         symbols_map: Vec::new(),
     };
-    UnicornX86::new(convention(&set), 100_000).unwrap()
+    UnicornX86::new(convention(&set, stencilcheck::execute::SYSV_X86_64), 100_000).unwrap()
 }
 
 fn placement_of(s: &Stencil, seed: u64, layout: Layout) -> Placement {

@@ -152,7 +152,35 @@ pub struct Convention {
     pub tstate: &'static str,
     /// Where it came from: "trampoline" (read off it) or "default".
     pub source: &'static str,
+    /// The platform's C convention: how the trampoline is called, what a
+    /// stubbed C callee may clobber.
+    #[serde(skip)]
+    pub c_abi: CAbi,
 }
+
+/// A platform's C calling convention, as far as a run needs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CAbi {
+    /// The first three integer argument registers (frame, stack_pointer,
+    /// tstate when the trampoline is called).
+    pub args: [&'static str; 3],
+    /// Registers a callee may leave anything in, besides the return value.
+    pub caller_saved: &'static [&'static str],
+}
+
+/// System V x86-64 (Linux, macOS).
+pub const SYSV_X86_64: CAbi =
+    CAbi { args: ["rdi", "rsi", "rdx"], caller_saved: &["rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"] };
+/// Windows x64: rsi and rdi are callee-saved there.
+pub const WIN64: CAbi = CAbi { args: ["rcx", "rdx", "r8"], caller_saved: &["rcx", "rdx", "r8", "r9", "r10", "r11"] };
+/// AAPCS64 (Linux, Windows; Darwin too, which also reserves x18 — a stub
+/// leaves it alone everywhere).
+pub const AAPCS64: CAbi = CAbi {
+    args: ["x0", "x1", "x2"],
+    caller_saved: &[
+        "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16", "x17",
+    ],
+};
 
 /// How a stencil is entered.
 pub fn entered_by_call(stencil: &Stencil) -> bool {

@@ -53,11 +53,6 @@ pub trait Machine: 'static {
     const RETURN_VALUE: Self::Reg;
     /// Registers that start with made-up contents, in this order.
     const GPRS: &'static [Self::Reg];
-    /// Registers a C callee may leave anything in (the stub scrambles them).
-    const CALLER_SAVED: &'static [Self::Reg];
-    /// The C argument registers frame, stack_pointer and tstate arrive in
-    /// when the stencil is entered as a function (trampoline, shim).
-    const C_ARGS: [Self::Reg; 3];
     /// Site decoding needs the instruction objdump listed at each
     /// relocation (to see a relaxation change its kind).
     const USES_ORIGINALS: bool = false;
@@ -187,6 +182,10 @@ pub struct RunState {
     /// value a relocation site formed and nothing overwrote since: a jump
     /// through one goes where a relocation said. Kept by [`Machine::step`].
     pub formed: u64,
+    /// aarch64: the link register holds the return address of a `bl` into
+    /// the code itself (3.13's inline veneers, `movz/movk x8; br x8`), so
+    /// a `br` out of the code is that call's. Kept by [`Machine::step`].
+    pub linked_into_code: bool,
     /// The patched code.
     pub code_bytes: Vec<u8>,
     /// Per code offset: 0 not looked at yet, 1 may run, 2 forbidden ([`Machine::forbidden`]).
@@ -312,6 +311,7 @@ impl<M: Machine> UnicornEngine<M> {
             checked: Vec::new(),
             forbidden_at: None,
             trail: vec![0; TRAIL_LEN],
+            linked_into_code: false,
             null_constant: None,
             originals: Vec::new(),
         };
@@ -444,6 +444,7 @@ impl<M: Machine> UnicornEngine<M> {
         st.checked = vec![0; image.code.len()];
         st.forbidden_at = None;
         st.null_constant = None;
+        st.linked_into_code = false;
         st.instructions = 0;
         st.last_pc = 0;
         st.left_to = None;
@@ -463,11 +464,9 @@ impl<M: Machine> UnicornEngine<M> {
             let _ = self.uc.reg_write(*r, v);
         }
         let conv = &self.convention;
-        let [f, s, t] = if by_call {
-            M::C_ARGS
-        } else {
-            [M::register(conv.frame), M::register(conv.stack_pointer), M::register(conv.tstate)]
-        };
+        // Entered as a function (trampoline, shim): the C argument registers.
+        let [f, s, t] = if by_call { conv.c_abi.args } else { [conv.frame, conv.stack_pointer, conv.tstate] };
+        let [f, s, t] = [M::register(f), M::register(s), M::register(t)];
         let _ = self.uc.reg_write(f, placement.frame);
         let _ = self.uc.reg_write(s, placement.stack_pointer);
         let _ = self.uc.reg_write(t, placement.tstate);
@@ -495,20 +494,24 @@ impl<M: Machine> UnicornEngine<M> {
         trace.calls.push(CallRecord { from, target, sp, returned: value });
         let _ = self.uc.reg_write(M::RETURN_VALUE, value);
         let seed = self.uc.get_data().seed;
-        for (i, r) in M::CALLER_SAVED.iter().enumerate() {
-            let _ = self.uc.reg_write(*r, splitmix(seed ^ (n as u64) << 8 ^ i as u64));
+        for (i, r) in self.convention.c_abi.caller_saved.iter().enumerate() {
+            let _ = self.uc.reg_write(M::register(r), splitmix(seed ^ (n as u64) << 8 ^ i as u64));
         }
         M::finish_stub(&mut self.uc, sp);
         Some(ret)
     }
 
-    /// Only padding from `addr` to the end of the code.
+    /// Padding at `addr`: a zero word (aarch64's `udf #0`, which CPython
+    /// pads code with and no compiler places after a call that returns).
+    /// Checking the word alone, not all the way to the end, matters for 3.13
+    /// darwin stencils whose inline veneers follow the padding.
     fn padding_from(&self, addr: u64) -> bool {
         if !M::ZERO_PADDING {
             return false;
         }
-        let mut rest = vec![0u8; self.uc.get_data().code.end.saturating_sub(addr) as usize];
-        self.uc.mem_read(addr, &mut rest).is_ok() && rest.iter().all(|b| *b == 0)
+        let mut word = [0u8; 4];
+        let inside = addr.checked_add(4).is_some_and(|end| end <= self.uc.get_data().code.end);
+        inside && self.uc.mem_read(addr, &mut word).is_ok() && word == [0; 4]
     }
 
     fn classify_fault(&self, e: uc_error, pc: u64) -> RunEnd {

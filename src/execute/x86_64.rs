@@ -5,7 +5,7 @@
 //! is classified.
 
 use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
-use super::{entered_by_call, Convention, ExitKind, SiteObservation};
+use super::{entered_by_call, CAbi, Convention, ExitKind, SiteObservation};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::x86_64::USER_SPACE;
@@ -18,37 +18,30 @@ use unicorn_engine::{RegisterX86, Unicorn};
 
 pub use super::{DEMAND_REGION_LIMIT, RETURN_SENTINEL};
 
-/// CPython 3.13 on x86-64 enters uops with GHC's convention (DOMAIN.md §5).
-const DEFAULT_CONVENTION: Convention =
-    Convention { frame: "r13", stack_pointer: "rbp", tstate: "r12", source: "default" };
-
 /// Read the convention off the trampoline: it moves the C arguments
-/// (rdi, rsi, rdx = frame, stack_pointer, tstate) into the registers uops
-/// expect. Falls back to the 3.13 default when there is no trampoline.
-pub fn convention(set: &StencilSet) -> Convention {
+/// (frame, stack_pointer, tstate: rdi, rsi, rdx in System V; rcx, rdx, r8
+/// on Windows) into the registers uops expect. Falls back to 3.13's GHC
+/// default (DOMAIN.md §5) when there is no trampoline.
+pub fn convention(set: &StencilSet, c_abi: CAbi) -> Convention {
+    let default = Convention { frame: "r13", stack_pointer: "rbp", tstate: "r12", source: "default", c_abi };
     let Some(tramp) = set.stencils.iter().find(|s| entered_by_call(s)) else {
-        return DEFAULT_CONVENTION;
+        return default;
     };
     let mut found: [Option<&'static str>; 3] = [None; 3];
     for insn in &tramp.instructions {
         // objdump's AT&T spelling: `movq %rdi, %r13` moves rdi into r13.
         let Some(operands) = insn.text.strip_prefix("movq") else { continue };
         let Some((src, dst)) = operands.split_once(',') else { continue };
-        let slot = match src.trim() {
-            "%rdi" => 0,
-            "%rsi" => 1,
-            "%rdx" => 2,
-            _ => continue,
-        };
+        let Some(slot) = c_abi.args.iter().position(|a| src.trim().strip_prefix('%') == Some(a)) else { continue };
         if let Some(reg) = gpr_name(dst.trim().trim_start_matches('%')) {
             found[slot].get_or_insert(reg);
         }
     }
     match found {
         [Some(frame), Some(stack_pointer), Some(tstate)] => {
-            Convention { frame, stack_pointer, tstate, source: "trampoline" }
+            Convention { frame, stack_pointer, tstate, source: "trampoline", c_abi }
         }
-        _ => DEFAULT_CONVENTION,
+        _ => default,
     }
 }
 
@@ -80,17 +73,6 @@ fn gpr(name: &str) -> RegisterX86 {
 }
 
 /// Caller-saved registers a C callee may leave anything in.
-const CALLER_SAVED: [RegisterX86; 8] = [
-    RegisterX86::RCX,
-    RegisterX86::RDX,
-    RegisterX86::RSI,
-    RegisterX86::RDI,
-    RegisterX86::R8,
-    RegisterX86::R9,
-    RegisterX86::R10,
-    RegisterX86::R11,
-];
-
 /// The Unicorn register for an iced register (for effective addresses).
 fn uc_register(r: Register) -> Option<(RegisterX86, u64)> {
     let full = r.full_register();
@@ -341,8 +323,6 @@ impl Machine for X86 {
     const SP: RegisterX86 = RegisterX86::RSP;
     const RETURN_VALUE: RegisterX86 = RegisterX86::RAX;
     const GPRS: &'static [RegisterX86] = &GPR_REGS;
-    const CALLER_SAVED: &'static [RegisterX86] = &CALLER_SAVED;
-    const C_ARGS: [RegisterX86; 3] = [RegisterX86::RDI, RegisterX86::RSI, RegisterX86::RDX];
 
     fn register(name: &str) -> RegisterX86 {
         gpr(name)

@@ -17,6 +17,7 @@ pub mod crosscheck;
 pub mod elf;
 pub mod header;
 pub mod object;
+pub mod symbols;
 
 use crate::error::BadInput;
 use crate::model::StencilSet;

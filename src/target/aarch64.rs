@@ -1,7 +1,7 @@
 //! AArch64: relocations, reach, address space, ABI, and where decoding and
 //! the Unicorn engine for it live (`execute::aarch64`).
 
-use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
+use super::{Abi, Arch, ObjectFormat, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
 use crate::execute::aarch64::decode::{decode, Insn};
 use crate::execute::{self, Convention, Engine, SiteObservation, TransferClass};
 use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
@@ -12,89 +12,45 @@ pub struct Aarch64;
 
 const PAGE: i64 = 0x1000;
 
+const ELF: Option<ObjectFormat> = Some(ObjectFormat::Elf);
+const MACHO: Option<ObjectFormat> = Some(ObjectFormat::MachO);
+const COFF: Option<ObjectFormat> = Some(ObjectFormat::Coff);
+
+/// ELF, Mach-O and COFF kinds, mapped as CPython's `_stencils.py` patches
+/// them; the `MOVW_UABS` chunks are what CPython 3.13 writes for its inline
+/// trampolines into every format's header.
 const RELOCATIONS: &[RelocInfo] = &[
-    RelocInfo { kind: RelocKind::Aarch64_ABS64, expr: RelExpr::Absolute, patch_fn: PatchFn::P64, width: 8 },
-    RelocInfo {
-        kind: RelocKind::Aarch64_ADR_GOT_PAGE,
-        expr: RelExpr::GotPage,
-        patch_fn: PatchFn::Aarch64_21rx,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LD64_GOT_LO12_NC,
-        expr: RelExpr::GotPageOffset,
-        patch_fn: PatchFn::Aarch64_12x,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_ADR_PREL_PG_HI21,
-        expr: RelExpr::Page,
-        patch_fn: PatchFn::Aarch64_21r,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_ADD_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LDST8_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LDST16_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LDST32_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LDST64_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_LDST128_ABS_LO12_NC,
-        expr: RelExpr::PageOffset,
-        patch_fn: PatchFn::Aarch64_12,
-        width: 4,
-    },
-    RelocInfo { kind: RelocKind::Aarch64_JUMP26, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_26r, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_CALL26, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_26r, width: 4 },
-    RelocInfo { kind: RelocKind::Aarch64_CONDBR19, expr: RelExpr::Branch, patch_fn: PatchFn::Aarch64_19r, width: 4 },
-    RelocInfo {
-        kind: RelocKind::Aarch64_MOVW_UABS_G0_NC,
-        expr: RelExpr::AbsoluteChunk(0),
-        patch_fn: PatchFn::Aarch64_16a,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_MOVW_UABS_G1_NC,
-        expr: RelExpr::AbsoluteChunk(1),
-        patch_fn: PatchFn::Aarch64_16b,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_MOVW_UABS_G2_NC,
-        expr: RelExpr::AbsoluteChunk(2),
-        patch_fn: PatchFn::Aarch64_16c,
-        width: 4,
-    },
-    RelocInfo {
-        kind: RelocKind::Aarch64_MOVW_UABS_G3,
-        expr: RelExpr::AbsoluteChunk(3),
-        patch_fn: PatchFn::Aarch64_16d,
-        width: 4,
-    },
+    RelocInfo::new(RelocKind::Aarch64_ABS64, RelExpr::Absolute, PatchFn::P64, 8, ELF),
+    RelocInfo::new(RelocKind::Aarch64_ADR_GOT_PAGE, RelExpr::GotPage, PatchFn::Aarch64_21rx, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LD64_GOT_LO12_NC, RelExpr::GotPageOffset, PatchFn::Aarch64_12x, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_ADR_PREL_PG_HI21, RelExpr::Page, PatchFn::Aarch64_21r, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_ADD_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LDST8_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LDST16_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LDST32_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LDST64_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_LDST128_ABS_LO12_NC, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_JUMP26, RelExpr::Branch, PatchFn::Aarch64_26r, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_CALL26, RelExpr::Branch, PatchFn::Aarch64_26r, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_CONDBR19, RelExpr::Branch, PatchFn::Aarch64_19r, 4, ELF),
+    RelocInfo::new(RelocKind::Aarch64_MOVW_UABS_G0_NC, RelExpr::AbsoluteChunk(0), PatchFn::Aarch64_16a, 4, None),
+    RelocInfo::new(RelocKind::Aarch64_MOVW_UABS_G1_NC, RelExpr::AbsoluteChunk(1), PatchFn::Aarch64_16b, 4, None),
+    RelocInfo::new(RelocKind::Aarch64_MOVW_UABS_G2_NC, RelExpr::AbsoluteChunk(2), PatchFn::Aarch64_16c, 4, None),
+    RelocInfo::new(RelocKind::Aarch64_MOVW_UABS_G3, RelExpr::AbsoluteChunk(3), PatchFn::Aarch64_16d, 4, None),
+    RelocInfo::new(RelocKind::MachO_ARM64_BRANCH26, RelExpr::Branch, PatchFn::Aarch64_26r, 4, MACHO),
+    RelocInfo::new(RelocKind::MachO_ARM64_GOT_LOAD_PAGE21, RelExpr::GotPage, PatchFn::Aarch64_21rx, 4, MACHO),
+    RelocInfo::new(RelocKind::MachO_ARM64_GOT_LOAD_PAGEOFF12, RelExpr::GotPageOffset, PatchFn::Aarch64_12x, 4, MACHO),
+    RelocInfo::new(RelocKind::MachO_ARM64_PAGE21, RelExpr::Page, PatchFn::Aarch64_21r, 4, MACHO),
+    RelocInfo::new(RelocKind::MachO_ARM64_PAGEOFF12, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, MACHO),
+    RelocInfo::new(RelocKind::MachO_ARM64_UNSIGNED, RelExpr::Absolute, PatchFn::P64, 8, MACHO),
+    RelocInfo::new(RelocKind::Coff_ARM64_BRANCH26, RelExpr::Branch, PatchFn::Aarch64_26r, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_BRANCH19, RelExpr::Branch, PatchFn::Aarch64_19r, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_PAGEBASE_REL21, RelExpr::Page, PatchFn::Aarch64_21rx, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_PAGEBASE_REL21_Import, RelExpr::GotPage, PatchFn::Aarch64_21rx, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_PAGEOFFSET_12A, RelExpr::PageOffset, PatchFn::Aarch64_12, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_PAGEOFFSET_12L, RelExpr::PageOffset, PatchFn::Aarch64_12x, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_PAGEOFFSET_12L_Import, RelExpr::GotPageOffset, PatchFn::Aarch64_12x, 4, COFF),
+    RelocInfo::new(RelocKind::Coff_ARM64_ADDR64, RelExpr::Absolute, PatchFn::P64, 8, COFF),
 ];
 
 /// An instruction with the fields patches write cleared: two words of the
@@ -221,6 +177,14 @@ impl TargetInfo for Aarch64 {
     /// `ldr x8, 8; br x8` and the 8-byte address (CPython's veneer).
     fn trampoline_size(&self) -> u64 {
         16
+    }
+
+    fn through_import(&self, kind: RelocKind) -> Option<RelocKind> {
+        match kind {
+            RelocKind::Coff_ARM64_PAGEBASE_REL21 => Some(RelocKind::Coff_ARM64_PAGEBASE_REL21_Import),
+            RelocKind::Coff_ARM64_PAGEOFFSET_12L => Some(RelocKind::Coff_ARM64_PAGEOFFSET_12L_Import),
+            _ => None,
+        }
     }
 
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported> {

@@ -130,12 +130,13 @@ impl Target {
         Unsupported { target: self, what: what.into() }
     }
 
-    /// The relocation expression of `kind` on this target.
+    /// The relocation expression of `kind` on this target (a kind of
+    /// another object format is not this target's).
     pub fn expr(self, kind: RelocKind) -> Result<RelExpr, Unsupported> {
         self.info()
             .relocations()
             .iter()
-            .find(|r| r.kind == kind)
+            .find(|r| r.kind == kind && r.format.is_none_or(|f| f == self.format))
             .map(|r| r.expr)
             .ok_or_else(|| self.unsupported(format!("relocation {kind}")))
     }
@@ -198,6 +199,33 @@ pub struct RelocInfo {
     pub patch_fn: PatchFn,
     /// Bytes of the relocated field.
     pub width: u64,
+    /// The object format whose relocation this is; `None` for the kinds
+    /// CPython's own tools write into every format's header (the aarch64
+    /// `MOVW_UABS` trampolines of 3.13).
+    pub format: Option<ObjectFormat>,
+    /// Mach-O x86-64 and COFF keep the addend in the field (objdump prints
+    /// none): A = the field's signed value + this bias (−4 for the
+    /// PC-relative kinds, whose displacement counts from the field's end,
+    /// as CPython's `_targets.py` computes it). `None`: the listing's addend.
+    pub implicit_addend_bias: Option<i64>,
+}
+
+impl RelocInfo {
+    /// A relocation of `format` whose addend the listing (or the ELF `RELA`) gives.
+    pub const fn new(
+        kind: RelocKind,
+        expr: RelExpr,
+        patch_fn: PatchFn,
+        width: u64,
+        format: Option<ObjectFormat>,
+    ) -> RelocInfo {
+        RelocInfo { kind, expr, patch_fn, width, format, implicit_addend_bias: None }
+    }
+
+    /// The addend is in the field, plus `bias`.
+    pub const fn implicit(self, bias: i64) -> RelocInfo {
+        RelocInfo { implicit_addend_bias: Some(bias), ..self }
+    }
 }
 
 /// The ABI rules every exit and call is held to.
@@ -252,6 +280,15 @@ pub trait TargetInfo: Sync {
     fn trampoline_size(&self) -> u64;
     /// An execution engine for stencils of `target`.
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported>;
+    /// COFF: the kind a relocation becomes when its symbol is `__imp_X`
+    /// (the address of X's import slot, which CPython makes a GOT entry).
+    fn through_import(&self, _kind: RelocKind) -> Option<RelocKind> {
+        None
+    }
+    /// The prefix COFF puts before C names on this machine (i686: `_`).
+    fn coff_symbol_prefix(&self) -> &'static str {
+        ""
+    }
 }
 
 /// Every architecture, for lookups that start from a name.
@@ -269,6 +306,11 @@ pub fn reloc_info(kind: RelocKind) -> RelocInfo {
         .find(|r| r.kind == kind)
         .copied()
         .unwrap_or_else(|| panic!("relocation {kind} is in no target's table"))
+}
+
+/// The object format whose relocation `kind` is (`None`: any).
+pub fn format_of_reloc(kind: RelocKind) -> Option<ObjectFormat> {
+    reloc_info(kind).format
 }
 
 /// The architecture whose relocation `kind` is.

@@ -1,7 +1,7 @@
 //! x86-64: relocations, reach, address space, ABI, and where decoding and
 //! the Unicorn engine for it live (`execute::x86_64`).
 
-use super::{Abi, Arch, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
+use super::{Abi, Arch, ObjectFormat, RelExpr, RelocInfo, Target, TargetInfo, Unsupported};
 use crate::execute::{self, Convention, Engine, SiteObservation, TransferClass};
 use crate::model::{PatchFn, RelocKind, Stencil, StencilSet};
 use crate::patch::Image;
@@ -16,15 +16,31 @@ pub const USER_SPACE: Range<u64> = 0x1_0000..0x0000_8000_0000_0000;
 /// Reach of a signed 32-bit displacement.
 const REACH32: i64 = 1 << 31;
 
+const ELF: Option<ObjectFormat> = Some(ObjectFormat::Elf);
+const MACHO: Option<ObjectFormat> = Some(ObjectFormat::MachO);
+const COFF: Option<ObjectFormat> = Some(ObjectFormat::Coff);
+
+/// ELF, Mach-O and COFF kinds, mapped as CPython's `_stencils.py` patches
+/// them. Mach-O and COFF keep addends in the field; their PC-relative
+/// displacements count from the field's end, hence the −4.
 const RELOCATIONS: &[RelocInfo] = &[
-    RelocInfo { kind: RelocKind::X86_64_64, expr: RelExpr::Absolute, patch_fn: PatchFn::P64, width: 8 },
-    RelocInfo { kind: RelocKind::X86_64_32, expr: RelExpr::Absolute, patch_fn: PatchFn::P32, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_32S, expr: RelExpr::Absolute, patch_fn: PatchFn::P32, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_PC32, expr: RelExpr::PcRelative, patch_fn: PatchFn::P32r, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_PLT32, expr: RelExpr::PcRelative, patch_fn: PatchFn::P32r, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_GOTPCREL, expr: RelExpr::Got, patch_fn: PatchFn::P32r, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_GOTPCRELX, expr: RelExpr::Got, patch_fn: PatchFn::X86_64_32rx, width: 4 },
-    RelocInfo { kind: RelocKind::X86_64_REX_GOTPCRELX, expr: RelExpr::Got, patch_fn: PatchFn::X86_64_32rx, width: 4 },
+    RelocInfo::new(RelocKind::X86_64_64, RelExpr::Absolute, PatchFn::P64, 8, ELF),
+    RelocInfo::new(RelocKind::X86_64_32, RelExpr::Absolute, PatchFn::P32, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_32S, RelExpr::Absolute, PatchFn::P32, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_PC32, RelExpr::PcRelative, PatchFn::P32r, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_PLT32, RelExpr::PcRelative, PatchFn::P32r, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_GOTPCREL, RelExpr::Got, PatchFn::P32r, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_GOTPCRELX, RelExpr::Got, PatchFn::X86_64_32rx, 4, ELF),
+    RelocInfo::new(RelocKind::X86_64_REX_GOTPCRELX, RelExpr::Got, PatchFn::X86_64_32rx, 4, ELF),
+    RelocInfo::new(RelocKind::MachO_X86_64_BRANCH, RelExpr::PcRelative, PatchFn::P32r, 4, MACHO).implicit(-4),
+    RelocInfo::new(RelocKind::MachO_X86_64_SIGNED, RelExpr::PcRelative, PatchFn::P32r, 4, MACHO).implicit(-4),
+    RelocInfo::new(RelocKind::MachO_X86_64_GOT, RelExpr::Got, PatchFn::X86_64_32rx, 4, MACHO).implicit(-4),
+    RelocInfo::new(RelocKind::MachO_X86_64_GOT_LOAD, RelExpr::Got, PatchFn::X86_64_32rx, 4, MACHO).implicit(-4),
+    RelocInfo::new(RelocKind::MachO_X86_64_UNSIGNED, RelExpr::Absolute, PatchFn::P64, 8, MACHO).implicit(0),
+    // CPython patches every REL32 with 32rx: on a direct `call`/`jmp` it is 32r.
+    RelocInfo::new(RelocKind::Coff_AMD64_REL32, RelExpr::PcRelative, PatchFn::X86_64_32rx, 4, COFF).implicit(-4),
+    RelocInfo::new(RelocKind::Coff_AMD64_REL32_Import, RelExpr::Got, PatchFn::X86_64_32rx, 4, COFF).implicit(-4),
+    RelocInfo::new(RelocKind::Coff_AMD64_ADDR64, RelExpr::Absolute, PatchFn::P64, 8, COFF).implicit(0),
 ];
 
 impl TargetInfo for X86_64 {
@@ -79,8 +95,10 @@ impl TargetInfo for X86_64 {
         Abi { stack_pointer: "rsp", call_sp_mod16: 8 }
     }
 
-    fn convention(&self, _target: Target, set: &StencilSet) -> Convention {
-        execute::x86_64::convention(set)
+    /// Windows passes C arguments in rcx, rdx, r8 and keeps rsi and rdi.
+    fn convention(&self, target: Target, set: &StencilSet) -> Convention {
+        let c_abi = if target.format == super::ObjectFormat::Coff { execute::WIN64 } else { execute::SYSV_X86_64 };
+        execute::x86_64::convention(set, c_abi)
     }
 
     fn static_sites(&self, stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
@@ -106,6 +124,10 @@ impl TargetInfo for X86_64 {
     /// `jmp *0(%rip)` and the 8-byte address, padded to 16.
     fn trampoline_size(&self) -> u64 {
         16
+    }
+
+    fn through_import(&self, kind: RelocKind) -> Option<RelocKind> {
+        (kind == RelocKind::Coff_AMD64_REL32).then_some(RelocKind::Coff_AMD64_REL32_Import)
     }
 
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported> {

@@ -13,7 +13,7 @@ pub mod decode;
 
 use self::decode::{decode, writes, BranchRegKind, Insn, MemOp, MovOp};
 use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
-use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, RETURN_SENTINEL};
+use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, AAPCS64, RETURN_SENTINEL};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::{Target, Version};
@@ -60,18 +60,6 @@ const NAMES: [&str; 31] = [
     "x18", "x19", "x20", "x21", "x22", "x23", "x24", "x25", "x26", "x27", "x28", "x29", "x30",
 ];
 
-/// x1..x17: what a C callee may leave anything in besides x0 (x18 is the
-/// platform register; a stub leaves it alone).
-const CALLER_SAVED: [RegisterARM64; 17] = {
-    let mut out = [RegisterARM64::X1; 17];
-    let mut i = 0;
-    while i < 17 {
-        out[i] = X[i + 1];
-        i += 1;
-    }
-    out
-};
-
 fn number(name: &str) -> Option<u8> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u8)
 }
@@ -82,8 +70,12 @@ fn number(name: &str) -> Option<u8> {
 /// `preserve_none` (x20, x21, x22), DOMAIN.md §5.
 fn default_convention(version: Version) -> Convention {
     match version {
-        Version::V3_13 => Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default" },
-        Version::V3_14 => Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "default" },
+        Version::V3_13 => {
+            Convention { frame: "x0", stack_pointer: "x1", tstate: "x2", source: "default", c_abi: AAPCS64 }
+        }
+        Version::V3_14 => {
+            Convention { frame: "x20", stack_pointer: "x21", tstate: "x22", source: "default", c_abi: AAPCS64 }
+        }
     }
 }
 
@@ -138,7 +130,9 @@ pub fn convention(target: Target, set: &StencilSet) -> Convention {
         [0, 1, 2].map(|k| holder(k, k).then_some(NAMES[k]))
     };
     match found {
-        [Some(frame), Some(stack_pointer), Some(tstate)] => Convention { frame, stack_pointer, tstate, source },
+        [Some(frame), Some(stack_pointer), Some(tstate)] => {
+            Convention { frame, stack_pointer, tstate, source, c_abi: AAPCS64 }
+        }
         _ => default,
     }
 }
@@ -216,10 +210,14 @@ pub type Mem<'a> = &'a mut dyn FnMut(u64, usize) -> Option<u64>;
 
 /// Where a branch to `target` ends up: through a veneer (`ldr xN, #lit;
 /// br xN`, CPython's trampolines for far externs) its literal, and the
-/// literal's address; else `target` itself. `image` reads the patched image
-/// only (trampolines), never made-up memory.
+/// literal's address; through 3.13's inline veneer (`movz/movk xN` ×4;
+/// `br xN`) the value it forms; else `target` itself. `image` reads the
+/// patched image only (code, trampolines), never made-up memory.
 pub fn through_veneer(target: u64, image: Mem) -> (u64, Option<u64>) {
     let word = |a: u64, image: &mut dyn FnMut(u64, usize) -> Option<u64>| image(a, 4).map(|w| decode(w as u32));
+    if let Some(to) = inline_veneer(target, image) {
+        return (to, None);
+    }
     if let Some(Insn::LdrLiteral { op: MemOp::Load, fp: false, size: 3, rt, offset }) = word(target, image) {
         if word(target.wrapping_add(4), image) == Some(Insn::BranchReg { kind: BranchRegKind::Br, rn: rt }) {
             let slot = target.wrapping_add(offset as u64);
@@ -229,6 +227,28 @@ pub fn through_veneer(target: u64, image: Mem) -> (u64, Option<u64>) {
         }
     }
     (target, None)
+}
+
+/// `movz xN, #a; movk xN, #b, lsl #16; movk xN, #c, lsl #32; movk xN, #d,
+/// lsl #48; br xN` at `at`: the address it jumps to.
+fn inline_veneer(at: u64, image: Mem) -> Option<u64> {
+    let mut value = 0u64;
+    let mut reg = None;
+    for (k, op) in [MovOp::Z, MovOp::K, MovOp::K, MovOp::K].into_iter().enumerate() {
+        match decode(image(at + 4 * k as u64, 4)? as u32) {
+            Insn::MovWide { sf: true, op: o, rd, imm16, hw }
+                if o == op && hw as usize == k && reg.is_none_or(|r| r == rd) =>
+            {
+                value |= (imm16 as u64) << (16 * k);
+                reg = Some(rd);
+            }
+            _ => return None,
+        }
+    }
+    match decode(image(at + 16, 4)? as u32) {
+        Insn::BranchReg { kind: BranchRegKind::Br, rn } if Some(rn) == reg => Some(value),
+        _ => None,
+    }
 }
 
 fn width(sf: bool) -> u32 {
@@ -486,8 +506,6 @@ impl Machine for Arm64 {
     const SP: RegisterARM64 = RegisterARM64::SP;
     const RETURN_VALUE: RegisterARM64 = RegisterARM64::X0;
     const GPRS: &'static [RegisterARM64] = &X;
-    const CALLER_SAVED: &'static [RegisterARM64] = &CALLER_SAVED;
-    const C_ARGS: [RegisterARM64; 3] = [RegisterARM64::X0, RegisterARM64::X1, RegisterARM64::X2];
     const USES_ORIGINALS: bool = true;
     const ZERO_PADDING: bool = true;
     const TRACKS_REGISTERS: bool = true;
@@ -535,6 +553,8 @@ impl Machine for Arm64 {
             Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. } => Transfer::Call,
             Insn::BranchReg { kind: BranchRegKind::Ret, .. } => Transfer::Exit(ExitKind::Return, false),
             // Through a register: a relocation's value, or run-time data.
+            // Out of an inline veneer a `bl` entered: that `bl`'s call.
+            Insn::BranchReg { kind: BranchRegKind::Br, .. } if st.linked_into_code => Transfer::Call,
             Insn::BranchReg { kind: BranchRegKind::Br, rn } => {
                 Transfer::Exit(ExitKind::Jump, rn == 31 || st.formed & (1 << rn) == 0)
             }
@@ -562,7 +582,7 @@ impl Machine for Arm64 {
     ) -> Option<Option<Effect>> {
         let w = word(bytes)?;
         let original = uc.get_data().originals.get(relocation).and_then(|b| word(b));
-        let trampolines = uc.get_data().trampolines.clone();
+        let (trampolines, code) = (uc.get_data().trampolines.clone(), uc.get_data().code.clone());
         // Memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
         {
@@ -583,9 +603,9 @@ impl Machine for Arm64 {
         };
         let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
         let mut only_image = |a: u64, n: usize| {
+            let within = |r: &std::ops::Range<u64>| r.contains(&a) && r.contains(&(a + n as u64 - 1));
             let mut b = vec![0u8; n];
-            let inside = trampolines.contains(&a) && trampolines.contains(&(a + n as u64 - 1));
-            (inside && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
+            ((within(&trampolines) || within(&code)) && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
         };
         site_effect(w, addr, original, &mut reg, &mut mem, &mut only_image).observation()
     }
@@ -594,6 +614,14 @@ impl Machine for Arm64 {
     fn step(st: &mut RunState, offset: usize, site: bool) {
         let Some(w) = st.code_bytes.get(offset..offset + 4).and_then(word) else { return };
         st.formed &= !(writes(w) as u64);
+        let pc = st.code.start + offset as u64;
+        match decode(w) {
+            Insn::Branch { link: true, .. } => {
+                st.linked_into_code = decode(w).branch_target(pc).is_some_and(|t| st.code.contains(&t));
+            }
+            _ if writes(w) & (1 << 30) != 0 => st.linked_into_code = false,
+            _ => {}
+        }
         if site {
             if let Some(rd) = decode(w).destination() {
                 st.formed |= 1 << rd;
@@ -603,11 +631,11 @@ impl Machine for Arm64 {
 
     /// A veneer in the trace's trampolines (`ldr x8, #8; br x8`) goes where its literal says.
     fn resolve(uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
-        let trampolines = uc.get_data().trampolines.clone();
+        let (trampolines, code) = (uc.get_data().trampolines.clone(), uc.get_data().code.clone());
         let mut only_image = |a: u64, n: usize| {
+            let within = |r: &std::ops::Range<u64>| r.contains(&a) && r.contains(&(a + n as u64 - 1));
             let mut b = vec![0u8; n];
-            let inside = trampolines.contains(&a) && trampolines.contains(&(a + n as u64 - 1));
-            (inside && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
+            ((within(&trampolines) || within(&code)) && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
         };
         through_veneer(target, &mut only_image).0
     }

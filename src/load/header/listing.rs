@@ -166,7 +166,8 @@ fn relocation(file: &str, no: usize, c: &str, version: Version) -> Result<Reloca
     if name.is_empty() {
         return Err(err(format!("relocation without a symbol: `{c}`")));
     }
-    Ok(Relocation { offset: r.offset, kind, symbol: Symbol::classify(name), addend, line: no, text: c.to_string() })
+    let (kind, symbol) = crate::load::symbols::resolve(kind, name);
+    Ok(Relocation { offset: r.offset, kind, symbol, addend, line: no, text: c.to_string() })
 }
 
 /// CPython cuts a final `jmp _JIT_CONTINUE` off the code (falling off the

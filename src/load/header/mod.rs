@@ -21,7 +21,7 @@ mod v3_14;
 
 use crate::error::BadInput;
 use crate::model::{Arch, StencilSet};
-use crate::target::Version;
+use crate::target::{ObjectFormat, Version};
 use cexpr::parse_number;
 use scanner::Scanner;
 use std::collections::HashMap;
@@ -196,9 +196,25 @@ fn cross_check(
 
 /// The machine, from relocation types and patch functions; x86-64 when
 /// nothing says otherwise.
-fn arch(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<Arch, BadInput> {
+/// The machine and object format the stencils are for, from their
+/// relocation kinds and patch functions (all must agree; a header with
+/// neither is x86-64 ELF).
+fn machine(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<(Arch, ObjectFormat), BadInput> {
     let mut first: Option<(Arch, usize, String)> = None;
+    let mut format: Option<(ObjectFormat, usize, &str)> = None;
     for stencil in stencils {
+        for r in &stencil.relocations {
+            match (format, crate::target::format_of_reloc(r.kind)) {
+                (None, Some(f)) => format = Some((f, r.line, r.kind.name())),
+                (Some((f, l, w)), Some(g)) if f != g => {
+                    let what = r.kind.name();
+                    return Err(
+                        sc.err(r.line, format!("mixed object formats: {what} is {g}, but {w} (line {l}) is {f}"))
+                    );
+                }
+                _ => {}
+            }
+        }
         let from_relocs = stencil.relocations.iter().map(|r| (r.kind.arch(), r.line, r.kind.name()));
         let from_holes = stencil.holes().filter_map(|h| h.func.arch().map(|a| (a, h.line, h.func.name())));
         for (arch, line, what) in from_relocs.chain(from_holes) {
@@ -213,7 +229,8 @@ fn arch(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<Arch, Ba
             }
         }
     }
-    Ok(first.map(|(a, _, _)| a).unwrap_or(Arch::X86_64))
+    let arch = first.map(|(a, _, _)| a).unwrap_or(Arch::X86_64);
+    Ok((arch, format.map_or(ObjectFormat::Elf, |(f, _, _)| f)))
 }
 
 #[cfg(test)]
