@@ -78,10 +78,13 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
 }
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct VerifyArgs {
-    /// A jit_stencils.h, an ELF object or a directory of *.o (the format is
-    /// decided by content); none: the embedded corpus.
+    /// A jit_stencils.h, an object (ELF, Mach-O, COFF) or a directory of *.o
+    /// (the format is decided by content); a build directory holding
+    /// `<triple>/jit_stencils.h` and/or `<triple>/objs/` for several triples
+    /// (each verified, then a summary line per input; exit status the
+    /// worst); none: the embedded corpus.
     pub input: Option<PathBuf>,
     /// Also run llvm-objdump (when on PATH) on each object and check its
     /// relocation lines match what the loader read.
@@ -181,6 +184,101 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
         // A gate that runs nothing must not pass.
         return Err(BadInput::in_file(&shown, "--placements 0 would check nothing"));
     }
+    if let Some(inputs) = args.input.as_deref().and_then(build_inputs) {
+        return verify_build(args, &inputs, out);
+    }
+    verify_one(args, out).map(|(code, _)| code)
+}
+
+/// One verified input, for the summary of a whole build.
+struct Verified {
+    stencils: usize,
+    findings: usize,
+    inconclusive: u64,
+    holes: (usize, usize),
+    runs: u64,
+    seconds: f64,
+    target: String,
+}
+
+/// `DIR/<triple>/jit_stencils.h` and `DIR/<triple>/objs` for every triple
+/// directory of `dir` that has either: a whole build (what
+/// `scripts/cpython-stencils.sh` makes). `None` when `dir` is not one (a
+/// directory of objects, say).
+fn build_inputs(dir: &std::path::Path) -> Option<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut triples: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    triples.sort();
+    let inputs: Vec<PathBuf> =
+        triples.iter().flat_map(|t| [t.join("jit_stencils.h"), t.join("objs")]).filter(|p| p.exists()).collect();
+    (!inputs.is_empty()).then_some(inputs)
+}
+
+/// Verify every input of a build, each report in turn, then one line per
+/// input (target, stencils, findings, coverage, runs/s) and a total. The
+/// exit status is the worst: a refused input does not stop the others.
+fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Result<u8, BadInput> {
+    use std::fmt::Write;
+    let mut worst = 0u8;
+    let mut lines = Vec::new();
+    let mut json = Vec::new();
+    let root = args.input.as_deref().unwrap_or(std::path::Path::new(""));
+    for input in inputs {
+        let one = VerifyArgs { input: Some(input.clone()), ..args.clone() };
+        let mut text = String::new();
+        let shown = input.strip_prefix(root).unwrap_or(input).display().to_string();
+        match verify_one(&one, &mut text) {
+            Ok((code, v)) => {
+                worst = worst.max(code);
+                let coverage = 100.0 * v.holes.0 as f64 / v.holes.1.max(1) as f64;
+                lines.push(format!(
+                    "{:<40} {:<28} {:>4} stencils {:>5} findings {:>6} inconclusive  coverage {:>5.1}%  {:>6.0} runs/s",
+                    shown,
+                    v.target,
+                    v.stencils,
+                    v.findings,
+                    v.inconclusive,
+                    coverage,
+                    v.runs as f64 / v.seconds.max(1e-9)
+                ));
+            }
+            Err(e) => {
+                let code = e.kind.exit_code();
+                worst = worst.max(code);
+                let why = e.to_string();
+                let why = why.strip_prefix(&format!("{}", input.display())).unwrap_or(&why);
+                lines.push(format!("{shown:<40} refused (exit {code}): {}", why.trim_start_matches([':', ' '])));
+                text = format!("stencilcheck: error: {e}\n");
+            }
+        }
+        match args.format {
+            Format::Json => json.push(text),
+            Format::Human => {
+                out.push_str(&text);
+                out.push('\n');
+            }
+        }
+    }
+    if args.format == Format::Json {
+        let reports: Vec<&str> = json.iter().map(|t| t.trim()).filter(|t| t.starts_with('{')).collect();
+        let _ = writeln!(out, "[{}]", reports.join(","));
+        return Ok(worst);
+    }
+    let _ = writeln!(out, "== build summary ({} inputs)", inputs.len());
+    for line in &lines {
+        let _ = writeln!(out, "{line}");
+    }
+    let verdict = match worst {
+        0 => "all correct",
+        1 => "findings",
+        _ => "some inputs refused",
+    };
+    let _ = writeln!(out, "total: {} inputs, exit {worst} ({verdict})", inputs.len());
+    Ok(worst)
+}
+
+fn verify_one(args: &VerifyArgs, out: &mut String) -> Result<(u8, Verified), BadInput> {
+    let shown = args.input.as_ref().map_or("(embedded corpus)".to_string(), |p| p.display().to_string());
     let set = match &args.input {
         Some(input) => load::load_path(input)?,
         None => crate::corpus::load()?,
@@ -217,14 +315,24 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
     };
     let started = Instant::now();
     let outcome = pipeline::verify(&set, &options)?;
+    let elapsed = started.elapsed();
     let replay = report::Replay { base: replay_base(args), seed: args.seed };
     let text = match args.format {
         Format::Json => report::json(&set, &outcome, args.placements, &replay),
-        Format::Human => report::human(&set, &outcome, args.placements, &replay, started.elapsed(), args.verbose),
+        Format::Human => report::human(&set, &outcome, args.placements, &replay, elapsed, args.verbose),
     };
     out.push_str(&text);
-    let findings = outcome.results.iter().any(|r| !r.findings.is_empty());
-    Ok(if findings { 1 } else { 0 })
+    let s = report::summary(&outcome);
+    let verified = Verified {
+        stencils: s.stencils,
+        findings: s.findings,
+        inconclusive: s.inconclusive_runs,
+        holes: (s.holes_covered, s.holes),
+        runs: s.runs,
+        seconds: elapsed.as_secs_f64(),
+        target: set.target.to_string(),
+    };
+    Ok((if s.findings > 0 { 1 } else { 0 }, verified))
 }
 
 fn bench(args: &BenchArgs, out: &mut String) -> Result<u8, BadInput> {

@@ -400,3 +400,38 @@ fn a_code_hole_moved_by_one_two_or_three_bytes_is_flagged_at_one_placement() {
         assert!(out.contains("is written by no hole"), "{to}: {out}");
     }
 }
+
+/// A build directory (`<triple>/jit_stencils.h`, `<triple>/objs`) is verified
+/// input by input, with a summary line each and the worst exit status.
+#[test]
+fn a_build_directory_verifies_every_target_and_sums_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let put = |triple: &str, from: &str| {
+        std::fs::create_dir_all(dir.path().join(triple)).unwrap();
+        std::fs::copy(root.join(from), dir.path().join(triple).join("jit_stencils.h")).unwrap();
+    };
+    put("aarch64-unknown-linux-gnu", "3.14-aarch64/good.h");
+    put("x86_64-unknown-linux-gnu", "3.14-x86_64/good.h");
+    let d = dir.path().to_str().unwrap();
+    let o = stencilcheck(&["verify", d, "--placements", "4"]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), 0, "{out}{}", stderr(&o));
+    let summary: Vec<&str> = out.lines().skip_while(|l| !l.starts_with("== build summary")).collect();
+    assert_eq!(summary[0], "== build summary (2 inputs)", "{out}");
+    assert!(summary[1].starts_with("aarch64-unknown-linux-gnu/jit_stencils.h") && summary[1].contains("aarch64 ELF"));
+    assert!(summary[2].starts_with("x86_64-unknown-linux-gnu/jit_stencils.h") && summary[2].contains(" 0 findings"));
+    assert_eq!(summary[3], "total: 2 inputs, exit 0 (all correct)");
+    // One target with a bug: exit 1, and the others still verified.
+    put("x86_64-unknown-linux-gnu", "3.14-x86_64/swapped-targets.h");
+    let o = stencilcheck(&["verify", d, "--placements", "4"]);
+    assert_eq!(code(&o), 1);
+    assert!(stdout(&o).contains("total: 2 inputs, exit 1 (findings)"));
+    // One refused input: the worst exit, the rest still reported.
+    std::fs::write(dir.path().join("aarch64-unknown-linux-gnu/jit_stencils.h"), "garbage\n").unwrap();
+    let o = stencilcheck(&["verify", d, "--placements", "4"]);
+    let out = stdout(&o);
+    assert_eq!(code(&o), 2, "{out}");
+    assert!(out.contains("aarch64-unknown-linux-gnu/jit_stencils.h") && out.contains("refused (exit 2)"), "{out}");
+    assert!(out.contains("x86_64-unknown-linux-gnu/jit_stencils.h") && out.contains("findings"), "{out}");
+}

@@ -14,6 +14,7 @@
 
 use crate::model::{RelocKind, Relocation, Symbol};
 use crate::target::{format_of_reloc, ObjectFormat, Target};
+use std::collections::BTreeMap;
 
 /// The kind and symbol a relocation printed as `kind printed` stands for.
 pub fn resolve(kind: RelocKind, printed: &str) -> (RelocKind, Symbol) {
@@ -51,7 +52,21 @@ fn is_macho_section(name: &str) -> bool {
 /// Where the target keeps the addend in the field (Mach-O x86-64, COFF),
 /// take it from `code` (the bytes as the object has them) and add it to the
 /// printed one (objdump prints none for these formats).
-pub fn fill_implicit_addends(code: &[u8], relocations: &mut [Relocation]) {
+///
+/// A Mach-O relocation against a section (`__cstring`: r_extern = 0)
+/// stores the target's object-file address relative to the field's end.
+/// CPython lays each data section at `address − code size` in the data
+/// part (the code's size in the object: before CPython cut a final jump off
+/// it), so the section's name is given the local offset `−code size` (the
+/// object's address 0 in data terms) and the addend becomes the object-file
+/// address minus the PC bias: the site is judged against exactly where the
+/// object says, not merely "somewhere in the data". Returns those locals.
+pub fn fill_implicit_addends(
+    code: &[u8],
+    object_code_len: u64,
+    relocations: &mut [Relocation],
+) -> BTreeMap<String, u64> {
+    let mut locals = BTreeMap::new();
     for r in relocations {
         let info = crate::target::reloc_info(r.kind);
         let Some(bias) = info.implicit_addend_bias else { continue };
@@ -62,7 +77,15 @@ pub fn fill_implicit_addends(code: &[u8], relocations: &mut [Relocation]) {
             _ => crate::execute::unicorn::le(field) as i64,
         };
         r.addend = r.addend.wrapping_add(stored).wrapping_add(bias);
+        if let Symbol::Local(name) = &r.symbol {
+            if format_of_reloc(r.kind) == Some(ObjectFormat::MachO) && is_macho_section(name) && bias != 0 {
+                // Field end (P + 4) plus the stored displacement is the object address.
+                r.addend = r.addend.wrapping_add(r.offset as i64 + 4);
+                locals.insert(name.clone(), object_code_len.wrapping_neg());
+            }
+        }
     }
+    locals
 }
 
 #[cfg(test)]
@@ -115,7 +138,28 @@ mod tests {
         let code = [0xe9, 0xfc, 0xff, 0xff, 0xff, 0xe8, 0x10, 0, 0, 0];
         let mut rs = vec![mk(RelocKind::Coff_AMD64_REL32, 1), mk(RelocKind::MachO_X86_64_BRANCH, 6)];
         rs.push(mk(RelocKind::X86_64_PLT32, 6));
-        fill_implicit_addends(&code, &mut rs);
+        assert!(fill_implicit_addends(&code, code.len() as u64, &mut rs).is_empty());
         assert_eq!(rs.iter().map(|r| r.addend).collect::<Vec<_>>(), vec![-8, 12, 0]);
+    }
+
+    #[test]
+    fn a_mach_o_section_relocation_refers_to_the_object_address_in_data_terms() {
+        // 0x2c: `leaq 0xf(%rip)` in 0x3f bytes of code: the object address 0x3f,
+        // the first byte of __cstring, which CPython puts at data+0.
+        // (The header's body is 5 bytes shorter: CPython cut a `jmp` off.)
+        let mut code = vec![0u8; 0x3a];
+        code[0x2c..0x30].copy_from_slice(&0xfi32.to_le_bytes());
+        let mut rs = vec![Relocation {
+            offset: 0x2c,
+            kind: RelocKind::MachO_X86_64_SIGNED,
+            symbol: Symbol::Local("__cstring".into()),
+            addend: 0,
+            line: 0,
+            text: String::new(),
+        }];
+        let locals = fill_implicit_addends(&code, 0x3f, &mut rs);
+        let origin = locals["__cstring"] as i64; // data − 0x3f
+                                                 // S + A + (next_pc − P) with next_pc = P + 4: data + 0.
+        assert_eq!(origin + rs[0].addend + 4, 0);
     }
 }

@@ -173,7 +173,8 @@ fn relocation(file: &str, no: usize, c: &str, version: Version) -> Result<Reloca
 /// CPython cuts a final `jmp _JIT_CONTINUE` off the code (falling off the
 /// end is the continuation) but 3.13 leaves it in the disassembly. Drop that
 /// instruction and its relocation; anything else outside the code is bad.
-pub(super) fn drop_removed_jump(file: &str, name: &str, size: u64, d: &mut CodeDisassembly) -> Result<(), BadInput> {
+/// Returns the code's size in the object (with the jump).
+pub(super) fn drop_removed_jump(file: &str, name: &str, size: u64, d: &mut CodeDisassembly) -> Result<u64, BadInput> {
     let beyond: Vec<usize> =
         d.instructions.iter().enumerate().filter(|(_, i)| i.offset >= size).map(|(k, _)| k).collect();
     let mut removed: Option<(u64, u64)> = None;
@@ -194,8 +195,10 @@ pub(super) fn drop_removed_jump(file: &str, name: &str, size: u64, d: &mut CodeD
             format!("instruction at {:#x} lies outside code_body of emit_{name} ({size} bytes)", insn.offset),
         ));
     }
+    let mut object_size = size;
     if let Some((from, to)) = removed {
         d.relocations.retain(|r| !(r.offset >= from && r.offset < to));
+        object_size = to;
     }
     if let Some(r) = d.relocations.iter().find(|r| r.offset.saturating_add(r.kind.width()) > size) {
         return Err(BadInput::at_line(
@@ -204,7 +207,7 @@ pub(super) fn drop_removed_jump(file: &str, name: &str, size: u64, d: &mut CodeD
             format!("{} relocation at {:#x} lies outside code_body of emit_{name} ({size} bytes)", r.kind, r.offset),
         ));
     }
-    Ok(())
+    Ok(object_size)
 }
 
 /// `0:`, `0: '…'`, `25: 00 00 00`, `18: CONTINUE`, `8: &_PyEval_BinaryOps+0x0`.

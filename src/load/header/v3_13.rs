@@ -109,8 +109,8 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<St
 
     let code_size = code.len() as u64;
     let mut disasm = code_disassembly(sc.file, &code_comments, Version::V3_13)?;
-    drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
-    crate::load::symbols::fill_implicit_addends(&code, &mut disasm.relocations);
+    let object_code_len = drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
+    let locals = crate::load::symbols::fill_implicit_addends(&code, object_code_len, &mut disasm.relocations);
     if let Some((line, offset, len)) = disasm.last_pad {
         if offset.saturating_add(len) != code_size {
             return Err(sc.err(
@@ -132,7 +132,7 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<St
         relocations: disasm.relocations,
         data_comments,
         emit,
-        locals: Default::default(),
+        locals,
         ordinals: Default::default(),
         trampoline_mask: Vec::new(),
         got_mask: Vec::new(),

@@ -183,8 +183,8 @@ fn finish(
             ));
         }
     }
-    drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
-    crate::load::symbols::fill_implicit_addends(&code, &mut disasm.relocations);
+    let object_code_len = drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
+    let locals = crate::load::symbols::fill_implicit_addends(&code, object_code_len, &mut disasm.relocations);
     if let Some((line, offset, len)) = disasm.last_pad {
         if offset.saturating_add(len) != code_size {
             return Err(sc.err(
@@ -236,7 +236,7 @@ fn finish(
         relocations: disasm.relocations,
         data_comments,
         emit: f.emit,
-        locals: Default::default(),
+        locals,
         ordinals,
         trampoline_mask,
         got_mask,
