@@ -21,8 +21,15 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
     let site = Site::new(PatchFn::X86_64_32rx, location, value);
     let mut value = value;
     // uint64_t relaxed = *(uint64_t *)(value + 4) - 4;
-    let relaxed =
-        site.read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)")?.wrapping_sub(4);
+    let relaxed = match site.read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)") {
+        Ok(slot) => slot.wrapping_sub(4),
+        // The C reads it for every hole, but only a relaxable instruction
+        // uses it: a REL32 `jcc` (COFF patches every REL32 with 32rx) reads
+        // 8 bytes of its target's code, mapped in CPython and not ours to
+        // model. Outside the image, only a relaxable form is a finding.
+        Err(e) if relaxable(image, location) => return Err(e),
+        Err(_) => return patch_32r_in(&site, image, location, value),
+    };
     // (int64_t)relaxed - (int64_t)location (+ 1), wrapping as the machine does.
     let delta = (relaxed as i64).wrapping_sub(location as i64);
     if delta >= -(1i64 << 31) && delta.wrapping_add(1) < (1i64 << 31) {
@@ -50,6 +57,17 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
         }
     }
     patch_32r_in(&site, image, location, value)
+}
+
+/// The two bytes before `location` are a form `patch_x86_64_32rx` relaxes
+/// (`mov`, `call *`, `jmp *` through a RIP-relative slot), or unreadable.
+fn relaxable(image: &Image, location: u64) -> bool {
+    let at = |a: u64| image.read_u8(a);
+    match (at(location.wrapping_sub(2)), at(location.wrapping_sub(1))) {
+        (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) => true,
+        (Some(_), Some(_)) => false,
+        _ => true,
+    }
 }
 
 /// `patch_x86_64_trampoline(location, ordinal, state)` (3.14+, Mach-O
@@ -215,6 +233,21 @@ mod tests {
         // Slot straddling the end of data: also wild.
         let mut im = image(&MOV_RAX, 0);
         assert!(patch_x86_64_32rx(&mut im, CODE + 0x13, DATA + 0x20 - 8).is_err());
+    }
+
+    #[test]
+    fn a_jcc_to_a_target_outside_the_image_is_patched_like_32r() {
+        // je rel32 (COFF REL32 to _JIT_ERROR_TARGET): the slot read would
+        // land in another uop's code; nothing relaxes, the branch is plain.
+        let code = [0x0f, 0x84, 0, 0, 0, 0];
+        let mut im = image(&code, 0);
+        let target = CODE + 0x12345;
+        patch_x86_64_32rx(&mut im, CODE + 0x12, target - 4).unwrap();
+        assert_eq!(&im.code[0x10..0x12], &[0x0f, 0x84]);
+        assert_eq!((CODE + 0x16).wrapping_add(disp(&im, CODE + 0x12) as u64), target);
+        // The same far value under a `mov` through a slot is still a finding.
+        let e = patch_x86_64_32rx(&mut image(&MOV_RAX, 0), CODE + 0x13, target - 4).unwrap_err();
+        assert!(e.message.starts_with("relaxation read of *(uint64_t *)(value + 4)"), "{e}");
     }
 
     #[test]
