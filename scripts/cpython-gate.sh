@@ -6,14 +6,16 @@
 #   scripts/cpython-gate.sh CPYTHON_SRC [TRIPLE...]   (default triple: x86_64-unknown-linux-gnu)
 #
 # Env:
-#   OUT_DIR      where headers and objects go (default: CPYTHON_SRC/build/stencilcheck)
+#   OUT_DIR      where headers and objects go, emptied first (default: CPYTHON_SRC/build/stencilcheck)
 #   PLACEMENTS   placements per stencil (default 64)
 #   STENCILCHECK a stencilcheck binary (default: build this checkout with cargo)
 #   LLVM_VERSION override the LLVM major version build.py insists on
 #   PYTHON       the Python that runs build.py (default python3)
 #
 # Result per triple: OUT_DIR/<triple>/jit_stencils.h, OUT_DIR/<triple>/objs/*.o
-# (the objects build.py compiled, which it normally deletes), and the report.
+# (the objects build.py compiled, which it normally deletes); then one
+# `stencilcheck verify OUT_DIR` over all of them (a report per input and a
+# summary line each).
 # Exit status: 0 when every triple verifies clean, 1 on any finding, 2 on bad
 # input or a failed stencil build. The checkout itself is not modified: build.py
 # runs from a patched copy of Tools/jit inside the checkout, removed on exit.
@@ -68,6 +70,9 @@ if "KEEP_OBJS" not in s and "with tempfile.TemporaryDirectory() as tempdir:" in 
 EOF
 
 status=0
+built=""
+case "$out" in /|"$HOME"|"") echo "cpython-gate: refusing to empty OUT_DIR=$out" >&2; exit 2 ;; esac
+rm -rf "$out" && mkdir -p "$out"
 for t in "${triples[@]}"; do
   dest=$out/$t
   rm -rf "$dest" && mkdir -p "$dest/objs" "$dest/build"
@@ -91,11 +96,15 @@ for t in "${triples[@]}"; do
   fi
   mv "$header" "$dest/jit_stencils.h"
   rm -f "$dest/objs"/*.c "$dest/objs"/*.ll
-  set +e
-  "$sc" verify "$dest/jit_stencils.h" --jit-c "$src/Python/jit.c" --placements "${PLACEMENTS:-64}"
-  rc=$?
-  set -e
-  echo "cpython-gate: $t: stencilcheck exit $rc"
-  if [ $rc -gt $status ]; then status=$rc; fi
+  built="$built $t"
 done
+[ -n "$built" ] || exit $status
+# One run over the whole build: every triple's header (and objects), a
+# summary line each, the worst exit status.
+set +e
+"$sc" verify "$out" --jit-c "$src/Python/jit.c" --placements "${PLACEMENTS:-64}"
+rc=$?
+set -e
+echo "cpython-gate: stencilcheck exit $rc"
+if [ $rc -gt $status ]; then status=$rc; fi
 exit $status
