@@ -661,3 +661,35 @@ fn a_branch_onto_the_second_half_of_a_relaxed_pair_is_caught_running() {
     let found = findings(&s, &p, &image, &trace);
     assert!(found.iter().any(|f| f.kind == FindingKind::WrongValue && f.relocation == Some(1)), "{found:?}");
 }
+
+/// An `adrp` to a header-local symbol (`.rodata`, no offset known) must form
+/// one of the pages the stencil's read-only data spans, and no other: the
+/// page after data that ends on a page boundary is outside (killed mutants
+/// of that range's arithmetic).
+#[test]
+fn an_adrp_to_header_local_data_forms_one_of_the_data_pages() {
+    for data_len in [0x40usize, 0] {
+        let s = stencil(
+            "_STR",
+            &[ADRP_X8, PAD],
+            data_len,
+            vec![reloc(0, RelocKind::Aarch64_ADR_PREL_PG_HI21, ".rodata.str1.1")],
+            vec![],
+            vec![hole(PatchFn::Aarch64_21r, Section::Code, 0, Term::Data, 0)],
+        );
+        let mut p = placed(&s, 5, 0);
+        // The data ends exactly on a page boundary (or, empty, starts on one).
+        p.data = ((p.data + 0x10_0000) & !0xfff) + 0x1000 - data_len as u64;
+        let forming = |page: u64| {
+            let mut image = patch::emit(&s, &p, &Ports).unwrap();
+            patch::aarch64::patch_aarch64_21r(&mut image, p.code, page).unwrap();
+            let statics = A64.info().static_sites(&s, &image);
+            judge::judge_sites(A64, &s, &p, &image, &statics).len()
+        };
+        assert_eq!(forming(p.data), 0, "data_len {data_len:#x}");
+        // The page right after the data (the data's own page when it is empty).
+        let after = p.data + (data_len as u64).max(0x1000);
+        assert_eq!(forming(after), 1, "data_len {data_len:#x}");
+        assert_eq!(forming(p.data - 0x1000), 1, "data_len {data_len:#x}");
+    }
+}
