@@ -58,6 +58,11 @@ pub trait Machine: 'static {
     /// The C argument registers frame, stack_pointer and tstate arrive in
     /// when the stencil is entered as a function (trampoline, shim).
     const C_ARGS: [Self::Reg; 3];
+    /// The C arguments are passed on the stack instead (i686's cdecl): the
+    /// first just above the return address, one [`Machine::WORD`] each.
+    const ARGS_ON_STACK: bool = false;
+    /// Bytes of a pointer and of a stack slot.
+    const WORD: u64 = 8;
     /// Site decoding needs the instruction objdump listed at each
     /// relocation (to see a relaxation change its kind).
     const USES_ORIGINALS: bool = false;
@@ -463,15 +468,27 @@ impl<M: Machine> UnicornEngine<M> {
             let _ = self.uc.reg_write(*r, v);
         }
         let conv = &self.convention;
-        let [f, s, t] = if by_call {
+        let values = [placement.frame, placement.stack_pointer, placement.tstate];
+        let regs = if by_call {
             M::C_ARGS
         } else {
             [M::register(conv.frame), M::register(conv.stack_pointer), M::register(conv.tstate)]
         };
-        let _ = self.uc.reg_write(f, placement.frame);
-        let _ = self.uc.reg_write(s, placement.stack_pointer);
-        let _ = self.uc.reg_write(t, placement.tstate);
+        if !(by_call && M::ARGS_ON_STACK) {
+            for (r, v) in regs.iter().zip(values) {
+                let _ = self.uc.reg_write(*r, v);
+            }
+        }
         let sp = M::enter(&mut self.uc, placement.machine_sp);
+        if by_call && M::ARGS_ON_STACK {
+            let word = M::WORD as usize;
+            let mut args = Vec::with_capacity(3 * word);
+            for v in values {
+                args.extend_from_slice(&v.to_le_bytes()[..word]);
+            }
+            ensure_mapped(&mut self.uc, sp + M::WORD, args.len());
+            let _ = self.uc.mem_write(sp + M::WORD, &args);
+        }
         (sp, by_call)
     }
 

@@ -2,7 +2,7 @@
 //! GOT load `patch_x86_64_32rx`. (The plain `patch_64`/`patch_32`/`patch_32r`
 //! it builds on are shared with aarch64 and live in the parent module.)
 
-use super::{patch_32r_in, Image, PatchAssert, Site};
+use super::{patch_32r_in, FailureKind, Image, PatchAssert, Site};
 use crate::model::PatchFn;
 
 /// `patch_x86_64_32rx`: a `R_X86_64_(REX_)GOTPCRELX` hole. `value` is the GOT
@@ -21,13 +21,44 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
     let site = Site::new(PatchFn::X86_64_32rx, location, value);
     let mut value = value;
     // uint64_t relaxed = *(uint64_t *)(value + 4) - 4;
-    let relaxed =
-        site.read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)")?.wrapping_sub(4);
+    let what = "relaxation read of *(uint64_t *)(value + 4)";
+    let slot = value.wrapping_add(4);
+    let relaxed = match image.read_u64(slot) {
+        Some(v) => Some(v.wrapping_sub(4)),
+        // i686's REL32: the read lands on the symbol itself, memory the
+        // process has and we do not model. Its value only matters below,
+        // for an instruction the relaxation would rewrite.
+        None if image.outside_mapped => None,
+        None => return Err(site.outside(what, slot)),
+    };
+    let opcode_at = location.wrapping_sub(2);
+    let modrm_at = location.wrapping_sub(1);
+    let Some(relaxed) = relaxed else {
+        // Unknown slot contents: fine as long as no relaxation could apply.
+        // The bytes before the field may lie outside the stencil too (a
+        // `jmp` at code+0: the previous uop's last byte), unknown as well.
+        let (opcode, modrm) = (image.read_u8(opcode_at), image.read_u8(modrm_at));
+        let relaxable = match (opcode, modrm) {
+            (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) => true,
+            (Some(0xff), None) | (None, _) => true,
+            _ => false,
+        };
+        let (opcode, modrm) = (opcode.unwrap_or(0), modrm.unwrap_or(0));
+        if relaxable {
+            // CPython would rewrite the bytes before the field if the 8 bytes
+            // at the symbol happen to lie in reach: unknowable here.
+            return Err(PatchAssert {
+                kind: FailureKind::Undetermined,
+                ..site.fail(format!(
+                    "{what} at {slot:#x} reads process memory outside the stencil, and whether the bytes before location ({opcode:#04x} {modrm:#04x}) are rewritten as a relaxation depends on it"
+                ))
+            });
+        }
+        return patch_32r_in(&site, image, location, value);
+    };
     // (int64_t)relaxed - (int64_t)location (+ 1), wrapping as the machine does.
     let delta = (relaxed as i64).wrapping_sub(location as i64);
     if delta >= -(1i64 << 31) && delta.wrapping_add(1) < (1i64 << 31) {
-        let opcode_at = location.wrapping_sub(2);
-        let modrm_at = location.wrapping_sub(1);
         let opcode = site.read_u8(image, opcode_at, "read of location[-2]")?;
         if opcode == 0x8b {
             // mov reg, qword ptr [rip + AAA] -> lea reg, [rip + XXX]

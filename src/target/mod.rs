@@ -12,6 +12,7 @@
 //! never an empty answer.
 
 pub mod aarch64;
+pub mod i686;
 pub mod x86_64;
 
 use crate::execute::{Convention, Engine, SiteObservation, TransferClass};
@@ -27,6 +28,8 @@ use std::ops::Range;
 pub enum Arch {
     X86_64,
     Aarch64,
+    /// 32-bit x86 (CPython's `i686-pc-windows-msvc`).
+    I686,
 }
 
 impl fmt::Display for Arch {
@@ -34,6 +37,7 @@ impl fmt::Display for Arch {
         f.write_str(match self {
             Arch::X86_64 => "x86_64",
             Arch::Aarch64 => "aarch64",
+            Arch::I686 => "i686",
         })
     }
 }
@@ -123,6 +127,7 @@ impl Target {
         match self.arch {
             Arch::X86_64 => &x86_64::X86_64,
             Arch::Aarch64 => &aarch64::Aarch64,
+            Arch::I686 => &i686::I686,
         }
     }
 
@@ -205,8 +210,11 @@ pub struct RelocInfo {
 pub struct Abi {
     /// The machine stack pointer's name, for messages.
     pub stack_pointer: &'static str,
-    /// At a C callee's first instruction, `sp % 16` must be this.
-    pub call_sp_mod16: u64,
+    /// At a C callee's first instruction, `sp % call_sp_align` must be
+    /// `call_sp_residue` (SysV x86-64: 16 and 8; AAPCS64: 16 and 0; Windows
+    /// i686 keeps only 4-byte alignment: 4 and 0).
+    pub call_sp_align: u64,
+    pub call_sp_residue: u64,
 }
 
 /// What an architecture knows. One implementation per file in `target/`.
@@ -252,10 +260,29 @@ pub trait TargetInfo: Sync {
     fn trampoline_size(&self) -> u64;
     /// An execution engine for stencils of `target`.
     fn engine(&self, target: Target, convention: Convention, limit: u64) -> Result<Box<dyn Engine>, Unsupported>;
+    /// The C name of a relocation's symbol as the object spells it (i686
+    /// COFF and Mach-O prefix C names with `_`: `__JIT_OPARG` is
+    /// `_JIT_OPARG`). Identity where names are not decorated.
+    fn symbol_name<'a>(&self, _kind: RelocKind, raw: &'a str) -> &'a str {
+        raw
+    }
+    /// The addend of a relocation of `kind` whose field holds `field` (its
+    /// `width` bytes, as compiled), when the format keeps addends in the
+    /// relocated field (REL-style: COFF, Mach-O) and objdump prints none.
+    /// `None`: the addend is explicit (ELF RELA) or the kind has none.
+    fn implicit_addend(&self, _kind: RelocKind, _field: &[u8]) -> Option<i64> {
+        None
+    }
+    /// True when a relaxing patch reads memory at the symbol itself rather
+    /// than at a GOT slot of the stencil (i686's `REL32` uses x86-64's
+    /// `patch_x86_64_32rx`): such reads land in the process, outside the image.
+    fn relaxation_reads_symbols(&self) -> bool {
+        false
+    }
 }
 
 /// Every architecture, for lookups that start from a name.
-pub const ARCHS: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+pub const ARCHS: [Arch; 3] = [Arch::X86_64, Arch::Aarch64, Arch::I686];
 
 fn info_of(arch: Arch) -> &'static dyn TargetInfo {
     Target::elf(arch).info()
@@ -277,6 +304,19 @@ pub fn arch_of_reloc(kind: RelocKind) -> Arch {
         .iter()
         .find(|a| info_of(**a).relocations().iter().any(|r| r.kind == kind))
         .unwrap_or_else(|| panic!("relocation {kind} is in no target's table"))
+}
+
+/// The object format whose relocation `kind` is, by the naming each format
+/// uses (`IMAGE_REL_*` COFF, `*_RELOC_*` Mach-O, `R_*` ELF).
+pub fn format_of_reloc(kind: RelocKind) -> ObjectFormat {
+    let name = kind.name();
+    if name.starts_with("IMAGE_REL_") {
+        ObjectFormat::Coff
+    } else if name.contains("_RELOC_") {
+        ObjectFormat::MachO
+    } else {
+        ObjectFormat::Elf
+    }
 }
 
 /// The architecture a patch function belongs to; `None` for the portable ones.
@@ -301,7 +341,16 @@ mod tests {
         for (func, name) in PatchFn::ALL {
             let n = ARCHS.iter().filter(|a| info_of(**a).patch_fns().contains(func)).count();
             let portable = matches!(func, PatchFn::P64 | PatchFn::P32 | PatchFn::GotSymbol);
-            assert_eq!(n, usize::from(!portable), "{name}");
+            // i686 borrows x86-64's (its home is the first in ARCHS).
+            let borrowed = matches!(func, PatchFn::P32r | PatchFn::X86_64_32rx);
+            assert_eq!(n, usize::from(!portable) + usize::from(borrowed), "{name}");
+            if !portable {
+                assert_eq!(arch_of_patch_fn(*func), Some(if name.starts_with("patch_aarch64") {
+                    Arch::Aarch64
+                } else {
+                    Arch::X86_64
+                }));
+            }
         }
     }
 

@@ -57,7 +57,6 @@ const FOREIGN: &[(&str, Option<Arch>, &str, ObjectFormat)] = &[
     ("ARM64_RELOC_", Some(Arch::Aarch64), "aarch64", ObjectFormat::MachO),
     ("IMAGE_REL_AMD64_", Some(Arch::X86_64), "x86_64", ObjectFormat::Coff),
     ("IMAGE_REL_ARM64_", Some(Arch::Aarch64), "aarch64", ObjectFormat::Coff),
-    ("IMAGE_REL_I386_", None, "i686", ObjectFormat::Coff),
 ];
 
 /// Why a relocation type name is refused: a typed "not supported" (exit 3)
@@ -163,10 +162,27 @@ fn relocation(file: &str, no: usize, c: &str, version: Version) -> Result<Reloca
     let r = relocation_line(c).ok_or_else(|| err(format!("malformed relocation line `{c}`")))?;
     let kind = RelocKind::from_name(r.kind).ok_or_else(|| refuse_kind(file, no, r.kind, version))?;
     let (name, addend) = r.symbol_and_addend();
+    // Decorated C names (i686 COFF's `_` prefix) become the names CPython's
+    // `_JIT_*` symbols and patch values use.
+    let name = Target::elf(kind.arch()).info().symbol_name(kind, name);
     if name.is_empty() {
         return Err(err(format!("relocation without a symbol: `{c}`")));
     }
     Ok(Relocation { offset: r.offset, kind, symbol: Symbol::classify(name), addend, line: no, text: c.to_string() })
+}
+
+/// Formats that keep a relocation's addend in the relocated field (COFF,
+/// Mach-O) print no addend in objdump's listing: read it off the compiled
+/// `code` as the target says (i686 `DIR32`: the field; `REL32`: the field
+/// minus 4). Run once the relocations are known to lie inside the code.
+pub(super) fn implicit_addends(code: &[u8], relocations: &mut [Relocation]) {
+    for r in relocations {
+        let start = r.offset as usize;
+        let Some(field) = code.get(start..start.saturating_add(r.kind.width() as usize)) else { continue };
+        if let Some(addend) = Target::elf(r.kind.arch()).info().implicit_addend(r.kind, field) {
+            r.addend = r.addend.wrapping_add(addend);
+        }
+    }
 }
 
 /// CPython cuts a final `jmp _JIT_CONTINUE` off the code (falling off the

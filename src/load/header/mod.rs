@@ -21,7 +21,7 @@ mod v3_14;
 
 use crate::error::BadInput;
 use crate::model::{Arch, StencilSet};
-use crate::target::Version;
+use crate::target::{ObjectFormat, Target, Version};
 use cexpr::parse_number;
 use scanner::Scanner;
 use std::collections::HashMap;
@@ -194,26 +194,44 @@ fn cross_check(
     Ok(())
 }
 
-/// The machine, from relocation types and patch functions; x86-64 when
-/// nothing says otherwise.
-fn arch(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<Arch, BadInput> {
-    let mut first: Option<(Arch, usize, String)> = None;
+/// The target, from relocation types (machine and object format) and patch
+/// functions (every one must be the target's: i686 borrows x86-64's
+/// `patch_x86_64_32rx`); x86-64 ELF when nothing says otherwise.
+fn target(sc: &Scanner<'_>, stencils: &[crate::model::Stencil], version: Version) -> Result<Target, BadInput> {
+    let mut first: Option<(Target, usize, String)> = None;
+    // Relocations name the machine and format outright; patch functions
+    // only the machine they belong to.
     for stencil in stencils {
-        let from_relocs = stencil.relocations.iter().map(|r| (r.kind.arch(), r.line, r.kind.name()));
-        let from_holes = stencil.holes().filter_map(|h| h.func.arch().map(|a| (a, h.line, h.func.name())));
-        for (arch, line, what) in from_relocs.chain(from_holes) {
+        for r in &stencil.relocations {
+            let t = Target::new(r.kind.arch(), crate::target::format_of_reloc(r.kind), version);
             match &first {
-                None => first = Some((arch, line, what.to_string())),
-                Some((a, l, w)) if *a != arch => {
-                    return Err(
-                        sc.err(line, format!("mixed architectures: {what} is {arch}, but {w} (line {l}) is {a}"))
-                    );
+                None => first = Some((t, r.line, r.kind.name().to_string())),
+                Some((a, l, w)) if a.arch != t.arch => {
+                    return Err(sc.err(
+                        r.line,
+                        format!("mixed architectures: {} is {}, but {w} (line {l}) is {}", r.kind, t.arch, a.arch),
+                    ));
                 }
                 Some(_) => {}
             }
         }
     }
-    Ok(first.map(|(a, _, _)| a).unwrap_or(Arch::X86_64))
+    for stencil in stencils {
+        for h in stencil.holes() {
+            let Some(arch) = h.func.arch() else { continue };
+            match &first {
+                None => first = Some((Target::new(arch, ObjectFormat::Elf, version), h.line, h.func.to_string())),
+                Some((t, l, w)) if !t.has_patch_fn(h.func) => {
+                    return Err(sc.err(
+                        h.line,
+                        format!("mixed architectures: {} is {arch}, but {w} (line {l}) is {}", h.func, t.arch),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(first.map(|(t, _, _)| t).unwrap_or(Target::new(Arch::X86_64, ObjectFormat::Elf, version)))
 }
 
 #[cfg(test)]

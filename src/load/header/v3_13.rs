@@ -19,7 +19,7 @@
 use super::cexpr::statement;
 use super::listing::{self, code_disassembly, drop_removed_jump};
 use super::scanner::Scanner;
-use super::{arch, cross_check, Declared, TableScan};
+use super::{cross_check, target, Declared, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
 use crate::target::Version;
@@ -57,10 +57,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         })
         .collect();
     cross_check(&sc, &declared, &table.entries, table_line)?;
-    let arch = arch(&sc, &stencils)?;
+    let target = target(&sc, &stencils, Version::V3_13)?;
     Ok(StencilSet {
         path: PathBuf::from(file),
-        target: crate::target::Target::elf(arch),
+        target,
         stencils,
         symbols_map: Vec::new(),
     })
@@ -110,6 +110,7 @@ fn function<'a>(sc: &mut Scanner<'a>, start: usize, first: &'a str) -> Result<St
     let code_size = code.len() as u64;
     let mut disasm = code_disassembly(sc.file, &code_comments, Version::V3_13)?;
     drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
+    listing::implicit_addends(&code, &mut disasm.relocations);
     if let Some((line, offset, len)) = disasm.last_pad {
         if offset.saturating_add(len) != code_size {
             return Err(sc.err(

@@ -19,12 +19,12 @@
 //!   preprocessor blocks (`_Py_JIT_HAS_SHIM_CFI`) that are skipped.
 
 use super::cexpr::{is_symbol_name, parse_number, statement};
-use super::listing::{code_disassembly, data_comments, drop_removed_jump, is_code_line};
+use super::listing::{self, code_disassembly, data_comments, drop_removed_jump, is_code_line};
 use super::scanner::{Body, Comments, Scanner};
-use super::{arch, cross_check, Declared, TableEntry, TableScan};
+use super::{cross_check, target, Declared, TableEntry, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
-use crate::target::{ObjectFormat, Target, Version};
+use crate::target::Version;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -96,10 +96,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         let Some(entry) = entries.get(f.name) else { continue };
         stencils.push(finish(&sc, f, entry, symbols.as_ref())?);
     }
-    let arch = arch(&sc, &stencils)?;
+    let target = target(&sc, &stencils, Version::V3_14)?;
     Ok(StencilSet {
         path: PathBuf::from(file),
-        target: Target::new(arch, ObjectFormat::Elf, Version::V3_14),
+        target,
         stencils,
         symbols_map: symbols.map(|s| s.entries).unwrap_or_default(),
     })
@@ -184,6 +184,7 @@ fn finish(
         }
     }
     drop_removed_jump(sc.file, name, code_size, &mut disasm)?;
+    listing::implicit_addends(&code, &mut disasm.relocations);
     if let Some((line, offset, len)) = disasm.last_pad {
         if offset.saturating_add(len) != code_size {
             return Err(sc.err(
