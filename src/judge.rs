@@ -229,7 +229,9 @@ fn check_site(
             let shift = 16 * k as u32;
             let expected = ((s_plus_a >> shift) & 0xffff) << shift;
             match *effect {
-                Effect::Immediate { value, .. } | Effect::Displacement { value, .. } => differs(expected, value, "held"),
+                Effect::Immediate { value, .. } | Effect::Displacement { value, .. } => {
+                    differs(expected, value, "held")
+                }
                 _ => Some((expected, referred.unwrap_or(0), "held")),
             }
         }

@@ -87,7 +87,10 @@ pub fn convention_i686(set: &StencilSet) -> Convention {
                 // The destination no longer holds what it held.
                 holds.retain(|(r, _)| *r != dst);
                 let arg = if let Some(off) = src.strip_suffix("(%esp)") {
-                    parse_displacement(off).map(|o| (o - 4 * pushes - 4) / 4).filter(|a| (0..3).contains(a)).map(|a| a as usize)
+                    parse_displacement(off)
+                        .map(|o| (o - 4 * pushes - 4) / 4)
+                        .filter(|a| (0..3).contains(a))
+                        .map(|a| a as usize)
                 } else {
                     let src = src.strip_prefix('%').unwrap_or(src);
                     holds.iter().find(|(r, _)| *r == src).map(|(_, a)| *a)
@@ -304,11 +307,13 @@ fn site_effect(
     }
     if in_disp {
         let Some(op) = mem_op else { return NotAnOperand };
-        // An absolute displacement with a base or index added (`call
-        // [eax*4 + _PyEval_BinaryOps]`, i686's tables): the field is the
-        // displacement alone. RIP-relative ones are PC-relative fields.
-        let base = insn.memory_base();
-        if insn.memory_index() != Register::None || (base != Register::None && !base.is_ip()) {
+        // 32-bit code has no RIP-relative addressing, so absolute fields sit
+        // in based and indexed operands (`call [eax*4 + _PyEval_BinaryOps]`,
+        // i686's tables): the field is the displacement alone, the registers
+        // are the run's. (In long mode CPython's stencils are PIC: a based
+        // absolute displacement is judged by the address it forms.)
+        let indexed = insn.memory_index() != Register::None || insn.memory_base() != Register::None;
+        if insn.code_size() == iced_x86::CodeSize::Code32 && indexed {
             let bits = offsets.displacement_size() as u32 * 8;
             return Known(Effect::Displacement { value: truncate(insn.memory_displacement64(), bits), bits });
         }
@@ -667,10 +672,7 @@ const RSP_BIT: u16 = 1 << 4;
 /// flags or vector registers, or a register as the run began is made up.
 /// Partial and conditional writes keep the register's older value in
 /// question too.
-fn null_access_source(
-    mut trail: impl Iterator<Item = (Instruction, bool)>,
-    caller_saved_bits: u16,
-) -> AddressSource {
+fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>, caller_saved_bits: u16) -> AddressSource {
     let mut factory = InstructionInfoFactory::new();
     let Some((access, access_holds_hole)) = trail.next() else { return AddressSource::MadeUp };
     let info = factory.info(&access);

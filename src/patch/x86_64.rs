@@ -38,19 +38,20 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
         // The bytes before the field may lie outside the stencil too (a
         // `jmp` at code+0: the previous uop's last byte), unknown as well.
         let (opcode, modrm) = (image.read_u8(opcode_at), image.read_u8(modrm_at));
-        let relaxable = match (opcode, modrm) {
-            (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) => true,
-            (Some(0xff), None) | (None, _) => true,
-            _ => false,
-        };
-        let (opcode, modrm) = (opcode.unwrap_or(0), modrm.unwrap_or(0));
+        // Relaxable, or unknown (so possibly relaxable).
+        let relaxable = matches!(
+            (opcode, modrm),
+            (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) | (Some(0xff), None) | (None, _)
+        );
+        let shown = |b: Option<u8>| b.map_or("unknown".to_string(), |b| format!("{b:#04x}"));
+        let (opcode, modrm) = (shown(opcode), shown(modrm));
         if relaxable {
             // CPython would rewrite the bytes before the field if the 8 bytes
             // at the symbol happen to lie in reach: unknowable here.
             return Err(PatchAssert {
                 kind: FailureKind::Undetermined,
                 ..site.fail(format!(
-                    "{what} at {slot:#x} reads process memory outside the stencil, and whether the bytes before location ({opcode:#04x} {modrm:#04x}) are rewritten as a relaxation depends on it"
+                    "{what} at {slot:#x} reads process memory outside the stencil, and whether the bytes before location ({opcode} {modrm}) are rewritten as a relaxation depends on it"
                 ))
             });
         }

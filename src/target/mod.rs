@@ -345,11 +345,10 @@ mod tests {
             let borrowed = matches!(func, PatchFn::P32r | PatchFn::X86_64_32rx);
             assert_eq!(n, usize::from(!portable) + usize::from(borrowed), "{name}");
             if !portable {
-                assert_eq!(arch_of_patch_fn(*func), Some(if name.starts_with("patch_aarch64") {
-                    Arch::Aarch64
-                } else {
-                    Arch::X86_64
-                }));
+                assert_eq!(
+                    arch_of_patch_fn(*func),
+                    Some(if name.starts_with("patch_aarch64") { Arch::Aarch64 } else { Arch::X86_64 })
+                );
             }
         }
     }

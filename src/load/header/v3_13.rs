@@ -58,12 +58,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         .collect();
     cross_check(&sc, &declared, &table.entries, table_line)?;
     let target = target(&sc, &stencils, Version::V3_13)?;
-    Ok(StencilSet {
-        path: PathBuf::from(file),
-        target,
-        stencils,
-        symbols_map: Vec::new(),
-    })
+    Ok(StencilSet { path: PathBuf::from(file), target, stencils, symbols_map: Vec::new() })
 }
 
 /// A 3.13 statement: no `jit_state` calls or values.
