@@ -245,9 +245,9 @@ fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Resu
             Err(e) => {
                 let code = e.kind.exit_code();
                 worst = worst.max(code);
-                let why = e.to_string();
-                let why = why.strip_prefix(&format!("{}", input.display())).unwrap_or(&why);
-                lines.push(format!("{shown:<40} refused (exit {code}): {}", why.trim_start_matches([':', ' '])));
+                // Paths in the message relative to the build directory, as in the line's head.
+                let why = e.to_string().replace(&format!("{}/", root.display()), "");
+                lines.push(format!("{shown:<40} refused (exit {code}): {why}"));
                 text = format!("stencilcheck: error: {e}\n");
             }
         }

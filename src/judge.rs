@@ -165,7 +165,7 @@ fn check_site(
         Effect::Transfer { slot: Some(slot), .. } => Some(slot),
         Effect::Load { address, .. } | Effect::MemoryOperand { address } => Some(address),
         Effect::Address { value, .. } | Effect::Formed { value } => Some(value),
-        Effect::Immediate { .. } => None,
+        Effect::Immediate { .. } | Effect::Displacement { .. } => None,
     };
     let Some(s) = placement.symbol(&reloc.symbol, stencil) else {
         // An object-local symbol a header does not place: somewhere in the
@@ -175,7 +175,11 @@ fn check_site(
             // An `adrp` forms the page: one of the pages the data spans.
             (start, end) = (start & PAGE_MASK, (end.max(start + 1) - 1) & PAGE_MASK | 0xfff);
         }
-        let actual = referred.unwrap_or(0);
+        // An absolute field may hold it as an immediate (`push offset str`).
+        let actual = match *effect {
+            Effect::Immediate { value, .. } | Effect::Displacement { value, .. } => value,
+            _ => referred.unwrap_or(0),
+        };
         return (!(start..end).contains(&actual)).then_some((start, actual, "referred to"));
     };
     let s_plus_a = s.wrapping_add(reloc.addend as u64);
@@ -186,6 +190,7 @@ fn check_site(
                 Effect::Transfer { target, .. } => (target, 64, "control went to"),
                 Effect::Load { value, bits, .. } => (value, bits, "loaded"),
                 Effect::Address { value, bits } | Effect::Immediate { value, bits } => (value, bits, "formed"),
+                Effect::Displacement { value, bits } => (value, bits, "displaced by"),
                 Effect::Formed { value } => (value, 64, "formed"),
                 // A store or read-modify-write through a GOT-relocated operand:
                 // only its value matters and it is not ours to see.
@@ -215,7 +220,7 @@ fn check_site(
         RelExpr::PageOffset => differs(s_plus_a, referred.unwrap_or(0), "referred to"),
         RelExpr::Absolute => {
             let (actual, bits) = match *effect {
-                Effect::Immediate { value, bits } => (value, bits),
+                Effect::Immediate { value, bits } | Effect::Displacement { value, bits } => (value, bits),
                 _ => (referred.unwrap_or(0), 64),
             };
             differs(truncate(s_plus_a, bits), truncate(actual, bits), "held").map(|(e, _, w)| (e, actual, w))
@@ -224,7 +229,9 @@ fn check_site(
             let shift = 16 * k as u32;
             let expected = ((s_plus_a >> shift) & 0xffff) << shift;
             match *effect {
-                Effect::Immediate { value, .. } => differs(expected, value, "held"),
+                Effect::Immediate { value, .. } | Effect::Displacement { value, .. } => {
+                    differs(expected, value, "held")
+                }
                 _ => Some((expected, referred.unwrap_or(0), "held")),
             }
         }
@@ -662,18 +669,20 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
         }
     };
     for call in &trace.calls {
-        // At a C callee's first instruction the return address sits on a 16-byte boundary + 8.
-        if call.sp % 16 != abi.call_sp_mod16 {
+        // At a C callee's first instruction the stack pointer must be as the
+        // ABI aligns it (SysV x86-64: the return address on 16 + 8).
+        if call.sp % abi.call_sp_align != abi.call_sp_residue {
             out.findings.push(plain(
                 FindingKind::MisalignedCall,
                 Some(call.from),
                 format!(
-                    "call at {} entered {:#x} with {} = {:#x} (not {} mod 16)",
+                    "call at {} entered {:#x} with {} = {:#x} (not {} mod {})",
                     at(call.from),
                     call.target,
                     abi.stack_pointer,
                     call.sp,
-                    abi.call_sp_mod16
+                    abi.call_sp_residue,
+                    abi.call_sp_align
                 ),
             ));
         }

@@ -188,6 +188,9 @@ pub enum RelocKind {
     Coff_ARM64_PAGEOFFSET_12L,
     Coff_ARM64_PAGEOFFSET_12L_Import,
     Coff_ARM64_ADDR64,
+    // i686 (32-bit x86) COFF. Kept last, in a block of their own.
+    I386_DIR32,
+    I386_REL32,
 }
 
 impl RelocKind {
@@ -241,6 +244,9 @@ impl RelocKind {
         (RelocKind::Coff_ARM64_PAGEOFFSET_12L, "IMAGE_REL_ARM64_PAGEOFFSET_12L"),
         (RelocKind::Coff_ARM64_PAGEOFFSET_12L_Import, "IMAGE_REL_ARM64_PAGEOFFSET_12L"),
         (RelocKind::Coff_ARM64_ADDR64, "IMAGE_REL_ARM64_ADDR64"),
+        // i686 COFF.
+        (RelocKind::I386_DIR32, "IMAGE_REL_I386_DIR32"),
+        (RelocKind::I386_REL32, "IMAGE_REL_I386_REL32"),
     ];
 
     pub fn from_name(name: &str) -> Option<RelocKind> {
@@ -281,6 +287,11 @@ pub enum Symbol {
     Oparg,
     /// `_JIT_OPERAND` (3.13) is operand 0; `_JIT_OPERAND0/1` in 3.14+.
     Operand(u8),
+    /// 32-bit targets: the low and high 32 bits of an operand
+    /// (`_JIT_OPERAND_LO`, `_JIT_OPERAND0_HI`…), since one 32-bit field
+    /// cannot hold the 64-bit `operand`.
+    OperandLo(u8),
+    OperandHi(u8),
     Target,
     ExitIndex,
     /// A symbol local to the object (`.L.str.3`, `.rodata`…): lives in the stencil's data part.
@@ -301,9 +312,20 @@ impl Symbol {
             "_JIT_OPARG" => Symbol::Oparg,
             "_JIT_OPERAND" | "_JIT_OPERAND0" => Symbol::Operand(0),
             "_JIT_OPERAND1" => Symbol::Operand(1),
+            "_JIT_OPERAND_LO" | "_JIT_OPERAND0_LO" => Symbol::OperandLo(0),
+            "_JIT_OPERAND1_LO" => Symbol::OperandLo(1),
+            "_JIT_OPERAND_HI" | "_JIT_OPERAND0_HI" => Symbol::OperandHi(0),
+            "_JIT_OPERAND1_HI" => Symbol::OperandHi(1),
             "_JIT_TARGET" => Symbol::Target,
             "_JIT_EXIT_INDEX" => Symbol::ExitIndex,
-            n if n.starts_with(".L") || n.starts_with(".rodata") || n.starts_with(".text") => {
+            // COFF: the `.rdata` section symbol, and MSVC's mangled names of
+            // string literals (`??_C@_0BN@…`), which the object defines itself.
+            n if n.starts_with(".L")
+                || n.starts_with(".rodata")
+                || n.starts_with(".text")
+                || n.starts_with(".rdata")
+                || n.starts_with("??_C@") =>
+            {
                 Symbol::Local(n.to_string())
             }
             n => Symbol::External(n.to_string()),
@@ -327,6 +349,10 @@ impl fmt::Display for Symbol {
             Symbol::Oparg => f.write_str("_JIT_OPARG"),
             Symbol::Operand(0) => f.write_str("_JIT_OPERAND"),
             Symbol::Operand(n) => write!(f, "_JIT_OPERAND{n}"),
+            Symbol::OperandLo(0) => f.write_str("_JIT_OPERAND_LO"),
+            Symbol::OperandLo(n) => write!(f, "_JIT_OPERAND{n}_LO"),
+            Symbol::OperandHi(0) => f.write_str("_JIT_OPERAND_HI"),
+            Symbol::OperandHi(n) => write!(f, "_JIT_OPERAND{n}_HI"),
             Symbol::Target => f.write_str("_JIT_TARGET"),
             Symbol::ExitIndex => f.write_str("_JIT_EXIT_INDEX"),
             Symbol::Local(n) | Symbol::External(n) => f.write_str(n),
@@ -531,6 +557,10 @@ pub enum Term {
     Oparg,
     /// `instruction->operand` (3.13) / `operand0`, `operand1`
     Operand(u8),
+    /// `(instruction->operand & UINT32_MAX)`: 32-bit targets' low half.
+    OperandLo(u8),
+    /// `(instruction->operand >> 32)`: 32-bit targets' high half.
+    OperandHi(u8),
     /// `instruction->target`
     Target,
     /// `instruction->exit_index`
@@ -558,6 +588,10 @@ impl fmt::Display for Value {
             Term::Oparg => f.write_str("instruction->oparg")?,
             Term::Operand(0) => f.write_str("instruction->operand")?,
             Term::Operand(n) => write!(f, "instruction->operand{n}")?,
+            Term::OperandLo(0) => f.write_str("(instruction->operand & UINT32_MAX)")?,
+            Term::OperandLo(n) => write!(f, "(instruction->operand{n} & UINT32_MAX)")?,
+            Term::OperandHi(0) => f.write_str("(instruction->operand >> 32)")?,
+            Term::OperandHi(n) => write!(f, "(instruction->operand{n} >> 32)")?,
             Term::Target => f.write_str("instruction->target")?,
             Term::ExitIndex => f.write_str("instruction->exit_index")?,
             Term::GotSymbol(n) => write!(f, "got_symbol_address({n:#x}, state)")?,
@@ -603,6 +637,10 @@ pub enum Effect {
     Address { value: u64, bits: u32 },
     /// An immediate operand carried the value (`movabs`, `mov $imm32`).
     Immediate { value: u64, bits: u32 },
+    /// The field is the displacement of a memory operand that also adds
+    /// registers (`call [eax*4 + table]`): the relocation only says what the
+    /// displacement holds; the registers are the run's.
+    Displacement { value: u64, bits: u32 },
     /// Memory at `address` was the operand (a store or a read-modify-write):
     /// only the address can be judged.
     MemoryOperand { address: u64 },

@@ -168,9 +168,10 @@ fn run_one(
 ) -> Vec<Finding> {
     let image = match patch::emit(stencil, placement, options.patcher) {
         Ok(image) => image,
-        Err(failure) if failure.assert.is_unusable() && !options.strict => {
+        Err(failure) if failure.assert.is_inconclusive() && !options.strict => {
             // `--jit-c`: the placed addresses are taken in our own process,
-            // so the real C cannot run there. Not the stencil's fault.
+            // so the real C cannot run there; or what the patch does depends
+            // on memory we do not model. Not the stencil's fault.
             result.inconclusive += 1;
             result.first_inconclusive.get_or_insert((placement.index, failure.assert.message));
             return Vec::new();

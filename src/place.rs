@@ -69,6 +69,11 @@ pub struct Placement {
     /// Seeds the contents of memory read on demand, the values stubs return,
     /// and what was in the code/data memory before the emit function ran.
     pub contents_seed: u64,
+    /// A patch function may read the memory at a symbol's address (the
+    /// target's [`TargetInfo::relaxation_reads_symbols`]): mapped in the
+    /// process, unknown to us. Otherwise a read outside the image is wild.
+    #[serde(skip)]
+    pub symbols_readable: bool,
 }
 
 /// How CPython 3.14+'s `_PyJIT_Compile` lays out the trace a stencil is
@@ -183,10 +188,11 @@ fn lay_out_trace(
     let got_len = 8 * ones(&got_mask);
     let total = trace_code + trampolines_len + data_before + data_size + data_after + got_len;
     let pages = total.div_ceil(PAGE) * PAGE;
+    let margin = sp.margin(4 * GIB);
     let start = match layout {
         Layout::Low => sp.min + 4 * MIB + PAGE * rng.gen_range(0..16),
         Layout::High => (sp.end - pages - PAGE * rng.gen_range(1..16)) & !(PAGE - 1),
-        _ => rng.gen_range(sp.min + 4 * GIB..sp.end - 4 * GIB - pages) & !(PAGE - 1),
+        _ => rng.gen_range(sp.min + margin..sp.end - margin - pages) & !(PAGE - 1),
     };
     let code = start + code_before;
     let trampolines = start + trace_code;
@@ -239,6 +245,8 @@ impl Placement {
             Term::Top => self.top,
             Term::Oparg => self.oparg as u64,
             Term::Operand(n) => self.operands[(*n as usize).min(1)],
+            Term::OperandLo(n) => self.operands[(*n as usize).min(1)] & 0xffff_ffff,
+            Term::OperandHi(n) => self.operands[(*n as usize).min(1)] >> 32,
             Term::Target => self.target as u64,
             Term::ExitIndex => self.exit_index as u64,
             Term::GotSymbol(n) => self.trace.as_ref().and_then(|t| t.got_slot(*n)).unwrap_or(0),
@@ -263,6 +271,8 @@ impl Placement {
             Symbol::Executor => self.executor,
             Symbol::Oparg => self.oparg as u64,
             Symbol::Operand(n) => self.operands[(*n as usize).min(1)],
+            Symbol::OperandLo(n) => self.operands[(*n as usize).min(1)] & 0xffff_ffff,
+            Symbol::OperandHi(n) => self.operands[(*n as usize).min(1)] >> 32,
             Symbol::Target => self.target as u64,
             Symbol::ExitIndex => self.exit_index as u64,
             Symbol::External(name) => *self.externs.get(name)?,
@@ -309,6 +319,15 @@ pub fn placements(target: Target, stencil: &Stencil, seed: u64, count: u32) -> R
 struct Space {
     min: u64,
     end: u64,
+}
+
+impl Space {
+    /// `want` bytes kept free at either end of the space, or an eighth of
+    /// the space where that is smaller (i686 has 4 GiB in all: the margins
+    /// that keep 47-bit placements clear of the edges would leave nothing).
+    fn margin(self, want: u64) -> u64 {
+        want.min((self.end - self.min) / 8)
+    }
 }
 
 /// Placement number `index` of `stencil` under `seed`. Fails only when the
@@ -429,7 +448,20 @@ pub fn place_within(
     }
     let [jump_target, error_target, top] = targets;
     let heap_object = |rng: &mut ChaCha8Rng| heap + rng.gen_range(0..HEAP_OBJECTS - 0x1000) / 16 * 16;
-    let operands = [pick_operand(&mut rng, heap), pick_operand(&mut rng, heap)];
+    let mut operands = [pick_operand(&mut rng, heap), pick_operand(&mut rng, heap)];
+    if user.end <= 1 << 32 {
+        // A 32-bit CPython's operands are 32-bit values (pointers, versions,
+        // indices); one a hole adds an offset to is an address, so it lies
+        // in user space (`(instruction->operand & UINT32_MAX) + 0x12` is a
+        // field of the executor).
+        for (n, operand) in operands.iter_mut().enumerate() {
+            *operand &= 0xffff_ffff;
+            let offset_from = |t: &Term| matches!(t, Term::Operand(k) | Term::OperandLo(k) if *k as usize == n);
+            if stencil.holes().any(|h| offset_from(&h.value.term) && h.value.addend != 0) {
+                *operand = (*operand).clamp(user.start, user.end - PAGE);
+            }
+        }
+    }
     Ok(Placement {
         index,
         layout,
@@ -453,6 +485,7 @@ pub fn place_within(
         heap,
         heap_size: HEAP_SIZE,
         contents_seed: rng.gen(),
+        symbols_readable: info.relaxation_reads_symbols(),
     })
 }
 
@@ -579,7 +612,8 @@ fn pick_free(
 fn pick_code(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil, span: &Range<i64>) -> u64 {
     let size = stencil.code_size() + stencil.data_size();
     // Leave room for data on the side the holes demand.
-    let margin = span.start.unsigned_abs().min(4 * GIB).max(span.end.unsigned_abs().min(4 * GIB));
+    let want = span.start.unsigned_abs().min(4 * GIB).max(span.end.unsigned_abs().min(4 * GIB));
+    let margin = sp.margin(want);
     match layout {
         // Near zero, but above the reach of a small made-up integer plus a
         // 16-bit offset (a stray pointer must not land on the code).
@@ -590,7 +624,8 @@ fn pick_code(rng: &mut ChaCha8Rng, sp: Space, layout: Layout, stencil: &Stencil,
         Layout::High => sp.end - PAGE * rng.gen_range(2..8) - size - rng.gen_range(0..16),
         Layout::Compact => {
             // A page-aligned allocation plus the code of earlier uops in the trace.
-            let base = rng.gen_range(sp.min + 8 * GIB..sp.end - 8 * GIB) & !(PAGE - 1);
+            let margin = sp.margin(8 * GIB);
+            let base = rng.gen_range(sp.min + margin..sp.end - margin) & !(PAGE - 1);
             base + rng.gen_range(0..16 * 1024)
         }
         _ => rng.gen_range(sp.min + margin..sp.end - margin - size),
@@ -665,8 +700,8 @@ fn pick_extern(
         Layout::Compact => near(g, code, 64 * 1024, GIB),
         Layout::FarExterns => far(g, sp, code),
         Layout::RelaxEdge => relax_edge(g, sp, site),
-        Layout::Low => g.gen_range(sp.min..sp.min + 4 * GIB),
-        Layout::High => sp.end - g.gen_range(PAGE..4 * GIB),
+        Layout::Low => g.gen_range(sp.min..sp.min + sp.margin(4 * GIB)),
+        Layout::High => sp.end - g.gen_range(PAGE..sp.margin(4 * GIB)),
         _ => random_user(g, sp, PAGE),
     })
 }
@@ -682,13 +717,15 @@ fn near(rng: &mut ChaCha8Rng, base: u64, min: u64, max: u64) -> u64 {
 }
 
 /// More than 2 GiB away from `base` (relaxation out of reach).
+/// In a 4 GiB space only code near either end has anything that far:
+/// elsewhere, anywhere.
 fn far(rng: &mut ChaCha8Rng, sp: Space, base: u64) -> u64 {
-    let below = base > sp.min + 3 * GIB;
-    let above = base + 3 * GIB < sp.end;
-    if above && (!below || rng.gen_bool(0.5)) {
-        rng.gen_range(base + 2 * GIB + PAGE..sp.end - PAGE)
-    } else {
-        rng.gen_range(sp.min..base - 2 * GIB - PAGE)
+    let below = base > sp.min + 2 * GIB + PAGE;
+    let above = base + 2 * GIB + 2 * PAGE < sp.end;
+    match (below, above) {
+        (_, true) if !below || rng.gen_bool(0.5) => rng.gen_range(base + 2 * GIB + PAGE..sp.end - PAGE),
+        (true, _) => rng.gen_range(sp.min..base - 2 * GIB - PAGE),
+        _ => random_user(rng, sp, PAGE),
     }
 }
 

@@ -173,6 +173,10 @@ pub const SYSV_X86_64: CAbi =
     CAbi { args: ["rdi", "rsi", "rdx"], caller_saved: &["rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"] };
 /// Windows x64: rsi and rdi are callee-saved there.
 pub const WIN64: CAbi = CAbi { args: ["rcx", "rdx", "r8"], caller_saved: &["rcx", "rdx", "r8", "r9", "r10", "r11"] };
+/// i686 cdecl (Windows): arguments on the stack (`args` name the registers
+/// the convention's values would be read from, unused), eax returns, ecx
+/// and edx are the callee's to clobber.
+pub const CDECL_I686: CAbi = CAbi { args: ["eax", "ecx", "edx"], caller_saved: &["ecx", "edx"] };
 /// AAPCS64 (Linux, Windows; Darwin too, which also reserves x18 — a stub
 /// leaves it alone everywhere).
 pub const AAPCS64: CAbi = CAbi {

@@ -53,6 +53,11 @@ pub trait Machine: 'static {
     const RETURN_VALUE: Self::Reg;
     /// Registers that start with made-up contents, in this order.
     const GPRS: &'static [Self::Reg];
+    /// The C arguments are passed on the stack instead (i686's cdecl): the
+    /// first just above the return address, one [`Machine::WORD`] each.
+    const ARGS_ON_STACK: bool = false;
+    /// Bytes of a pointer and of a stack slot.
+    const WORD: u64 = 8;
     /// Site decoding needs the instruction objdump listed at each
     /// relocation (to see a relaxation change its kind).
     const USES_ORIGINALS: bool = false;
@@ -464,13 +469,25 @@ impl<M: Machine> UnicornEngine<M> {
             let _ = self.uc.reg_write(*r, v);
         }
         let conv = &self.convention;
+        let values = [placement.frame, placement.stack_pointer, placement.tstate];
         // Entered as a function (trampoline, shim): the C argument registers.
-        let [f, s, t] = if by_call { conv.c_abi.args } else { [conv.frame, conv.stack_pointer, conv.tstate] };
-        let [f, s, t] = [M::register(f), M::register(s), M::register(t)];
-        let _ = self.uc.reg_write(f, placement.frame);
-        let _ = self.uc.reg_write(s, placement.stack_pointer);
-        let _ = self.uc.reg_write(t, placement.tstate);
+        let names = if by_call { conv.c_abi.args } else { [conv.frame, conv.stack_pointer, conv.tstate] };
+        let regs = names.map(M::register);
+        if !(by_call && M::ARGS_ON_STACK) {
+            for (r, v) in regs.iter().zip(values) {
+                let _ = self.uc.reg_write(*r, v);
+            }
+        }
         let sp = M::enter(&mut self.uc, placement.machine_sp);
+        if by_call && M::ARGS_ON_STACK {
+            let word = M::WORD as usize;
+            let mut args = Vec::with_capacity(3 * word);
+            for v in values {
+                args.extend_from_slice(&v.to_le_bytes()[..word]);
+            }
+            ensure_mapped(&mut self.uc, sp + M::WORD, args.len());
+            let _ = self.uc.mem_write(sp + M::WORD, &args);
+        }
         (sp, by_call)
     }
 

@@ -1,14 +1,16 @@
-//! x86-64: what a relocation site does (decoded with iced-x86), the register
-//! convention stencils are entered with, and the machine facts the Unicorn
-//! engine (`execute::unicorn`) needs to run them: registers, how `call` and
-//! `ret` use the stack, and how the last instruction before leaving the code
-//! is classified.
+//! x86-64 and i686: what a relocation site does (decoded with iced-x86), the
+//! register convention stencils are entered with, and the machine facts the
+//! Unicorn engine (`execute::unicorn`) needs to run them: registers, how
+//! `call` and `ret` use the stack, and how the last instruction before
+//! leaving the code is classified. One machine, [`X86`], at 64 or 32 bits:
+//! the two differ in word size, registers and where a function's arguments
+//! arrive, not in how an instruction's fields are read.
 
 use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
-use super::{entered_by_call, CAbi, Convention, ExitKind, SiteObservation};
+use super::{entered_by_call, CAbi, Convention, ExitKind, SiteObservation, CDECL_I686};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
-use crate::target::x86_64::USER_SPACE;
+use crate::target::{i686, x86_64::USER_SPACE};
 use iced_x86::{
     ConstantOffsets, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
     OpKind, Register,
@@ -45,6 +47,85 @@ pub fn convention(set: &StencilSet, c_abi: CAbi) -> Convention {
     }
 }
 
+/// CPython 3.13 on i686 enters uops with GHC's 32-bit convention (LLVM's
+/// `CC_X86_32_GHC`: ebx, ebp, edi for the first three arguments), as its
+/// trampoline shows.
+const DEFAULT_CONVENTION_I686: Convention =
+    Convention { frame: "ebx", stack_pointer: "ebp", tstate: "edi", source: "default", c_abi: CDECL_I686 };
+
+/// Read the i686 convention off the trampoline: a cdecl function whose
+/// arguments frame, stack_pointer, tstate sit on the stack above the return
+/// address. Follows `pushl`s (each moves the arguments 4 bytes further from
+/// `esp`), `movl N(%esp), %reg` (argument (N − 4·pushes − 4)/4 into reg) and
+/// `movl %src, %dst` (the argument moves along) up to the first call, the
+/// one into the first uop; each argument's register is the last it moved to.
+pub fn convention_i686(set: &StencilSet) -> Convention {
+    let Some(tramp) = set.stencils.iter().find(|s| entered_by_call(s)) else {
+        return DEFAULT_CONVENTION_I686;
+    };
+    let mut pushes: i64 = 0;
+    let mut holds: Vec<(&'static str, usize)> = Vec::new();
+    let mut found: [Option<&'static str>; 3] = [None; 3];
+    for insn in &tramp.instructions {
+        let mut words = insn.text.split_whitespace();
+        let (Some(mnemonic), operands) = (words.next(), words.collect::<String>()) else { continue };
+        match mnemonic {
+            "pushl" => pushes += 1,
+            "calll" => break,
+            "movl" => {
+                let Some((src, dst)) = operands.split_once(',') else { continue };
+                let Some(dst) = GPRS32.iter().map(|(n, _)| *n).find(|n| dst.strip_prefix('%') == Some(n)) else {
+                    continue;
+                };
+                // The destination no longer holds what it held.
+                holds.retain(|(r, _)| *r != dst);
+                let arg = if let Some(off) = src.strip_suffix("(%esp)") {
+                    parse_displacement(off)
+                        .map(|o| (o - 4 * pushes - 4) / 4)
+                        .filter(|a| (0..3).contains(a))
+                        .map(|a| a as usize)
+                } else {
+                    let src = src.strip_prefix('%').unwrap_or(src);
+                    holds.iter().find(|(r, _)| *r == src).map(|(_, a)| *a)
+                };
+                if let Some(arg) = arg {
+                    holds.push((dst, arg));
+                    found[arg] = Some(dst);
+                }
+            }
+            _ => {}
+        }
+    }
+    match found {
+        [Some(frame), Some(stack_pointer), Some(tstate)] => {
+            Convention { frame, stack_pointer, tstate, source: "trampoline", c_abi: CDECL_I686 }
+        }
+        _ => DEFAULT_CONVENTION_I686,
+    }
+}
+
+/// `0x14`, `-0x8`, `` (none): an AT&T displacement.
+fn parse_displacement(s: &str) -> Option<i64> {
+    let (negative, digits) = s.strip_prefix('-').map_or((false, s), |d| (true, d));
+    let value = match digits {
+        "" => 0,
+        d => i64::from_str_radix(d.strip_prefix("0x")?, 16).ok()?,
+    };
+    Some(if negative { -value } else { value })
+}
+
+/// The eight 32-bit general registers, Unicorn's names for them.
+const GPRS32: [(&str, RegisterX86); 8] = [
+    ("eax", RegisterX86::EAX),
+    ("ebx", RegisterX86::EBX),
+    ("ecx", RegisterX86::ECX),
+    ("edx", RegisterX86::EDX),
+    ("esi", RegisterX86::ESI),
+    ("edi", RegisterX86::EDI),
+    ("ebp", RegisterX86::EBP),
+    ("esp", RegisterX86::ESP),
+];
+
 const GPRS: [(&str, RegisterX86); 16] = [
     ("rax", RegisterX86::RAX),
     ("rbx", RegisterX86::RBX),
@@ -69,12 +150,14 @@ fn gpr_name(name: &str) -> Option<&'static str> {
 }
 
 fn gpr(name: &str) -> RegisterX86 {
-    GPRS.iter().find(|(n, _)| *n == name).map(|(_, r)| *r).unwrap_or(RegisterX86::RAX)
+    GPRS.iter().chain(&GPRS32).find(|(n, _)| *n == name).map(|(_, r)| *r).unwrap_or(RegisterX86::RAX)
 }
 
+/// cdecl: eax (the return value), ecx and edx are the callee's to clobber.
 /// Caller-saved registers a C callee may leave anything in.
-/// The Unicorn register for an iced register (for effective addresses).
-fn uc_register(r: Register) -> Option<(RegisterX86, u64)> {
+/// The Unicorn register for an iced register (for effective addresses), at
+/// `bits` (in 32-bit mode Unicorn has only the 32-bit registers).
+fn uc_register(r: Register, bits: u32) -> Option<(RegisterX86, u64)> {
     let full = r.full_register();
     let mask = match r.size() {
         8 => u64::MAX,
@@ -101,11 +184,16 @@ fn uc_register(r: Register) -> Option<(RegisterX86, u64)> {
         Register::R15 => RegisterX86::R15,
         _ => return None,
     };
+    if bits == 32 {
+        let name = GPRS.iter().find(|(_, g)| *g == reg)?.0;
+        let reg = GPRS32.iter().find(|(n, _)| n[1..] == name[1..])?.1;
+        return Some((reg, mask & u32::MAX as u64));
+    }
     Some((reg, mask))
 }
 
-fn decode(bytes: &[u8], ip: u64) -> (Instruction, ConstantOffsets) {
-    let mut decoder = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+fn decode(bytes: &[u8], ip: u64, bits: u32) -> (Instruction, ConstantOffsets) {
+    let mut decoder = Decoder::with_ip(bits, bytes, ip, DecoderOptions::NONE);
     let insn = decoder.decode();
     let offsets = decoder.get_constant_offsets(&insn);
     (insn, offsets)
@@ -113,18 +201,33 @@ fn decode(bytes: &[u8], ip: u64) -> (Instruction, ConstantOffsets) {
 
 /// The target of a direct (near) branch or call.
 pub fn branch_target(bytes: &[u8], ip: u64) -> Option<u64> {
-    let (insn, _) = decode(bytes, ip);
+    branch_target_at(bytes, ip, 64)
+}
+
+/// [`branch_target`] at `bits` (64 or 32).
+pub fn branch_target_at(bytes: &[u8], ip: u64, bits: u32) -> Option<u64> {
+    let (insn, _) = decode(bytes, ip, bits);
     matches!(insn.op0_kind(), OpKind::NearBranch64 | OpKind::NearBranch32).then(|| insn.near_branch_target())
 }
 
 /// The instruction's mnemonic (what a relaxation changes).
 pub fn mnemonic(bytes: &[u8], ip: u64) -> Mnemonic {
-    decode(bytes, ip).0.mnemonic()
+    mnemonic_at(bytes, ip, 64)
+}
+
+/// [`mnemonic`] at `bits`.
+pub fn mnemonic_at(bytes: &[u8], ip: u64, bits: u32) -> Mnemonic {
+    decode(bytes, ip, bits).0.mnemonic()
 }
 
 pub fn transfer_class(bytes: &[u8], ip: u64) -> super::TransferClass {
+    transfer_class_at(bytes, ip, 64)
+}
+
+/// [`transfer_class`] at `bits`.
+pub fn transfer_class_at(bytes: &[u8], ip: u64, bits: u32) -> super::TransferClass {
     use super::TransferClass;
-    let (insn, _) = decode(bytes, ip);
+    let (insn, _) = decode(bytes, ip, bits);
     match insn.flow_control() {
         FlowControl::Call | FlowControl::IndirectCall => TransferClass::Call,
         FlowControl::UnconditionalBranch | FlowControl::IndirectBranch => TransferClass::Jump,
@@ -134,8 +237,13 @@ pub fn transfer_class(bytes: &[u8], ip: u64) -> super::TransferClass {
 
 /// Format an instruction the way reports show it (Intel syntax, like iced's default).
 pub fn format_at(bytes: &[u8], ip: u64) -> String {
+    format_with(bytes, ip, 64)
+}
+
+/// [`format_at`] at `bits`.
+pub fn format_with(bytes: &[u8], ip: u64, bits: u32) -> String {
     use iced_x86::{Formatter, IntelFormatter};
-    let (insn, _) = decode(bytes, ip);
+    let (insn, _) = decode(bytes, ip, bits);
     if insn.is_invalid() {
         return format!("(invalid) {}", hex_bytes(&bytes[..bytes.len().min(8)]));
     }
@@ -179,6 +287,16 @@ fn site_effect(
     }
     if in_disp {
         let Some(op) = mem_op else { return NotAnOperand };
+        // 32-bit code has no RIP-relative addressing, so absolute fields sit
+        // in based and indexed operands (`call [eax*4 + _PyEval_BinaryOps]`,
+        // i686's tables): the field is the displacement alone, the registers
+        // are the run's. (In long mode CPython's stencils are PIC: a based
+        // absolute displacement is judged by the address it forms.)
+        let indexed = insn.memory_index() != Register::None || insn.memory_base() != Register::None;
+        if insn.code_size() == iced_x86::CodeSize::Code32 && indexed {
+            let bits = offsets.displacement_size() as u32 * 8;
+            return Known(Effect::Displacement { value: truncate(insn.memory_displacement64(), bits), bits });
+        }
         let address = insn.virtual_address(op, 0, |r, _, _| match r {
             Register::ES | Register::CS | Register::SS | Register::DS => Some(0),
             _ => reg(r),
@@ -186,7 +304,8 @@ fn site_effect(
         let Some(address) = address else { return Unknown };
         let flow = insn.flow_control();
         if matches!(flow, FlowControl::IndirectBranch | FlowControl::IndirectCall) {
-            return match mem(address, 8) {
+            // A pointer: 8 bytes in long mode, 4 at 32 bits.
+            return match mem(address, insn.memory_size().size().clamp(1, 8)) {
                 Some(target) => Known(Effect::Transfer { target, slot: Some(address) }),
                 None => Unknown,
             };
@@ -247,11 +366,12 @@ fn instruction_covering(
     read: impl Fn(u64, usize) -> Option<Vec<u8>>,
     start: u64,
     field_addr: u64,
+    bits: u32,
 ) -> Option<(Instruction, ConstantOffsets)> {
     let mut pc = start;
     for _ in 0..4 {
         let bytes = read(pc, 15)?;
-        let (insn, offsets) = decode(&bytes, pc);
+        let (insn, offsets) = decode(&bytes, pc, bits);
         if insn.is_invalid() {
             return None;
         }
@@ -270,6 +390,11 @@ fn instruction_covering(
 /// running it. Register-dependent operands cannot be evaluated and are left
 /// to the runs.
 pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
+    static_sites_at(stencil, image, 64)
+}
+
+/// [`static_sites`] at `bits`.
+pub fn static_sites_at(stencil: &Stencil, image: &Image, bits: u32) -> Vec<SiteObservation> {
     let read = |a: u64, n: usize| -> Option<Vec<u8>> {
         // The image may end within 15 bytes: read what there is.
         let avail = (image.code_addr + image.code.len() as u64).saturating_sub(a).min(n as u64) as usize;
@@ -279,7 +404,7 @@ pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
     for (i, reloc) in stencil.relocations.iter().enumerate() {
         let field_addr = image.code_addr + reloc.offset;
         let start = stencil.instruction_at(reloc.offset).map(|x| x.offset).unwrap_or(reloc.offset);
-        let Some((insn, offsets)) = instruction_covering(read, image.code_addr + start, field_addr) else {
+        let Some((insn, offsets)) = instruction_covering(read, image.code_addr + start, field_addr, bits) else {
             out.push(SiteObservation { relocation: i, pc: image.code_addr + start, len: 0, effect: None });
             continue;
         };
@@ -296,9 +421,11 @@ pub fn static_sites(stencil: &Stencil, image: &Image) -> Vec<SiteObservation> {
 
 /// The x86-64 Unicorn engine.
 pub type UnicornX86 = UnicornEngine<X86>;
+/// The i686 Unicorn engine (protected mode, flat 4 GiB).
+pub type UnicornI686 = UnicornEngine<X86<32>>;
 
-/// x86-64 (long mode) for [`UnicornEngine`].
-pub struct X86;
+/// x86 for [`UnicornEngine`]: long mode (`BITS` 64) or 32-bit protected mode.
+pub struct X86<const BITS: u32 = 64>;
 
 const GPR_REGS: [RegisterX86; 16] = {
     let mut out = [RegisterX86::RAX; 16];
@@ -310,19 +437,40 @@ const GPR_REGS: [RegisterX86; 16] = {
     out
 };
 
-impl Machine for X86 {
+const GPR_REGS32: [RegisterX86; 8] = {
+    let mut out = [RegisterX86::EAX; 8];
+    let mut i = 0;
+    while i < 8 {
+        out[i] = GPRS32[i].1;
+        i += 1;
+    }
+    out
+};
+
+impl<const BITS: u32> X86<BITS> {
+    fn read_word(uc: &Unicorn<'_, RunState>, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        uc.mem_read(addr, &mut b[..<Self as Machine>::WORD as usize]).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+}
+
+impl<const BITS: u32> Machine for X86<BITS> {
     type Reg = RegisterX86;
-    const NAME: &'static str = "x86-64";
+    const NAME: &'static str = if BITS == 64 { "x86-64" } else { "x86-32" };
     const ARCH: Arch = Arch::X86;
-    const MODE: Mode = Mode::MODE_64;
-    const USER_END: u64 = USER_SPACE.end;
+    const MODE: Mode = if BITS == 64 { Mode::MODE_64 } else { Mode::MODE_32 };
+    const USER_END: u64 = if BITS == 64 { USER_SPACE.end } else { i686::USER_SPACE.end };
     /// `int3`.
     const GUARD: [u8; 4] = [0xcc; 4];
     const MAX_INSN: usize = 15;
     const SITE_LOOKBACK: u64 = 14;
-    const SP: RegisterX86 = RegisterX86::RSP;
-    const RETURN_VALUE: RegisterX86 = RegisterX86::RAX;
-    const GPRS: &'static [RegisterX86] = &GPR_REGS;
+    const SP: RegisterX86 = if BITS == 64 { RegisterX86::RSP } else { RegisterX86::ESP };
+    const RETURN_VALUE: RegisterX86 = if BITS == 64 { RegisterX86::RAX } else { RegisterX86::EAX };
+    const GPRS: &'static [RegisterX86] = if BITS == 64 { &GPR_REGS } else { &GPR_REGS32 };
+    /// i686 passes C arguments on the stack ([`CAbi::args`] is unused there).
+    const ARGS_ON_STACK: bool = BITS == 32;
+    const WORD: u64 = BITS as u64 / 8;
 
     fn register(name: &str) -> RegisterX86 {
         gpr(name)
@@ -331,38 +479,36 @@ impl Machine for X86 {
     /// `rsp` points at the return-address slot: the sentinel for a function
     /// entry (a uop must never return through it).
     fn enter(uc: &mut Unicorn<'_, RunState>, machine_sp: u64) -> u64 {
-        let sp = machine_sp - 8;
-        let _ = uc.reg_write(RegisterX86::RSP, sp);
+        let sp = machine_sp - Self::WORD;
+        let _ = uc.reg_write(Self::SP, sp);
         let _ = uc.reg_write(RegisterX86::EFLAGS, 0x202);
-        ensure_mapped(uc, sp, 8);
-        let _ = uc.mem_write(sp, &RETURN_SENTINEL.to_le_bytes());
+        ensure_mapped(uc, sp, Self::WORD as usize);
+        let _ = uc.mem_write(sp, &RETURN_SENTINEL.to_le_bytes()[..Self::WORD as usize]);
         sp
     }
 
     /// `call` pushed the return address.
     fn callee(uc: &mut Unicorn<'_, RunState>) -> Option<(u64, u64)> {
-        let sp = uc.reg_read(RegisterX86::RSP).ok()?;
-        let mut ret = [0u8; 8];
-        uc.mem_read(sp, &mut ret).ok()?;
-        Some((sp, u64::from_le_bytes(ret)))
+        let sp = uc.reg_read(Self::SP).ok()?;
+        Some((sp, Self::read_word(uc, sp)?))
     }
 
     /// The stub's `ret` pops it.
     fn finish_stub(uc: &mut Unicorn<'_, RunState>, sp: u64) {
-        let _ = uc.reg_write(RegisterX86::RSP, sp + 8);
+        let _ = uc.reg_write(Self::SP, sp + Self::WORD);
     }
 
     /// Report the stack pointer as it was before `ret` popped.
     fn exit_sp(kind: ExitKind, sp: u64) -> u64 {
         if kind == ExitKind::Return {
-            sp.wrapping_sub(8)
+            sp.wrapping_sub(Self::WORD)
         } else {
             sp
         }
     }
 
     fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer {
-        let (insn, _) = decode(bytes, last_pc);
+        let (insn, _) = decode(bytes, last_pc, BITS);
         let end = last_pc + insn.len() as u64;
         let at_site = st.fields.iter().any(|(_, f)| (last_pc..end).contains(f));
         match insn.flow_control() {
@@ -381,7 +527,7 @@ impl Machine for X86 {
     /// system calls, `hlt`, software interrupts. Unicorn runs in ring 0 and
     /// would execute most of them silently.
     fn forbidden(bytes: &[u8], pc: u64) -> bool {
-        let (insn, _) = decode(bytes, pc);
+        let (insn, _) = decode(bytes, pc, BITS);
         if insn.is_invalid() {
             return false; // the emulator says so itself
         }
@@ -403,7 +549,7 @@ impl Machine for X86 {
     /// iced-x86 decodes it (and it is no `ud0`/`ud1`/`ud2`): valid x86-64
     /// that Unicorn (QEMU 5's x86, no AVX or AVX-512) cannot run.
     fn invalid(bytes: &[u8], pc: u64) -> super::Fault {
-        let (insn, _) = decode(bytes, pc);
+        let (insn, _) = decode(bytes, pc, BITS);
         let undefined = matches!(insn.mnemonic(), Mnemonic::Ud0 | Mnemonic::Ud1 | Mnemonic::Ud2);
         if insn.is_invalid() || undefined {
             super::Fault::InvalidInstruction
@@ -419,10 +565,10 @@ impl Machine for X86 {
         bytes: &[u8],
         field_addr: u64,
     ) -> Option<Option<Effect>> {
-        let (insn, offsets) = decode(bytes, addr);
+        let (insn, offsets) = decode(bytes, addr, BITS);
         let field = (field_addr - addr) as usize;
         let regs = |uc: &Unicorn<'_, RunState>, r: Register| {
-            uc_register(r).and_then(|(reg, mask)| uc.reg_read(reg).ok().map(|v| v & mask))
+            uc_register(r, BITS).and_then(|(reg, mask)| uc.reg_read(reg).ok().map(|v| v & mask))
         };
         // Reading memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
@@ -455,14 +601,19 @@ impl Machine for X86 {
     fn null_access_source(st: &RunState) -> AddressSource {
         let code = &st.code_bytes;
         let decode_at = |offset: usize| {
-            let insn = decode(&code[offset..(offset + 15).min(code.len())], st.code.start + offset as u64).0;
+            let insn = decode(&code[offset..(offset + 15).min(code.len())], st.code.start + offset as u64, BITS).0;
             (insn, st.holds_field(offset, insn.len()))
         };
-        null_access_source(st.trail().map(decode_at))
+        let caller_saved = if BITS == 64 { CALLER_SAVED_BITS } else { CALLER_SAVED_BITS32 };
+        null_access_source(st.trail().map(decode_at), caller_saved)
     }
 
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String {
         let r = |r| uc.reg_read(r).unwrap_or(0);
+        if BITS == 32 {
+            let all = GPRS32.iter().map(|(n, reg)| format!("{n}={:#x}", r(*reg)));
+            return all.collect::<Vec<_>>().join(" ");
+        }
         format!(
             "rax={:#x} rbx={:#x} rcx={:#x} r15={:#x} rbp={:#x} rsp={:#x}",
             r(RegisterX86::RAX),
@@ -484,6 +635,8 @@ fn gpr_bit(r: Register) -> Option<u16> {
 
 /// rax, rcx, rdx, rsi, rdi, r8-r11: what a called stub leaves made up.
 const CALLER_SAVED_BITS: u16 = 0b0000_1111_1100_0111;
+/// eax, ecx, edx: cdecl's.
+const CALLER_SAVED_BITS32: u16 = 0b0000_0000_0000_0111;
 const RSP_BIT: u16 = 1 << 4;
 
 /// Where the address of the memory access made by the first of `trail` (the
@@ -496,7 +649,7 @@ const RSP_BIT: u16 = 1 << 4;
 /// flags or vector registers, or a register as the run began is made up.
 /// Partial and conditional writes keep the register's older value in
 /// question too.
-fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>) -> AddressSource {
+fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>, caller_saved_bits: u16) -> AddressSource {
     let mut factory = InstructionInfoFactory::new();
     let Some((access, access_holds_hole)) = trail.next() else { return AddressSource::MadeUp };
     let info = factory.info(&access);
@@ -517,7 +670,7 @@ fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>) -> A
             return AddressSource::Constant;
         }
         if matches!(insn.flow_control(), FlowControl::Call | FlowControl::IndirectCall) {
-            if wanted & CALLER_SAVED_BITS != 0 {
+            if wanted & caller_saved_bits != 0 {
                 return AddressSource::MadeUp;
             }
             continue;

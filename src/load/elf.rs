@@ -56,6 +56,8 @@ pub fn reloc_kind(arch: Arch, r_type: u32) -> Option<RelocKind> {
             elf::R_AARCH64_MOVW_UABS_G3 => Aarch64_MOVW_UABS_G3,
             _ => return None,
         },
+        // CPython builds i686 stencils for Windows only: COFF, not ELF.
+        Arch::I686 => return None,
     })
 }
 

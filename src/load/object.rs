@@ -119,6 +119,8 @@ fn jit_term(name: &str) -> Option<Term> {
         Symbol::Executor => Term::Executor,
         Symbol::Oparg => Term::Oparg,
         Symbol::Operand(n) => Term::Operand(n),
+        Symbol::OperandLo(n) => Term::OperandLo(n),
+        Symbol::OperandHi(n) => Term::OperandHi(n),
         Symbol::Target => Term::Target,
         Symbol::ExitIndex => Term::ExitIndex,
         Symbol::Entry => Term::Code,
@@ -327,12 +329,13 @@ fn oracle_symbol(r: &RawReloc) -> Symbol {
     }
 }
 
-/// Instructions of `code` (x86-64 only: iced-x86, AT&T like objdump; aarch64: one per 4 bytes).
+/// Instructions of `code` (x86: iced-x86, AT&T like objdump; aarch64: one per 4 bytes).
 pub fn decode(arch: Arch, code: &[u8]) -> Vec<ObjdumpInstruction> {
     match arch {
-        Arch::X86_64 => {
+        Arch::X86_64 | Arch::I686 => {
             use iced_x86::{Decoder, DecoderOptions, Formatter, GasFormatter};
-            let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+            let bits = if arch == Arch::I686 { 32 } else { 64 };
+            let mut decoder = Decoder::with_ip(bits, code, 0, DecoderOptions::NONE);
             let mut fmt = GasFormatter::new();
             fmt.options_mut().set_gas_show_mnemonic_size_suffix(true);
             fmt.options_mut().set_space_after_operand_separator(true);

@@ -47,6 +47,10 @@ pub struct Image {
     /// 3.14+: the trace's GOT (empty for 3.13).
     pub got_addr: u64,
     pub got: Vec<u8>,
+    /// Memory outside the regions belongs to the process (mapped, contents
+    /// unknown) rather than being a wild address: see
+    /// [`crate::place::Placement::symbols_readable`].
+    pub outside_mapped: bool,
 }
 
 /// Offset of `addr` in the region `[base, base + len)`, if it lies there.
@@ -79,6 +83,7 @@ impl Image {
             trampolines: Vec::new(),
             got_addr: 0,
             got: Vec::new(),
+            outside_mapped: false,
         };
         image.assert_disjoint();
         image
@@ -245,6 +250,10 @@ pub enum FailureKind {
     /// (`--jit-c`): always wrong, never "the same" as another patcher's
     /// assert.
     Crash,
+    /// What the patch does depends on process memory stencilcheck does not
+    /// model (i686: `patch_x86_64_32rx` reading 8 bytes at a C function
+    /// before an instruction it could relax): the run says nothing.
+    Undetermined,
 }
 
 impl PatchAssert {
@@ -260,6 +269,10 @@ impl PatchAssert {
     }
     pub fn is_unusable(&self) -> bool {
         self.kind == FailureKind::Unusable
+    }
+    /// The placement says nothing either way: unusable here, or undetermined.
+    pub fn is_inconclusive(&self) -> bool {
+        matches!(self.kind, FailureKind::Unusable | FailureKind::Undetermined)
     }
 }
 
@@ -375,7 +388,7 @@ impl Site {
         }
     }
 
-    fn outside(&self, what: &str, addr: u64) -> PatchAssert {
+    pub(crate) fn outside(&self, what: &str, addr: u64) -> PatchAssert {
         self.fail(format!("{what} at {addr:#x} is outside the stencil's code and data"))
     }
 
@@ -478,12 +491,13 @@ const STALE_GOT: u64 = 0x5eed_6074_0000_0004;
 /// stencil's code and data, holding stale bytes.
 pub fn stale_image(stencil: &Stencil, placement: &Placement) -> Image {
     let seed = placement.contents_seed;
-    let image = Image::new(
+    let mut image = Image::new(
         placement.code,
         stale_bytes(seed ^ STALE_CODE, placement.code, stencil.code.len()),
         placement.data,
         stale_bytes(seed ^ STALE_DATA, placement.code, stencil.data.len()),
     );
+    image.outside_mapped = placement.symbols_readable;
     match &placement.trace {
         // The trace's trampolines and GOT: what other stencils (or an earlier
         // trace) left there, unless this stencil's own patches write them.
@@ -722,6 +736,7 @@ mod tests {
             heap: 0x6100_0000_0000,
             heap_size: 0x10_0000,
             contents_seed: seed,
+            symbols_readable: false,
         }
     }
 

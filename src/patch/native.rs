@@ -1528,6 +1528,13 @@ impl NativePatcher {
     /// BadInput naming the first patch function `set` calls that the jit.c
     /// does not define.
     pub fn check_set(&self, set: &StencilSet, jit_c: &Path) -> Result<(), BadInput> {
+        // jit.c compiled for this 64-bit host computes in 64-bit `uintptr_t`
+        // and reads the process's memory at symbols (i686's REL32 through
+        // `patch_x86_64_32rx`): it cannot stand in for a 32-bit build.
+        if set.target.arch == crate::target::Arch::I686 {
+            let what = set.target.unsupported("--jit-c (jit.c built for this 64-bit host)");
+            return Err(BadInput::unsupported(jit_c.display(), &what));
+        }
         for st in &set.stencils {
             for op in &st.emit {
                 if let EmitOp::Patch(call) = op {

@@ -2,7 +2,7 @@
 //! GOT load `patch_x86_64_32rx`. (The plain `patch_64`/`patch_32`/`patch_32r`
 //! it builds on are shared with aarch64 and live in the parent module.)
 
-use super::{patch_32r_in, Image, PatchAssert, Site};
+use super::{patch_32r_in, FailureKind, Image, PatchAssert, Site};
 use crate::model::PatchFn;
 
 /// `patch_x86_64_32rx`: a `R_X86_64_(REX_)GOTPCRELX` hole. `value` is the GOT
@@ -21,20 +21,44 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
     let site = Site::new(PatchFn::X86_64_32rx, location, value);
     let mut value = value;
     // uint64_t relaxed = *(uint64_t *)(value + 4) - 4;
-    let relaxed = match site.read_u64(image, value.wrapping_add(4), "relaxation read of *(uint64_t *)(value + 4)") {
-        Ok(slot) => slot.wrapping_sub(4),
+    let what = "relaxation read of *(uint64_t *)(value + 4)";
+    let slot = value.wrapping_add(4);
+    let opcode_at = location.wrapping_sub(2);
+    let modrm_at = location.wrapping_sub(1);
+    let Some(relaxed) = image.read_u64(slot).map(|v| v.wrapping_sub(4)) else {
         // The C reads it for every hole, but only a relaxable instruction
         // uses it: a REL32 `jcc` (COFF patches every REL32 with 32rx) reads
         // 8 bytes of its target's code, mapped in CPython and not ours to
-        // model. Outside the image, only a relaxable form is a finding.
-        Err(e) if relaxable(image, location) => return Err(e),
-        Err(_) => return patch_32r_in(&site, image, location, value),
+        // model. The bytes before the field may lie outside the stencil too
+        // (a `jmp` at code+0: the previous uop's last byte), unknown as well.
+        let (opcode, modrm) = (image.read_u8(opcode_at), image.read_u8(modrm_at));
+        // Relaxable, or unknown (so possibly relaxable).
+        let relaxable = matches!(
+            (opcode, modrm),
+            (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) | (Some(0xff), None) | (None, _)
+        );
+        if !relaxable {
+            return patch_32r_in(&site, image, location, value);
+        }
+        if !image.outside_mapped {
+            // A GOT load whose slot is not the stencil's: a wild read.
+            return Err(site.outside(what, slot));
+        }
+        // i686's REL32: the read lands on the symbol itself, memory the
+        // process has and we do not model; CPython would rewrite the bytes
+        // before the field if the 8 bytes there happen to lie in reach.
+        let shown = |b: Option<u8>| b.map_or("unknown".to_string(), |b| format!("{b:#04x}"));
+        let (opcode, modrm) = (shown(opcode), shown(modrm));
+        return Err(PatchAssert {
+            kind: FailureKind::Undetermined,
+            ..site.fail(format!(
+                "{what} at {slot:#x} reads process memory outside the stencil, and whether the bytes before location ({opcode} {modrm}) are rewritten as a relaxation depends on it"
+            ))
+        });
     };
     // (int64_t)relaxed - (int64_t)location (+ 1), wrapping as the machine does.
     let delta = (relaxed as i64).wrapping_sub(location as i64);
     if delta >= -(1i64 << 31) && delta.wrapping_add(1) < (1i64 << 31) {
-        let opcode_at = location.wrapping_sub(2);
-        let modrm_at = location.wrapping_sub(1);
         let opcode = site.read_u8(image, opcode_at, "read of location[-2]")?;
         if opcode == 0x8b {
             // mov reg, qword ptr [rip + AAA] -> lea reg, [rip + XXX]
@@ -57,17 +81,6 @@ pub fn patch_x86_64_32rx(image: &mut Image, location: u64, value: u64) -> Result
         }
     }
     patch_32r_in(&site, image, location, value)
-}
-
-/// The two bytes before `location` are a form `patch_x86_64_32rx` relaxes
-/// (`mov`, `call *`, `jmp *` through a RIP-relative slot), or unreadable.
-fn relaxable(image: &Image, location: u64) -> bool {
-    let at = |a: u64| image.read_u8(a);
-    match (at(location.wrapping_sub(2)), at(location.wrapping_sub(1))) {
-        (Some(0x8b), _) | (Some(0xff), Some(0x15 | 0x25)) => true,
-        (Some(_), Some(_)) => false,
-        _ => true,
-    }
 }
 
 /// `patch_x86_64_trampoline(location, ordinal, state)` (3.14+, Mach-O

@@ -140,7 +140,7 @@ impl TargetInfo for Aarch64 {
 
     /// AAPCS64: sp is 16-byte aligned at every public interface.
     fn abi(&self) -> Abi {
-        Abi { stack_pointer: "sp", call_sp_mod16: 0 }
+        Abi { stack_pointer: "sp", call_sp_align: 16, call_sp_residue: 0 }
     }
 
     /// 3.13: AAPCS64, frame/stack_pointer/tstate in x0, x1, x2; 3.14+:

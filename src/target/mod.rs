@@ -12,6 +12,7 @@
 //! never an empty answer.
 
 pub mod aarch64;
+pub mod i686;
 pub mod x86_64;
 
 use crate::execute::{Convention, Engine, SiteObservation, TransferClass};
@@ -27,6 +28,8 @@ use std::ops::Range;
 pub enum Arch {
     X86_64,
     Aarch64,
+    /// 32-bit x86 (CPython's `i686-pc-windows-msvc`).
+    I686,
 }
 
 impl fmt::Display for Arch {
@@ -34,6 +37,7 @@ impl fmt::Display for Arch {
         f.write_str(match self {
             Arch::X86_64 => "x86_64",
             Arch::Aarch64 => "aarch64",
+            Arch::I686 => "i686",
         })
     }
 }
@@ -123,6 +127,7 @@ impl Target {
         match self.arch {
             Arch::X86_64 => &x86_64::X86_64,
             Arch::Aarch64 => &aarch64::Aarch64,
+            Arch::I686 => &i686::I686,
         }
     }
 
@@ -233,8 +238,11 @@ impl RelocInfo {
 pub struct Abi {
     /// The machine stack pointer's name, for messages.
     pub stack_pointer: &'static str,
-    /// At a C callee's first instruction, `sp % 16` must be this.
-    pub call_sp_mod16: u64,
+    /// At a C callee's first instruction, `sp % call_sp_align` must be
+    /// `call_sp_residue` (SysV x86-64: 16 and 8; AAPCS64: 16 and 0; Windows
+    /// i686 keeps only 4-byte alignment: 4 and 0).
+    pub call_sp_align: u64,
+    pub call_sp_residue: u64,
 }
 
 /// What an architecture knows. One implementation per file in `target/`.
@@ -289,10 +297,16 @@ pub trait TargetInfo: Sync {
     fn coff_symbol_prefix(&self) -> &'static str {
         ""
     }
+    /// True when a relaxing patch reads memory at the symbol itself rather
+    /// than at a GOT slot of the stencil (i686's `REL32` uses x86-64's
+    /// `patch_x86_64_32rx`): such reads land in the process, outside the image.
+    fn relaxation_reads_symbols(&self) -> bool {
+        false
+    }
 }
 
 /// Every architecture, for lookups that start from a name.
-pub const ARCHS: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+pub const ARCHS: [Arch; 3] = [Arch::X86_64, Arch::Aarch64, Arch::I686];
 
 fn info_of(arch: Arch) -> &'static dyn TargetInfo {
     Target::elf(arch).info()
@@ -343,7 +357,15 @@ mod tests {
         for (func, name) in PatchFn::ALL {
             let n = ARCHS.iter().filter(|a| info_of(**a).patch_fns().contains(func)).count();
             let portable = matches!(func, PatchFn::P64 | PatchFn::P32 | PatchFn::GotSymbol);
-            assert_eq!(n, usize::from(!portable), "{name}");
+            // i686 borrows x86-64's (its home is the first in ARCHS).
+            let borrowed = matches!(func, PatchFn::P32r | PatchFn::X86_64_32rx);
+            assert_eq!(n, usize::from(!portable) + usize::from(borrowed), "{name}");
+            if !portable {
+                assert_eq!(
+                    arch_of_patch_fn(*func),
+                    Some(if name.starts_with("patch_aarch64") { Arch::Aarch64 } else { Arch::X86_64 })
+                );
+            }
         }
     }
 

@@ -92,7 +92,7 @@ impl TargetInfo for X86_64 {
 
     /// SysV: a `call` leaves the return address on a 16-byte boundary + 8.
     fn abi(&self) -> Abi {
-        Abi { stack_pointer: "rsp", call_sp_mod16: 8 }
+        Abi { stack_pointer: "rsp", call_sp_align: 16, call_sp_residue: 8 }
     }
 
     /// Windows passes C arguments in rcx, rdx, r8 and keeps rsi and rdi.

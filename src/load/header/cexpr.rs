@@ -135,6 +135,8 @@ pub(crate) enum Tok<'a> {
     Ident(&'a str),
     Num(u64),
     Arrow,
+    /// `>>`
+    Shr,
     Punct(char),
 }
 
@@ -162,6 +164,9 @@ pub(crate) fn lex(s: &str) -> Option<Vec<Tok<'_>>> {
         } else if c == b'-' && bytes.get(i + 1) == Some(&b'>') {
             out.push(Tok::Arrow);
             i += 2;
+        } else if c == b'>' && bytes.get(i + 1) == Some(&b'>') {
+            out.push(Tok::Shr);
+            i += 2;
         } else if b"()[]&+-,*".contains(&c) {
             out.push(Tok::Punct(c as char));
             i += 1;
@@ -183,6 +188,15 @@ pub(crate) fn location_of(s: &str) -> Option<(Section, u64)> {
     match tokens[1..] {
         [] => Some((section, 0)),
         [Tok::Punct('+'), Tok::Num(n)] => Some((section, n)),
+        _ => None,
+    }
+}
+
+/// `operand`/`operand0` → 0, `operand1` → 1.
+fn operand_index(field: &str) -> Option<u8> {
+    match field {
+        "operand" | "operand0" => Some(0),
+        "operand1" => Some(1),
         _ => None,
     }
 }
@@ -215,11 +229,18 @@ pub(crate) fn value_of(tokens: &[Tok<'_>]) -> Option<Value> {
                 sizeof_code = true;
                 (None, r)
             }
+            // 32-bit targets split the 64-bit operand into two 32-bit holes:
+            // `(instruction->operand & UINT32_MAX)`, `(instruction->operand >> 32)`.
+            [Tok::Punct('('), Tok::Ident("instruction"), Tok::Arrow, Tok::Ident(field), Tok::Punct('&'), Tok::Ident("UINT32_MAX"), Tok::Punct(')'), r @ ..] => {
+                (Some(Term::OperandLo(operand_index(field)?)), r)
+            }
+            [Tok::Punct('('), Tok::Ident("instruction"), Tok::Arrow, Tok::Ident(field), Tok::Shr, Tok::Num(32), Tok::Punct(')'), r @ ..] => {
+                (Some(Term::OperandHi(operand_index(field)?)), r)
+            }
             [Tok::Ident("instruction"), Tok::Arrow, Tok::Ident(field), r @ ..] => {
                 let term = match *field {
                     "oparg" => Term::Oparg,
-                    "operand" | "operand0" => Term::Operand(0),
-                    "operand1" => Term::Operand(1),
+                    "operand" | "operand0" | "operand1" => Term::Operand(operand_index(field)?),
                     "target" => Term::Target,
                     "exit_index" => Term::ExitIndex,
                     _ => return None,

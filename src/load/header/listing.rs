@@ -57,7 +57,6 @@ const FOREIGN: &[(&str, Option<Arch>, &str, ObjectFormat)] = &[
     ("ARM64_RELOC_", Some(Arch::Aarch64), "aarch64", ObjectFormat::MachO),
     ("IMAGE_REL_AMD64_", Some(Arch::X86_64), "x86_64", ObjectFormat::Coff),
     ("IMAGE_REL_ARM64_", Some(Arch::Aarch64), "aarch64", ObjectFormat::Coff),
-    ("IMAGE_REL_I386_", None, "i686", ObjectFormat::Coff),
 ];
 
 /// Why a relocation type name is refused: a typed "not supported" (exit 3)

@@ -21,7 +21,7 @@ mod v3_14;
 
 use crate::error::BadInput;
 use crate::model::{Arch, StencilSet};
-use crate::target::{ObjectFormat, Version};
+use crate::target::{ObjectFormat, Target, Version};
 use cexpr::parse_number;
 use scanner::Scanner;
 use std::collections::HashMap;
@@ -194,43 +194,56 @@ fn cross_check(
     Ok(())
 }
 
-/// The machine, from relocation types and patch functions; x86-64 when
-/// nothing says otherwise.
-/// The machine and object format the stencils are for, from their
-/// relocation kinds and patch functions (all must agree; a header with
-/// neither is x86-64 ELF).
-fn machine(sc: &Scanner<'_>, stencils: &[crate::model::Stencil]) -> Result<(Arch, ObjectFormat), BadInput> {
-    let mut first: Option<(Arch, usize, String)> = None;
+/// The target, from relocation types (machine and object format: all must
+/// agree) and patch functions (every one must be the target's: i686 borrows
+/// x86-64's `patch_x86_64_32rx`); x86-64 ELF when nothing says otherwise.
+fn target(sc: &Scanner<'_>, stencils: &[crate::model::Stencil], version: Version) -> Result<Target, BadInput> {
+    let mut arch: Option<(Arch, usize, &str)> = None;
     let mut format: Option<(ObjectFormat, usize, &str)> = None;
-    for stencil in stencils {
-        for r in &stencil.relocations {
-            match (format, crate::target::format_of_reloc(r.kind)) {
-                (None, Some(f)) => format = Some((f, r.line, r.kind.name())),
-                (Some((f, l, w)), Some(g)) if f != g => {
-                    let what = r.kind.name();
-                    return Err(
-                        sc.err(r.line, format!("mixed object formats: {what} is {g}, but {w} (line {l}) is {f}"))
-                    );
-                }
-                _ => {}
+    for r in stencils.iter().flat_map(|s| &s.relocations) {
+        let what = r.kind.name();
+        match arch {
+            None => arch = Some((r.kind.arch(), r.line, what)),
+            Some((a, l, w)) if a != r.kind.arch() => {
+                let b = r.kind.arch();
+                return Err(sc.err(r.line, format!("mixed architectures: {what} is {b}, but {w} (line {l}) is {a}")));
             }
+            Some(_) => {}
         }
-        let from_relocs = stencil.relocations.iter().map(|r| (r.kind.arch(), r.line, r.kind.name()));
-        let from_holes = stencil.holes().filter_map(|h| h.func.arch().map(|a| (a, h.line, h.func.name())));
-        for (arch, line, what) in from_relocs.chain(from_holes) {
-            match &first {
-                None => first = Some((arch, line, what.to_string())),
-                Some((a, l, w)) if *a != arch => {
-                    return Err(
-                        sc.err(line, format!("mixed architectures: {what} is {arch}, but {w} (line {l}) is {a}"))
-                    );
-                }
-                Some(_) => {}
+        match (format, crate::target::format_of_reloc(r.kind)) {
+            (None, Some(f)) => format = Some((f, r.line, what)),
+            (Some((f, l, w)), Some(g)) if f != g => {
+                return Err(sc.err(r.line, format!("mixed object formats: {what} is {g}, but {w} (line {l}) is {f}")));
             }
+            _ => {}
         }
     }
-    let arch = first.map(|(a, _, _)| a).unwrap_or(Arch::X86_64);
-    Ok((arch, format.map_or(ObjectFormat::Elf, |(f, _, _)| f)))
+    let format = format.map_or(ObjectFormat::Elf, |(f, _, _)| f);
+    let mut target = arch.map(|(a, _, _)| Target::new(a, format, version));
+    let mut first_hole: Option<(usize, String)> = None;
+    for h in stencils.iter().flat_map(|s| s.holes()) {
+        let Some(func_arch) = h.func.arch() else { continue };
+        match target {
+            // No relocation says: the first machine-specific patch function does.
+            None => {
+                target = Some(Target::new(func_arch, format, version));
+                first_hole = Some((h.line, h.func.to_string()));
+            }
+            Some(t) if !t.has_patch_fn(h.func) => {
+                let (l, w) = match (&first_hole, arch) {
+                    (Some((l, w)), _) => (*l, w.clone()),
+                    (None, Some((_, l, w))) => (l, w.to_string()),
+                    (None, None) => (0, String::new()),
+                };
+                return Err(sc.err(
+                    h.line,
+                    format!("mixed architectures: {} is {func_arch}, but {w} (line {l}) is {}", h.func, t.arch),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(target.unwrap_or(Target::new(Arch::X86_64, ObjectFormat::Elf, version)))
 }
 
 #[cfg(test)]

@@ -447,6 +447,10 @@ fn load_patch_value_forms() {
         ("got_symbol_address(0x0, state) - 4", v(Term::GotSymbol(0), -4)),
         ("got_symbol_address(0x1f, state) + -0x4", v(Term::GotSymbol(0x1f), -4)),
         ("instruction->operand1 + 0x78", v(Term::Operand(1), 0x78)),
+        // 32-bit targets: the operand's halves.
+        ("(instruction->operand & UINT32_MAX)", v(Term::OperandLo(0), 0)),
+        ("(instruction->operand & UINT32_MAX) + 0x12", v(Term::OperandLo(0), 0x12)),
+        ("(instruction->operand1 >> 32)", v(Term::OperandHi(1), 0)),
         ("(uintptr_t)data - 0x8", v(Term::Data, -8)),
     ];
     for (text, want) in cases {
@@ -466,7 +470,9 @@ fn load_patch_value_forms() {
         "(uintptr_t)code + sizeof(code_body) + sizeof(code_body)",
         "instruction_starts[2]",
         "instruction_starts[instruction->oparg]",
-        "(instruction->operand >> 32)",
+        "(instruction->operand >> 16)",
+        "(instruction->oparg & UINT32_MAX)",
+        "instruction->operand & UINT32_MAX",
         "instruction->oparg + instruction->target",
         "(uintptr_t)&",
         "(int)data",
@@ -1050,7 +1056,8 @@ fn load_314_foreign_relocations_are_not_supported() {
         ("IMAGE_REL_AMD64_REL32", "mixed object formats: IMAGE_REL_AMD64_REL32 is COFF", Refusal::BadInput),
         // Another machine's: mixed architectures come first.
         ("ARM64_RELOC_BRANCH26", "mixed", Refusal::BadInput),
-        ("IMAGE_REL_I386_DIR32", "i686 COFF is not a target", Refusal::Unsupported),
+        // i686 is a target, but not in an x86-64 header.
+        ("IMAGE_REL_I386_DIR32", "mixed", Refusal::BadInput),
         ("R_X86_64_BOGUS", "unknown relocation type `R_X86_64_BOGUS`", Refusal::BadInput),
     ] {
         let text = with_314("R_X86_64_GOTPCRELX   PyFix_Call-0x4", &format!("{kind}   PyFix_Call-0x4"));
@@ -1060,7 +1067,7 @@ fn load_314_foreign_relocations_are_not_supported() {
     }
     // 32-bit objdump prints 8-digit relocation offsets.
     let text = with_314("0000000000000009:  R_X86_64_GOTPCRELX", "00000009:  IMAGE_REL_I386_REL32");
-    assert_err_at(&text, line_of(FIXTURE_314, "0000000000000009:"), "IMAGE_REL_I386_REL32 is not supported");
+    assert_err_at(&text, line_of(FIXTURE_314, "0000000000000009:"), "IMAGE_REL_I386_REL32 is i686");
 }
 
 #[test]

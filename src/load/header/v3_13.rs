@@ -19,7 +19,7 @@
 use super::cexpr::statement;
 use super::listing::{self, code_disassembly, drop_removed_jump};
 use super::scanner::Scanner;
-use super::{cross_check, machine, Declared, TableScan};
+use super::{cross_check, target, Declared, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
 use crate::target::Version;
@@ -57,13 +57,8 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         })
         .collect();
     cross_check(&sc, &declared, &table.entries, table_line)?;
-    let (arch, format) = machine(&sc, &stencils)?;
-    Ok(StencilSet {
-        path: PathBuf::from(file),
-        target: crate::target::Target::new(arch, format, Version::V3_13),
-        stencils,
-        symbols_map: Vec::new(),
-    })
+    let target = target(&sc, &stencils, Version::V3_13)?;
+    Ok(StencilSet { path: PathBuf::from(file), target, stencils, symbols_map: Vec::new() })
 }
 
 /// A 3.13 statement: no `jit_state` calls or values.

@@ -21,10 +21,10 @@
 use super::cexpr::{is_symbol_name, parse_number, statement};
 use super::listing::{code_disassembly, data_comments, drop_removed_jump, is_code_line};
 use super::scanner::{Body, Comments, Scanner};
-use super::{cross_check, machine, Declared, TableEntry, TableScan};
+use super::{cross_check, target, Declared, TableEntry, TableScan};
 use crate::error::BadInput;
 use crate::model::{EmitOp, Stencil, StencilSet, Term};
-use crate::target::{Target, Version};
+use crate::target::Version;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -96,10 +96,10 @@ pub(super) fn parse(file: &str, text: &str) -> Result<StencilSet, BadInput> {
         let Some(entry) = entries.get(f.name) else { continue };
         stencils.push(finish(&sc, f, entry, symbols.as_ref())?);
     }
-    let (arch, format) = machine(&sc, &stencils)?;
+    let target = target(&sc, &stencils, Version::V3_14)?;
     Ok(StencilSet {
         path: PathBuf::from(file),
-        target: Target::new(arch, format, Version::V3_14),
+        target,
         stencils,
         symbols_map: symbols.map(|s| s.entries).unwrap_or_default(),
     })
