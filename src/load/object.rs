@@ -223,7 +223,7 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
             offset: *off,
             kind: r.kind,
             symbol: oracle_symbol(r),
-            addend: r.addend,
+            addend: r.addend.wrapping_add(section_address(raw, r) as i64),
             line: 0,
             text: relocation_text(*off, r.kind, &r.printed),
         })
@@ -335,7 +335,9 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     let mut locals = BTreeMap::new();
     for s in raw.sections.iter().filter(|s| s.kind == RawKind::Data) {
         let b = base[&s.index].1;
-        locals.insert(s.name.clone(), b);
+        // A section's name stands for object address 0 where sections land
+        // by address (Mach-O): see `section_address`.
+        locals.insert(s.name.clone(), b.wrapping_sub(s.address.unwrap_or(0)));
         for (n, o) in &s.symbols {
             locals.insert(n.clone(), b + o);
         }
@@ -404,6 +406,17 @@ fn veneers<'a>(arch: Arch, code: &mut Vec<u8>, holes: &mut Vec<(u64, &'a RawRelo
     }
     *holes = kept;
     out
+}
+
+/// Mach-O: a relocation against a section (`r_extern = 0`) names a place by
+/// its object address, so the oracle's addend is that address (less the PC
+/// bias) and the section's name stands for object address 0 in
+/// `Stencil::locals`, as the header loader reads the same relocation line:
+/// the two agree, and S + A is the same place as the hole's section offset.
+/// 0 for every other relocation.
+fn section_address(raw: &RawObject, r: &RawReloc) -> u64 {
+    let RawTarget::Defined { section, .. } = r.target else { return 0 };
+    raw.sections.iter().find(|s| s.index == section && s.name == r.symbol).and_then(|s| s.address).unwrap_or(0)
 }
 
 /// aarch64: an `adrp` (`patch_aarch64_21rx`) directly followed by the `ldr`
