@@ -13,8 +13,14 @@ mkdir -p "$out"
 for src in "$root"/corpus/templates/*.c; do
     name=$(basename "$src" .c)
     extra=$(sed -n "s|^// stencilcheck-flags(${triple%%-*}): *||p" "$src")
+    # COFF has no -fpic (Windows code is position-independent by RIP-relative
+    # addressing); CPython passes -fms-runtime-lib=dll there instead.
+    case $triple in
+        *-windows-*) pic=-fms-runtime-lib=dll ;;
+        *) pic=-fpic ;;
+    esac
     # shellcheck disable=SC2086
-    "$cc" -O3 -fpic -fno-plt -fno-builtin -fno-asynchronous-unwind-tables \
+    "$cc" -O3 $pic -fno-plt -fno-builtin -fno-asynchronous-unwind-tables \
         -fno-stack-protector -c --target="$triple" $extra \
         -I"$root/corpus/templates" "$src" -o "$out/$name.o"
     echo "$out/$name.o"

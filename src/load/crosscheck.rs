@@ -4,8 +4,9 @@
 //! section by section. A disagreement is reported as bad input (exit 2):
 //! the loader cannot be trusted on that object.
 
-use super::object::{symbol_text, RawObject};
+use super::object::RawObject;
 use crate::error::BadInput;
+use crate::model::RelocKind;
 use crate::model::StencilSet;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -41,8 +42,14 @@ pub fn loader_lines(raw: &RawObject) -> BTreeSet<(String, String)> {
         .iter()
         .map(|r| {
             let s = raw.sections.iter().find(|s| s.index == r.section).map(|s| s.name.clone()).unwrap_or_default();
-            (s, format!("{:#x} {} {}", r.offset, r.kind.name(), symbol_text(&r.symbol, r.addend)))
+            (s, format!("{:#x} {} {}", r.offset, r.kind.name(), r.printed))
         })
+        .chain(raw.relocs.iter().filter_map(|r| {
+            // Mach-O arm64 prints a paired addend as a line of its own.
+            let paired = matches!(r.kind, RelocKind::MachO_ARM64_PAGE21 | RelocKind::MachO_ARM64_PAGEOFF12);
+            let s = raw.sections.iter().find(|s| s.index == r.section).map(|s| s.name.clone()).unwrap_or_default();
+            (paired && r.addend != 0).then(|| (s, format!("{:#x} ARM64_RELOC_ADDEND {:#x}", r.offset, r.addend)))
+        }))
         .collect()
 }
 
@@ -50,7 +57,7 @@ pub fn loader_lines(raw: &RawObject) -> BTreeSet<(String, String)> {
 pub fn check_file(tool: &str, path: &Path) -> Result<usize, BadInput> {
     let shown = path.display().to_string();
     let bytes = super::read_limited(path, super::MAX_OBJECT_FILE)?;
-    let raw = super::elf::read(&shown, &bytes)?;
+    let raw = super::read_object(&shown, &bytes)?;
     let out = Command::new(tool)
         .arg("-r")
         .arg(path)
@@ -89,7 +96,10 @@ fn object_files(set: &StencilSet) -> Result<(Vec<PathBuf>, Option<tempdir::Dir>)
         return Ok((set.stencils.iter().map(|s| set.path.join(format!("{}.o", s.name))).collect(), None));
     }
     let bytes = super::read_limited(&set.path, super::MAX_OBJECT_FILE).unwrap_or_default();
-    if super::InputKind::sniff(&bytes) == super::InputKind::Elf {
+    if matches!(
+        super::InputKind::sniff(&bytes),
+        super::InputKind::Elf | super::InputKind::MachO | super::InputKind::Coff
+    ) {
         return Ok((vec![set.path.clone()], None));
     }
     Err(BadInput::in_file(set.path.display(), "--cross-check-objdump needs object files"))

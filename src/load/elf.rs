@@ -130,7 +130,7 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
             }
             d.to_vec()
         };
-        sections.push(RawSection { index: s.index().0, name, kind, bytes: data, symbols: Vec::new() });
+        sections.push(RawSection { index: s.index().0, name, kind, bytes: data, symbols: Vec::new(), address: None });
     }
     for sym in file.symbols() {
         let Some(idx) = sym.section_index() else { continue };
@@ -210,7 +210,8 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
             } else {
                 rel.addend()
             };
-            relocs.push(RawReloc { section: copied.index, offset, kind, symbol, target, addend });
+            let printed = super::object::symbol_text(&symbol, addend);
+            relocs.push(RawReloc { section: copied.index, offset, kind, symbol, target, addend, printed });
         }
         let want = expected.get(&s.index().0).copied().unwrap_or(0);
         if read != want {
@@ -225,7 +226,7 @@ pub fn read(path: &str, bytes: &[u8]) -> Result<RawObject, BadInput> {
     for (pos, offset, w) in implicit {
         sections[pos].bytes[offset..offset + w].fill(0);
     }
-    Ok(RawObject { arch, sections, relocs })
+    Ok(RawObject { arch, format: crate::target::ObjectFormat::Elf, sections, relocs })
 }
 
 /// Every relocation section, checked whole: section index it patches →

@@ -3,9 +3,10 @@
 //! The format is decided by the file's *content*, never by its name: a
 //! `jit_stencils.h` is C text with `emit_…` functions holding `code_body`
 //! arrays; object files are recognised by their magic numbers (ELF, Mach-O,
-//! COFF). ELF objects load (`elf.rs` → `object.rs`); a directory means every
-//! `*.o` in it, one stencil each, named by file stem. Mach-O and COFF are
-//! refused for now (a reader producing `object::RawObject` is all they need).
+//! COFF). ELF objects load through `elf.rs`, Mach-O and COFF through one
+//! reader (`reader.rs`, with the format facts in `macho.rs` and `coff.rs`);
+//! each gives an `object::RawObject` that `object.rs` turns into a stencil. A
+//! directory means every `*.o` in it, one stencil each, named by file stem.
 //!
 //! Bounded and never vacuous: files are read with a limit ([`MAX_HEADER_FILE`],
 //! [`MAX_OBJECT_FILE`]), special files (FIFOs, devices, sockets) are refused
@@ -13,10 +14,13 @@
 //! [`MAX_STENCILS`]; in a directory, every `*.o` entry must be a readable
 //! regular file and at least one must exist. Each is exit 2 naming the file.
 
+pub mod coff;
 pub mod crosscheck;
 pub mod elf;
 pub mod header;
+pub mod macho;
 pub mod object;
+pub mod reader;
 pub mod symbols;
 
 use crate::error::BadInput;
@@ -181,7 +185,7 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             set.path = path.to_path_buf();
             Ok(set)
         }
-        InputKind::Elf => {
+        InputKind::Elf | InputKind::MachO | InputKind::Coff => {
             if bytes.len() as u64 > MAX_OBJECT_FILE {
                 return Err(BadInput::in_file(
                     &shown,
@@ -190,10 +194,6 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<StencilSet, BadInput> {
             }
             load_objects(path, &[(path.to_path_buf(), bytes.to_vec())])
         }
-        InputKind::MachO | InputKind::Coff => Err(BadInput {
-            kind: crate::error::Refusal::Unsupported,
-            ..BadInput::in_file(&shown, "Mach-O and COFF objects are not supported yet")
-        }),
         InputKind::Unknown => Err(BadInput::in_file(&shown, "not a jit_stencils.h (no emit_ functions)")),
     }
 }
@@ -203,41 +203,48 @@ pub fn stem(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-/// One ELF object → one stencil named after the file.
-pub fn load_object(path: &Path, bytes: &[u8]) -> Result<crate::model::Stencil, BadInput> {
-    let shown = path.display().to_string();
+/// Read an object of any format stencilcheck knows (by its magic).
+pub fn read_object(shown: &str, bytes: &[u8]) -> Result<object::RawObject, BadInput> {
     match InputKind::sniff(bytes) {
-        InputKind::Elf => {
-            let raw = elf::read(&shown, bytes)?;
-            Ok(object::build(&stem(path), &raw))
+        InputKind::Elf => elf::read(shown, bytes),
+        InputKind::MachO if bytes.starts_with(&[0xca, 0xfe, 0xba, 0xbe]) => {
+            Err(BadInput::in_file(shown, "a universal (fat) Mach-O file: give one architecture's object"))
         }
-        _ => Err(BadInput::in_file(&shown, "not an ELF object")),
+        InputKind::MachO => macho::read(shown, bytes),
+        InputKind::Coff => coff::read(shown, bytes),
+        _ => Err(BadInput::in_file(shown, "not an object (ELF, Mach-O or COFF)")),
     }
+}
+
+/// One object → one stencil named after the file.
+pub fn load_object(path: &Path, bytes: &[u8]) -> Result<crate::model::Stencil, BadInput> {
+    let raw = read_object(&path.display().to_string(), bytes)?;
+    Ok(object::build(&stem(path), &raw))
 }
 
 /// Several objects (already in memory) → one set; names from the paths.
 pub fn load_objects(set_path: &Path, objects: &[(std::path::PathBuf, Vec<u8>)]) -> Result<StencilSet, BadInput> {
     let mut stencils = Vec::new();
-    let mut arch = None;
+    let mut first = None;
     for (p, bytes) in objects {
         let shown = p.display().to_string();
-        let raw = match InputKind::sniff(bytes) {
-            InputKind::Elf => elf::read(&shown, bytes)?,
-            _ => return Err(BadInput::in_file(&shown, "not an ELF object")),
-        };
-        match arch {
-            None => arch = Some(raw.arch),
-            Some(a) if a != raw.arch => {
-                return Err(BadInput::in_file(&shown, format!("{} object among {a} objects", raw.arch)))
+        let raw = read_object(&shown, bytes)?;
+        match first {
+            None => first = Some((raw.arch, raw.format)),
+            Some((a, f)) if (a, f) != (raw.arch, raw.format) => {
+                return Err(BadInput::in_file(
+                    &shown,
+                    format!("{} {} object among {a} {f} objects", raw.arch, raw.format),
+                ))
             }
             _ => {}
         }
         stencils.push(object::build(&stem(p), &raw));
     }
-    let arch = arch.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
+    let (arch, format) = first.ok_or_else(|| BadInput::in_file(set_path.display(), "no object files (*.o)"))?;
     Ok(StencilSet {
         path: set_path.to_path_buf(),
-        target: crate::target::Target::elf(arch),
+        target: crate::target::Target::new(arch, format, crate::target::Version::V3_13),
         stencils,
         symbols_map: Vec::new(),
     })
@@ -335,12 +342,12 @@ mod tests {
 
         std::fs::copy(corpus.join("aarch64-unknown-linux-gnu/load_oparg.o"), dir.path().join("arm.o")).unwrap();
         let e = load_path(dir.path()).unwrap_err();
-        assert!(e.message.contains("aarch64 object among x86_64 objects"), "{e}");
+        assert!(e.message.contains("aarch64 ELF object among x86_64 ELF objects"), "{e}");
         std::fs::remove_file(dir.path().join("arm.o")).unwrap();
 
         std::fs::write(dir.path().join("bogus.o"), "text, not ELF").unwrap();
         let e = load_path(dir.path()).unwrap_err();
-        assert!(e.location.ends_with("bogus.o") && e.message == "not an ELF object", "{e}");
+        assert!(e.location.ends_with("bogus.o") && e.message == "not an object (ELF, Mach-O or COFF)", "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Objects → stencils, independently of CPython's Python code.
 //!
-//! Each object format has a small reader (`elf.rs` today; Mach-O and COFF
-//! can follow) that produces a [`RawObject`]: the sections worth copying,
+//! Each object format has a reader (`elf.rs`; Mach-O and COFF share
+//! `reader.rs`) that produces a [`RawObject`]: the sections worth copying,
 //! the symbols they define and the relocations against them, with explicit
 //! addends (implicit ones already read from the bytes). [`build`] turns a
 //! `RawObject` into a [`Stencil`] the way `_PyJIT_Compile` needs it:
@@ -16,14 +16,24 @@
 //!   empty, e.g. `_NOP`), the code holes by offset.
 //! * **relocations** (the oracle): every relocation in code, exact addend.
 //!
-//! Deliberate transformations, the same as CPython's `Tools/jit`:
-//! * x86-64: a final `jmp *_JIT_CONTINUE@GOTPCREL(%rip)` (`ff 25` + zeros,
-//!   the very last bytes of the code) is dropped and the code shrinks by its
-//!   6 bytes: the next uop starts right there. The jump and its relocation
-//!   leave the oracle too (as the header loader drops them from objdump's
-//!   listing): nothing is left to check there.
-//! * aarch64: a final `b _JIT_CONTINUE` (`00 00 00 14`) is dropped likewise,
-//!   and code is padded to 8 bytes.
+//! Deliberate transformations, the same as CPython 3.13's `Tools/jit`:
+//! * x86-64: a final jump to `_JIT_CONTINUE` (ELF `jmp *…@GOTPCREL(%rip)`,
+//!   `ff 25` + zeros; COFF `rex.W jmp *__imp__JIT_CONTINUE(%rip)`; Mach-O
+//!   `jmp` rel32, `e9` + zeros; the very last bytes of the code) is dropped
+//!   and the code shrinks by it: the next uop starts right there. The jump
+//!   and its relocation leave the oracle too (as the header loader drops
+//!   them from objdump's listing): nothing is left to check there.
+//! * aarch64: a final ELF `b _JIT_CONTINUE` (`00 00 00 14`) is dropped
+//!   likewise (CPython keeps Mach-O's), and code is padded to 8 bytes.
+//! * aarch64: a `b`/`bl` (`CALL26`, `JUMP26`, `ARM64_RELOC_BRANCH26`) to a
+//!   symbol that is no `_JIT_*` value gets CPython 3.13's inline veneer
+//!   (`movz/movk x8` ×4, `br x8`, after padding to 8) and is rewritten to
+//!   reach it; the veneer's `MOVW_UABS` relocations join the oracle (as
+//!   CPython's listing has them) and the instruction listing keeps the
+//!   branch's original word (as objdump printed it), so the judge sees a
+//!   relocation CPython resolved in the body, like the header's. With a
+//!   veneer, a final jump is not dropped (CPython only looks at the last
+//!   hole, then a veneer's).
 //!
 //! Limit: `Stencil::locals` only holds symbols of the *data* part. A
 //! relocation against a symbol defined in code other than `_JIT_ENTRY` (a
@@ -31,9 +41,6 @@
 //! gets the right hole (`(uintptr_t)code + offset`), but the judge cannot
 //! place its S and falls back to "somewhere in the read-only data".
 //!
-//! Not done (CPython does it, aarch64 only): `CALL26`/`JUMP26` to an extern
-//! get an inline `movz/movk/br` trampoline in CPython; here they stay a plain
-//! `patch_aarch64_26r` of the extern (no 3.13.5 object has one).
 //! Adjacent `ADR_GOT_PAGE`+`LD64_GOT_LO12_NC` holes of one slot are folded
 //! into one `patch_aarch64_33rx`, as CPython's writer does.
 
@@ -60,6 +67,10 @@ pub struct RawSection {
     pub bytes: Vec<u8>,
     /// Symbols defined in this section: name → offset in the section.
     pub symbols: Vec<(String, u64)>,
+    /// Mach-O: the section's address; its part is padded so that it lands
+    /// at `address` − (bytes of the other part before it), as CPython lays
+    /// Mach-O sections out. `None`: appended to its part.
+    pub address: Option<u64>,
 }
 
 /// Where a relocation's symbol is defined.
@@ -82,12 +93,16 @@ pub struct RawReloc {
     pub symbol: String,
     pub target: RawTarget,
     pub addend: i64,
+    /// How llvm-objdump prints the relocation's value (`_JIT_OPARG-0x4`;
+    /// Mach-O `__JIT_OPARG@GOTPCREL`, COFF `__imp__JIT_OPARG`: no addend).
+    pub printed: String,
 }
 
 /// The common intermediate every object reader produces.
 #[derive(Clone, Debug)]
 pub struct RawObject {
     pub arch: Arch,
+    pub format: crate::target::ObjectFormat,
     /// Copied sections, in section order.
     pub sections: Vec<RawSection>,
     /// Relocations against copied sections, in file order.
@@ -102,7 +117,11 @@ fn layout(raw: &RawObject) -> (Vec<u8>, Vec<u8>, Bases) {
     let (mut code, mut data) = (Vec::new(), Vec::new());
     let mut base = BTreeMap::new();
     for s in &raw.sections {
+        let before = (code.len() + data.len()) as u64;
         let part = if s.kind == RawKind::Code { &mut code } else { &mut data };
+        if let Some(gap) = s.address.and_then(|a| a.checked_sub(before)) {
+            part.resize(part.len() + gap as usize, 0);
+        }
         base.insert(s.index, (s.kind, part.len() as u64));
         part.extend_from_slice(&s.bytes);
     }
@@ -157,9 +176,9 @@ pub fn symbol_text(symbol: &str, addend: i64) -> String {
     }
 }
 
-/// A relocation line as llvm-objdump prints it.
-pub fn relocation_text(offset: u64, kind: RelocKind, symbol: &str, addend: i64) -> String {
-    format!("{offset:016x}:  {:<20} {}", kind.name(), symbol_text(symbol, addend))
+/// A relocation line as llvm-objdump prints it (`printed`: its value).
+pub fn relocation_text(offset: u64, kind: RelocKind, printed: &str) -> String {
+    format!("{offset:016x}:  {:<20} {printed}", kind.name())
 }
 
 /// Index (in `holes`) of a final continuation jump that CPython drops, if the
@@ -173,6 +192,15 @@ fn final_continue_jump(arch: Arch, code: &[u8], relocs: &[(u64, &RawReloc)]) -> 
         (Arch::X86_64, RelocKind::X86_64_GOTPCRELX) if r.addend == -4 => {
             (off.checked_sub(2)?, &[0xff, 0x25, 0, 0, 0, 0])
         }
+        // COFF: `jmp *__imp__JIT_CONTINUE(%rip)` with a REX.W prefix.
+        (Arch::X86_64, RelocKind::Coff_AMD64_REL32_Import) if r.addend == -4 => {
+            (off.checked_sub(3)?, &[0x48, 0xff, 0x25, 0, 0, 0, 0])
+        }
+        // Mach-O x86-64 and i686 COFF: a direct `jmp _JIT_CONTINUE`.
+        (Arch::X86_64, RelocKind::MachO_X86_64_BRANCH) | (Arch::I686, RelocKind::I386_REL32) if r.addend == -4 => {
+            (off.checked_sub(1)?, &[0xe9, 0, 0, 0, 0])
+        }
+        // (ELF only: CPython 3.13 keeps Mach-O arm64's final `b`.)
         (Arch::Aarch64, RelocKind::Aarch64_JUMP26) if r.addend == 0 => (*off, &[0, 0, 0, 0x14]),
         _ => return None,
     };
@@ -199,21 +227,55 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
             offset: *off,
             kind: r.kind,
             symbol: oracle_symbol(r),
-            addend: r.addend,
+            addend: r.addend.wrapping_add(section_address(raw, r) as i64),
             line: 0,
-            text: relocation_text(*off, r.kind, &r.symbol, r.addend),
+            text: relocation_text(*off, r.kind, &r.printed),
         })
         .collect();
     oracle.sort_by_key(|r| r.offset);
 
     let mut holes_in_code = code_relocs.clone();
-    if let Some((i, start)) = final_continue_jump(raw.arch, &code, &holes_in_code) {
-        code.truncate(start as usize);
-        let dropped = holes_in_code.remove(i).0;
-        oracle.retain(|r| r.offset != dropped);
+    // The code as objdump lists it: branches rewritten to reach a veneer
+    // keep their original words there.
+    let mut listing = code.clone();
+    let veneers = veneers(raw.arch, &mut code, &mut holes_in_code);
+    for (at, original, _) in &veneers {
+        listing[*at as usize..*at as usize + 4].copy_from_slice(original);
+    }
+    listing.extend_from_slice(&code[listing.len()..]);
+    let mut veneer_holes = Vec::new();
+    for (_, _, holes) in veneers {
+        for (off, kind, r) in holes {
+            oracle.push(Relocation {
+                offset: off,
+                kind,
+                symbol: oracle_symbol(r),
+                addend: r.addend,
+                line: 0,
+                text: relocation_text(off, kind, &r.symbol),
+            });
+            let v = symbol_value(r, &base);
+            veneer_holes.push(PatchCall {
+                func: patch_fn(kind),
+                section: Section::Code,
+                offset: off,
+                value: Value::new(v.term, v.addend + r.addend),
+                line: 0,
+            });
+        }
+    }
+    oracle.sort_by_key(|r| r.offset);
+    if veneer_holes.is_empty() {
+        if let Some((i, start)) = final_continue_jump(raw.arch, &code, &holes_in_code) {
+            code.truncate(start as usize);
+            listing.truncate(start as usize);
+            let dropped = holes_in_code.remove(i).0;
+            oracle.retain(|r| r.offset != dropped);
+        }
     }
     if raw.arch == Arch::Aarch64 {
         code.resize(code.len().next_multiple_of(8), 0);
+        listing.resize(code.len(), 0);
     }
     let rodata_len = data.len();
     data.resize(data.len().next_multiple_of(8), 0);
@@ -259,6 +321,7 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
         data_comments.push(DataComment { offset, kind: DataCommentKind::Slot(value.clone()), line: 0 });
         data.extend_from_slice(&[0; 8]);
     }
+    code_holes.extend(veneer_holes);
     data_holes.sort_by_key(|h| h.offset);
     code_holes.sort_by_key(|h| h.offset);
     let code_holes = fold_got_pairs(code_holes);
@@ -276,7 +339,9 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     let mut locals = BTreeMap::new();
     for s in raw.sections.iter().filter(|s| s.kind == RawKind::Data) {
         let b = base[&s.index].1;
-        locals.insert(s.name.clone(), b);
+        // A section's name stands for object address 0 where sections land
+        // by address (Mach-O): see `section_address`.
+        locals.insert(s.name.clone(), b.wrapping_sub(s.address.unwrap_or(0)));
         for (n, o) in &s.symbols {
             locals.insert(n.clone(), b + o);
         }
@@ -284,7 +349,7 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     Stencil {
         name: name.to_string(),
         line: 0,
-        instructions: decode(raw.arch, &code),
+        instructions: decode(raw.arch, &listing),
         code,
         data,
         relocations: oracle,
@@ -295,6 +360,67 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
         trampoline_mask: Vec::new(),
         got_mask: Vec::new(),
     }
+}
+
+/// A veneer built for a far call: the branch's offset, its original word,
+/// and the veneer's four `movz`/`movk` holes (offset, kind, the call's relocation).
+type Veneer<'a> = (u64, [u8; 4], Vec<(u64, RelocKind, &'a RawReloc)>);
+
+/// aarch64, as CPython 3.13's `Tools/jit` does: a `b`/`bl` to a symbol that
+/// is no `_JIT_*` value (an extern of CPython, out of a 26-bit branch's
+/// reach in general) goes through a veneer appended to the code (padded to
+/// 8 first): `movz x8; movk x8 ×3` of the symbol's address, `br x8`; the
+/// branch is rewritten to reach the veneer and its hole becomes the
+/// veneer's four `patch_aarch64_16a..d` holes. In relocation order.
+fn veneers<'a>(arch: Arch, code: &mut Vec<u8>, holes: &mut Vec<(u64, &'a RawReloc)>) -> Vec<Veneer<'a>> {
+    const VENEER: [u32; 5] = [0xd280_0008, 0xf2a0_0008, 0xf2c0_0008, 0xf2e0_0008, 0xd61f_0100];
+    const CHUNKS: [RelocKind; 4] = [
+        RelocKind::Aarch64_MOVW_UABS_G0_NC,
+        RelocKind::Aarch64_MOVW_UABS_G1_NC,
+        RelocKind::Aarch64_MOVW_UABS_G2_NC,
+        RelocKind::Aarch64_MOVW_UABS_G3,
+    ];
+    let mut out = Vec::new();
+    if arch != Arch::Aarch64 {
+        return out;
+    }
+    let far = |r: &RawReloc| {
+        matches!(r.kind, RelocKind::Aarch64_CALL26 | RelocKind::Aarch64_JUMP26 | RelocKind::MachO_ARM64_BRANCH26)
+            && jit_term(&r.symbol).is_none_or(|t| t == Term::Code)
+    };
+    let mut kept = Vec::with_capacity(holes.len());
+    for (off, r) in holes.drain(..) {
+        let at = off as usize;
+        let Some(word) = code.get(at..at + 4).and_then(|w| <[u8; 4]>::try_from(w).ok()) else {
+            kept.push((off, r));
+            continue;
+        };
+        if !far(r) {
+            kept.push((off, r));
+            continue;
+        }
+        code.resize(code.len().next_multiple_of(8), 0);
+        let base = code.len() as u64;
+        let branch = (u32::from_le_bytes(word) & 0xfc00_0000) | (((base - off) >> 2) as u32 & 0x03ff_ffff);
+        code[at..at + 4].copy_from_slice(&branch.to_le_bytes());
+        for w in VENEER {
+            code.extend_from_slice(&w.to_le_bytes());
+        }
+        out.push((off, word, CHUNKS.iter().enumerate().map(|(k, kind)| (base + 4 * k as u64, *kind, r)).collect()));
+    }
+    *holes = kept;
+    out
+}
+
+/// Mach-O: a relocation against a section (`r_extern = 0`) names a place by
+/// its object address, so the oracle's addend is that address (less the PC
+/// bias) and the section's name stands for object address 0 in
+/// `Stencil::locals`, as the header loader reads the same relocation line:
+/// the two agree, and S + A is the same place as the hole's section offset.
+/// 0 for every other relocation.
+fn section_address(raw: &RawObject, r: &RawReloc) -> u64 {
+    let RawTarget::Defined { section, .. } = r.target else { return 0 };
+    raw.sections.iter().find(|s| s.index == section && s.name == r.symbol).and_then(|s| s.address).unwrap_or(0)
 }
 
 /// aarch64: an `adrp` (`patch_aarch64_21rx`) directly followed by the `ldr`
