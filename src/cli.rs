@@ -117,6 +117,10 @@ pub struct VerifyArgs {
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
+    /// With no input: only the embedded corpus built for this triple (with
+    /// neither, every embedded triple, a summary line each).
+    #[arg(long, value_name = "TRIPLE", conflicts_with = "input")]
+    pub corpus: Option<String>,
     /// Patch with the `patch_*` functions of this `Python/jit.c` (compiled
     /// with the system C compiler) instead of stencilcheck's Rust ports.
     #[arg(long = "jit-c", value_name = "PATH")]
@@ -185,7 +189,23 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<u8, BadInput> {
         return Err(BadInput::in_file(&shown, "--placements 0 would check nothing"));
     }
     if let Some(inputs) = args.input.as_deref().and_then(build_inputs) {
-        return verify_build(args, &inputs, out);
+        let root = args.input.as_deref().unwrap_or(std::path::Path::new(""));
+        let runs: Vec<(String, VerifyArgs)> = inputs
+            .iter()
+            .map(|i| {
+                let shown = i.strip_prefix(root).unwrap_or(i).display().to_string();
+                (shown, VerifyArgs { input: Some(i.clone()), ..args.clone() })
+            })
+            .collect();
+        return verify_build(args, &runs, &format!("{}/", root.display()), out);
+    }
+    if args.input.is_none() && args.corpus.is_none() {
+        // The embedded corpus: every triple it was built for.
+        let runs: Vec<(String, VerifyArgs)> = crate::corpus::TRIPLES
+            .iter()
+            .map(|(t, _)| (format!("corpus/{t}"), VerifyArgs { corpus: Some(t.to_string()), ..args.clone() }))
+            .collect();
+        return verify_build(args, &runs, "", out);
     }
     verify_one(args, out).map(|(code, _)| code)
 }
@@ -217,17 +237,19 @@ fn build_inputs(dir: &std::path::Path) -> Option<Vec<PathBuf>> {
 /// Verify every input of a build, each report in turn, then one line per
 /// input (target, stencils, findings, coverage, runs/s) and a total. The
 /// exit status is the worst: a refused input does not stop the others.
-fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Result<u8, BadInput> {
+fn verify_build(
+    args: &VerifyArgs,
+    runs: &[(String, VerifyArgs)],
+    root: &str,
+    out: &mut String,
+) -> Result<u8, BadInput> {
     use std::fmt::Write;
     let mut worst = 0u8;
     let mut lines = Vec::new();
     let mut json = Vec::new();
-    let root = args.input.as_deref().unwrap_or(std::path::Path::new(""));
-    for input in inputs {
-        let one = VerifyArgs { input: Some(input.clone()), ..args.clone() };
+    for (shown, one) in runs {
         let mut text = String::new();
-        let shown = input.strip_prefix(root).unwrap_or(input).display().to_string();
-        match verify_one(&one, &mut text) {
+        match verify_one(one, &mut text) {
             Ok((code, v)) => {
                 worst = worst.max(code);
                 let coverage = 100.0 * v.holes.0 as f64 / v.holes.1.max(1) as f64;
@@ -246,7 +268,7 @@ fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Resu
                 let code = e.kind.exit_code();
                 worst = worst.max(code);
                 // Paths in the message relative to the build directory, as in the line's head.
-                let why = e.to_string().replace(&format!("{}/", root.display()), "");
+                let why = if root.is_empty() { e.to_string() } else { e.to_string().replace(root, "") };
                 lines.push(format!("{shown:<40} refused (exit {code}): {why}"));
                 text = format!("stencilcheck: error: {e}\n");
             }
@@ -264,7 +286,7 @@ fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Resu
         let _ = writeln!(out, "[{}]", reports.join(","));
         return Ok(worst);
     }
-    let _ = writeln!(out, "== build summary ({} inputs)", inputs.len());
+    let _ = writeln!(out, "== build summary ({} inputs)", runs.len());
     for line in &lines {
         let _ = writeln!(out, "{line}");
     }
@@ -273,7 +295,7 @@ fn verify_build(args: &VerifyArgs, inputs: &[PathBuf], out: &mut String) -> Resu
         1 => "findings",
         _ => "some inputs refused",
     };
-    let _ = writeln!(out, "total: {} inputs, exit {worst} ({verdict})", inputs.len());
+    let _ = writeln!(out, "total: {} inputs, exit {worst} ({verdict})", runs.len());
     Ok(worst)
 }
 
@@ -281,7 +303,7 @@ fn verify_one(args: &VerifyArgs, out: &mut String) -> Result<(u8, Verified), Bad
     let shown = args.input.as_ref().map_or("(embedded corpus)".to_string(), |p| p.display().to_string());
     let set = match &args.input {
         Some(input) => load::load_path(input)?,
-        None => crate::corpus::load()?,
+        None => crate::corpus::load_triple(args.corpus.as_deref().unwrap_or(crate::corpus::TRIPLE))?,
     };
     if set.stencils.is_empty() {
         return Err(BadInput::in_file(&shown, "no stencils to verify"));
@@ -386,7 +408,7 @@ fn default_threads() -> usize {
 fn replay_base(args: &VerifyArgs) -> String {
     let mut base = match &args.input {
         Some(input) => format!("stencilcheck verify {}", shell_word(&input.display().to_string())),
-        None => "stencilcheck verify".to_string(),
+        None => format!("stencilcheck verify --corpus {}", args.corpus.as_deref().unwrap_or(crate::corpus::TRIPLE)),
     };
     if args.instruction_limit != crate::execute::DEFAULT_INSTRUCTION_LIMIT {
         base.push_str(&format!(" --instruction-limit {}", args.instruction_limit));

@@ -1,7 +1,7 @@
 /* Call an extern through the GOT (call *: R_X86_64_GOTPCRELX); NULL goes to
  * the error target, otherwise continue. */
 #include "jit.h"
-extern void *ext_repr(void *);
+extern IMPORTED void *ext_repr(void *);
 ENTRY {
     void *r = ext_repr(sp[-1]);
     if (r == 0) {

@@ -2,7 +2,7 @@
  * (a GOT load) and leave for the jump target when it differs; the executor
  * pointer is stored in the frame (GOT load of _JIT_EXECUTOR). */
 #include "jit.h"
-extern char ExtType[];
+extern IMPORTED char ExtType[];
 ENTRY {
     if (*(void **)sp[-1] != (void *)ExtType) {
         JUMP(_JIT_JUMP_TARGET);

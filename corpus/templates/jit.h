@@ -11,8 +11,17 @@ typedef struct frame frame;
 typedef struct tstate tstate;
 typedef __attribute__((preserve_none)) void *(*jit_func)(frame *, void **, tstate *);
 
-extern char _JIT_CONTINUE[], _JIT_JUMP_TARGET[], _JIT_ERROR_TARGET[], _JIT_TOP[];
-extern char _JIT_EXECUTOR[], _JIT_OPARG[], _JIT_OPERAND[], _JIT_TARGET[], _JIT_EXIT_INDEX[];
+/* Windows: CPython's externs (Python.h's PyAPI_FUNC/PyAPI_DATA) and the
+ * _JIT_* symbols are dllimport, so the code reaches them through `__imp_`
+ * slots, which CPython turns into GOT entries. Nothing elsewhere. */
+#ifdef _WIN32
+#define IMPORTED __declspec(dllimport)
+#else
+#define IMPORTED
+#endif
+
+extern IMPORTED char _JIT_CONTINUE[], _JIT_JUMP_TARGET[], _JIT_ERROR_TARGET[], _JIT_TOP[];
+extern IMPORTED char _JIT_EXECUTOR[], _JIT_OPARG[], _JIT_OPERAND[], _JIT_TARGET[], _JIT_EXIT_INDEX[];
 
 #define ENTRY __attribute__((preserve_none)) void *_JIT_ENTRY(frame *f, void **sp, tstate *ts)
 #define JUMP(SYM) do { __attribute__((musttail)) return ((jit_func)SYM)(f, sp, ts); } while (0)

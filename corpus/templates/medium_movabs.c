@@ -3,7 +3,7 @@
  * movabs of the oparg and of an extern's address (R_X86_64_64), and a final
  * jmp rel32 to the continuation (R_X86_64_PLT32), which stays. */
 #include "jit.h"
-extern char ext_table[1 << 20];
+extern IMPORTED char ext_table[1 << 20];
 ENTRY {
     sp[0] = (void *)(uintptr_t)ext_table[OPARG];
     sp++;

@@ -82,10 +82,10 @@ pub fn check_file(tool: &str, path: &Path) -> Result<usize, BadInput> {
 
 /// The object files behind `set`, writing the embedded corpus to a temp dir.
 fn object_files(set: &StencilSet) -> Result<(Vec<PathBuf>, Option<tempdir::Dir>), BadInput> {
-    if set.path == crate::corpus::path() {
+    if let Some(objects) = crate::corpus::objects_at(&set.path) {
         let dir = tempdir::Dir::new().map_err(|e| BadInput::in_file("corpus", format!("temp dir: {e}")))?;
         let mut files = Vec::new();
-        for (name, bytes) in crate::corpus::OBJECTS {
+        for (name, bytes) in objects {
             let p = dir.0.join(format!("{name}.o"));
             std::fs::write(&p, bytes).map_err(|e| BadInput::in_file(p.display(), format!("cannot write: {e}")))?;
             files.push(p);
