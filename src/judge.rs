@@ -772,6 +772,10 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                     format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data))
                 }
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
+                Fault::ReservedRegister => format!(
+                    "reached `{}`, which writes a register the platform reserves (x18 on Darwin and Windows on Arm)",
+                    instruction(*pc)
+                ),
                 Fault::NullConstant => format!(
                     "`{}` touched {address:#x} in the NULL page through an address no made-up input produced \
                      (a constant or a patched value): it faults whatever the stencil is given",

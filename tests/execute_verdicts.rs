@@ -178,3 +178,20 @@ fn a_null_access_through_made_up_values_is_not_the_stencils() {
     let r = verify(ARM64, raw("_A64_CHAIN", words(&[0xf940_0281, 0xf940_0420, 0xd503_201f, 0xd503_201f])));
     assert!(r.findings.is_empty(), "{:?}", messages(&r));
 }
+
+#[test]
+fn writing_x18_is_a_finding_where_the_platform_reserves_it() {
+    const NOP: u32 = 0xd503_201f;
+    let code = words(&[NOP, 0xd280_0032, NOP, NOP]); // movz x18, #1
+    for format in [ObjectFormat::MachO, ObjectFormat::Coff] {
+        let target = Target { format, ..ARM64 };
+        let r = verify(target, raw("_X18", code.clone()));
+        let m = messages(&r);
+        assert_eq!(m.len(), 1, "{format}: {m:?}");
+        assert!(m[0].contains("`movz x18, #0x1`") && m[0].contains("reserves"), "{}", m[0]);
+        assert_eq!(r.findings[0].finding.at, Some(4));
+    }
+    // Linux: x18 is an ordinary temporary.
+    let r = verify(ARM64, raw("_X18", code));
+    assert!(r.findings.is_empty(), "{:?}", messages(&r));
+}

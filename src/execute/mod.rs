@@ -125,6 +125,9 @@ pub enum Fault {
     /// Valid machine code the emulator cannot run (AVX, AVX-512 in
     /// Unicorn): not the stencil's bug, the run says nothing.
     Unsupported,
+    /// Code about to write a register the platform reserves (x18 on Darwin
+    /// and Windows on Arm): the instruction is named by the judge.
+    ReservedRegister,
     /// Any other emulator error (named in `detail` of the finding).
     Other,
 }
@@ -166,25 +169,35 @@ pub struct CAbi {
     pub args: [&'static str; 3],
     /// Registers a callee may leave anything in, besides the return value.
     pub caller_saved: &'static [&'static str],
+    /// Registers the platform keeps for itself: code must never write them.
+    pub reserved: &'static [&'static str],
 }
 
 /// System V x86-64 (Linux, macOS).
-pub const SYSV_X86_64: CAbi =
-    CAbi { args: ["rdi", "rsi", "rdx"], caller_saved: &["rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"] };
+pub const SYSV_X86_64: CAbi = CAbi {
+    args: ["rdi", "rsi", "rdx"],
+    caller_saved: &["rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"],
+    reserved: &[],
+};
 /// Windows x64: rsi and rdi are callee-saved there.
-pub const WIN64: CAbi = CAbi { args: ["rcx", "rdx", "r8"], caller_saved: &["rcx", "rdx", "r8", "r9", "r10", "r11"] };
+pub const WIN64: CAbi =
+    CAbi { args: ["rcx", "rdx", "r8"], caller_saved: &["rcx", "rdx", "r8", "r9", "r10", "r11"], reserved: &[] };
 /// i686 cdecl (Windows): arguments on the stack (`args` name the registers
 /// the convention's values would be read from, unused), eax returns, ecx
 /// and edx are the callee's to clobber.
-pub const CDECL_I686: CAbi = CAbi { args: ["eax", "ecx", "edx"], caller_saved: &["ecx", "edx"] };
-/// AAPCS64 (Linux, Windows; Darwin too, which also reserves x18 — a stub
-/// leaves it alone everywhere).
+pub const CDECL_I686: CAbi = CAbi { args: ["eax", "ecx", "edx"], caller_saved: &["ecx", "edx"], reserved: &[] };
+/// AAPCS64 on Linux (x18 is an ordinary temporary there; a stub leaves it
+/// alone everywhere).
 pub const AAPCS64: CAbi = CAbi {
     args: ["x0", "x1", "x2"],
     caller_saved: &[
         "x1", "x2", "x3", "x4", "x5", "x6", "x7", "x8", "x9", "x10", "x11", "x12", "x13", "x14", "x15", "x16", "x17",
     ],
+    reserved: &[],
 };
+/// AAPCS64 on Darwin and Windows: x18 is the platform register (Darwin
+/// reserves it; Windows keeps the TEB there), which code must never write.
+pub const AAPCS64_X18_RESERVED: CAbi = CAbi { reserved: &["x18"], ..AAPCS64 };
 
 /// How a stencil is entered.
 pub fn entered_by_call(stencil: &Stencil) -> bool {

@@ -122,6 +122,10 @@ pub trait Machine: 'static {
     }
     /// A line of registers for `STENCILCHECK_DEBUG`.
     fn debug_registers(uc: &Unicorn<'_, RunState>) -> String;
+    /// The [`RunState::reserved_mask`] bits of registers named `names`.
+    fn register_mask(_names: &[&str]) -> u32 {
+        0
+    }
     /// The instruction just run ([`RunState::trail`]'s first) touched the
     /// NULL page: was its address made up, or a constant the code (or a
     /// hole) formed? Made up by default: a machine that cannot tell must
@@ -197,6 +201,10 @@ pub struct RunState {
     checked: Vec<u8>,
     /// The run reached a forbidden instruction here (it did not run it).
     forbidden_at: Option<u64>,
+    /// Bit n: register n (as the machine numbers them) is the platform's.
+    pub reserved_mask: u32,
+    /// The run reached an instruction writing a reserved register here.
+    pub reserved_at: Option<u64>,
     /// Per relocation: the instruction objdump listed there (before
     /// patching), when the machine asks for it.
     pub originals: Vec<Vec<u8>>,
@@ -315,6 +323,8 @@ impl<M: Machine> UnicornEngine<M> {
             code_bytes: Vec::new(),
             checked: Vec::new(),
             forbidden_at: None,
+            reserved_mask: 0,
+            reserved_at: None,
             trail: vec![0; TRAIL_LEN],
             linked_into_code: false,
             null_constant: None,
@@ -448,6 +458,8 @@ impl<M: Machine> UnicornEngine<M> {
         st.code_bytes = image.code.clone();
         st.checked = vec![0; image.code.len()];
         st.forbidden_at = None;
+        st.reserved_at = None;
+        st.reserved_mask = M::register_mask(self.convention.c_abi.reserved);
         st.null_constant = None;
         st.linked_into_code = false;
         st.instructions = 0;
@@ -582,6 +594,9 @@ impl<M: Machine> Engine for UnicornEngine<M> {
             if debug_trace() {
                 eprintln!("emu_start -> {result:?} pc={here:#x} left_to={:?}", st.left_to);
             }
+            if let Some(pc) = st.reserved_at {
+                break RunEnd::Fault { fault: Fault::ReservedRegister, pc, address: 0 };
+            }
             if let Some(pc) = st.forbidden_at {
                 break RunEnd::Fault { fault: Fault::Forbidden, pc, address: 0 };
             }
@@ -681,6 +696,10 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
     if M::TRACKS_REGISTERS {
         let site = st.maybe_site[offset];
         M::step(st, offset, site);
+        if st.reserved_at.is_some() {
+            let _ = uc.emu_stop();
+            return;
+        }
     }
     if st.maybe_site[offset] {
         observe::<M>(uc, addr, size);

@@ -13,10 +13,13 @@ pub mod decode;
 
 use self::decode::{decode, writes, BranchRegKind, Insn, MemOp, MovOp};
 use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
-use super::{entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, AAPCS64, RETURN_SENTINEL};
+use super::{
+    entered_by_call, Convention, ExitKind, SiteObservation, TransferClass, AAPCS64, AAPCS64_X18_RESERVED,
+    RETURN_SENTINEL,
+};
 use crate::model::{truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
-use crate::target::{Target, Version};
+use crate::target::{ObjectFormat, Target, Version};
 use unicorn_engine::unicorn_const::{uc_error, Arch, Arm64CpuModel, Mode};
 use unicorn_engine::{RegisterARM64, Unicorn};
 
@@ -88,7 +91,11 @@ fn default_convention(version: Version) -> Convention {
 /// off it. Without a trampoline or shim with code, or when it says nothing,
 /// the version's default.
 pub fn convention(target: Target, set: &StencilSet) -> Convention {
-    let default = default_convention(target.version);
+    let c_abi = match target.format {
+        ObjectFormat::Elf => AAPCS64,
+        ObjectFormat::MachO | ObjectFormat::Coff => AAPCS64_X18_RESERVED,
+    };
+    let default = Convention { c_abi, ..default_convention(target.version) };
     let Some(entry) = set.stencils.iter().find(|s| entered_by_call(s) && !s.code.is_empty()) else {
         return default;
     };
@@ -130,9 +137,7 @@ pub fn convention(target: Target, set: &StencilSet) -> Convention {
         [0, 1, 2].map(|k| holder(k, k).then_some(NAMES[k]))
     };
     match found {
-        [Some(frame), Some(stack_pointer), Some(tstate)] => {
-            Convention { frame, stack_pointer, tstate, source, c_abi: AAPCS64 }
-        }
+        [Some(frame), Some(stack_pointer), Some(tstate)] => Convention { frame, stack_pointer, tstate, source, c_abi },
         _ => default,
     }
 }
@@ -615,6 +620,12 @@ impl Machine for Arm64 {
         let Some(w) = st.code_bytes.get(offset..offset + 4).and_then(word) else { return };
         st.formed &= !(writes(w) as u64);
         let pc = st.code.start + offset as u64;
+        // A call's clobbers are the callee's to honour, not this code's writes.
+        let call =
+            matches!(decode(w), Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. });
+        if !call && writes(w) & st.reserved_mask != 0 {
+            st.reserved_at = Some(pc);
+        }
         match decode(w) {
             Insn::Branch { link: true, .. } => {
                 st.linked_into_code = decode(w).branch_target(pc).is_some_and(|t| st.code.contains(&t));
@@ -649,6 +660,10 @@ impl Machine for Arm64 {
     fn fault(e: uc_error) -> Option<super::Fault> {
         // `udf`: the stencil ran a trap.
         (e == uc_error::EXCEPTION).then_some(super::Fault::InvalidInstruction)
+    }
+
+    fn register_mask(names: &[&str]) -> u32 {
+        names.iter().filter_map(|n| number(n)).fold(0, |m, r| m | 1 << r)
     }
 
     fn null_access_source(st: &RunState) -> AddressSource {
