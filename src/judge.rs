@@ -772,6 +772,18 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
                     format!("wrote into its data at data+{:#x}", address.wrapping_sub(placement.data))
                 }
                 Fault::InvalidInstruction => "ran an invalid instruction".to_string(),
+                Fault::FunctionAsData => {
+                    let function = placement
+                        .externs
+                        .iter()
+                        .filter(|(_, a)| placement.functions.contains(a) && **a <= *address)
+                        .max_by_key(|(_, a)| **a)
+                        .map_or(String::new(), |(n, a)| format!(" ({n}+{:#x})", address - a));
+                    format!(
+                        "`{}` touched {address:#x}{function}, the code of a function the stencil calls: a function used as data",
+                        instruction(*pc)
+                    )
+                }
                 Fault::ReservedRegister => format!(
                     "reached `{}`, which writes a register the platform reserves (x18 on Darwin and Windows on Arm)",
                     instruction(*pc)

@@ -6,6 +6,7 @@
 //! `--stencil` or `--placement` filters never shift other runs.
 
 use crate::error::BadInput;
+use crate::execute::TransferClass;
 use crate::model::{Section, Stencil, Symbol, Term, Value};
 use crate::target::{Target, TargetInfo, Version};
 use rand::{Rng, SeedableRng};
@@ -74,6 +75,10 @@ pub struct Placement {
     /// process, unknown to us. Otherwise a read outside the image is wild.
     #[serde(skip)]
     pub symbols_readable: bool,
+    /// Addresses of the externs the stencil calls or jumps to: functions,
+    /// whose bytes are code, never data the stencil may read or write.
+    #[serde(skip)]
+    pub functions: Vec<u64>,
 }
 
 /// How CPython 3.14+'s `_PyJIT_Compile` lays out the trace a stencil is
@@ -476,7 +481,6 @@ pub fn place_within(
         operands,
         target: if rng.gen_bool(0.5) { rng.gen_range(0..512) } else { rng.gen() },
         exit_index: rng.gen_range(0..64),
-        externs,
         frame: heap_object(&mut rng),
         stack_pointer: heap_object(&mut rng) + 0x100,
         tstate: heap_object(&mut rng),
@@ -486,7 +490,40 @@ pub fn place_within(
         heap_size: HEAP_SIZE,
         contents_seed: rng.gen(),
         symbols_readable: info.relaxation_reads_symbols(),
+        functions: function_externs(target, stencil).iter().filter_map(|n| externs.get(n)).copied().collect(),
+        externs,
     })
+}
+
+/// The externs `stencil` calls or jumps to: a branch relocation, a direct
+/// `call`/`jmp` holding the field, or a `call *`/`jmp *` through the GOT
+/// slot of the symbol. (A `call *table(,%eax,4)` calls what the table
+/// holds: the table is data.) An extern only loaded from or whose address
+/// is only formed may be either (a function pointer passed on, a type
+/// object compared), so is neither.
+pub fn function_externs(target: Target, stencil: &Stencil) -> std::collections::BTreeSet<String> {
+    let info = target.info();
+    let instruction_at = |offset: u64| {
+        stencil.instructions.iter().find(|i| i.offset <= offset && offset < i.offset + i.bytes.len() as u64)
+    };
+    stencil
+        .relocations
+        .iter()
+        .filter_map(|r| {
+            let Symbol::External(name) = &r.symbol else { return None };
+            let expr = target.expr(r.kind).ok()?;
+            let transfer = instruction_at(r.offset).map(|i| {
+                let class = info.transfer_class(&i.bytes, 0);
+                (matches!(class, TransferClass::Call | TransferClass::Jump), info.branch_target(&i.bytes, 0).is_some())
+            });
+            let called = match (expr, transfer) {
+                (crate::target::RelExpr::Branch, _) => true,
+                (_, Some((true, direct))) => direct || expr.is_got(),
+                _ => false,
+            };
+            called.then(|| name.clone())
+        })
+        .collect()
 }
 
 /// A stream per (seed, stencil, index): FNV-1a over the name, mixed with splitmix.

@@ -195,3 +195,34 @@ fn writing_x18_is_a_finding_where_the_platform_reserves_it() {
     let r = verify(ARM64, raw("_X18", code));
     assert!(r.findings.is_empty(), "{:?}", messages(&r));
 }
+
+/// `call PyFx_F` makes PyFx_F a function; `mov rax, [rip + PyFx_F]` then
+/// reads its code as data (a `PC32` where a GOT load belonged). The same
+/// load of an extern the stencil never calls is a data object's, fine.
+#[test]
+fn reading_a_called_functions_code_as_data_is_a_finding() {
+    use stencilcheck::model::{EmitOp, PatchFn, RelocKind, Section, Term};
+    let with = |called: bool| {
+        // push rax (aligns the call); call rel32; pop rcx; mov rax, [rip + disp32]
+        let code = vec![0x50, 0xe8, 0, 0, 0, 0, 0x59, 0x48, 0x8b, 0x05, 0, 0, 0, 0];
+        let mut s = raw("_FN_AS_DATA", code);
+        let extern_at = |offset| common::reloc(offset, RelocKind::X86_64_PC32, "PyFx_F", -4);
+        s.relocations = vec![extern_at(10)];
+        let patch = |offset| common::hole(PatchFn::P32r, Section::Code, offset, Term::Symbol("PyFx_F".into()), -4);
+        s.emit.push(patch(10));
+        if called {
+            s.relocations.insert(0, common::reloc(2, RelocKind::X86_64_PLT32, "PyFx_F", -4));
+            s.emit.insert(2, patch(2));
+        } else {
+            s.code[1..6].copy_from_slice(&[0x0f, 0x1f, 0x44, 0, 0]); // nop
+            s.instructions = common::listing(&s.code);
+        }
+        assert!(matches!(s.emit.last(), Some(EmitOp::Patch(_))));
+        verify(X86, s)
+    };
+    let r = with(true);
+    let m = messages(&r);
+    assert!(m.iter().any(|m| m.contains("(PyFx_F+0x0)") && m.contains("a function used as data")), "{m:?}");
+    let r = with(false);
+    assert!(r.findings.is_empty(), "{:?}", messages(&r));
+}

@@ -125,6 +125,9 @@ pub enum Fault {
     /// Valid machine code the emulator cannot run (AVX, AVX-512 in
     /// Unicorn): not the stencil's bug, the run says nothing.
     Unsupported,
+    /// A load or store inside a function extern's first bytes: its code
+    /// used as data (a function's address where a data address belongs).
+    FunctionAsData,
     /// Code about to write a register the platform reserves (x18 on Darwin
     /// and Windows on Arm): the instruction is named by the judge.
     ReservedRegister,

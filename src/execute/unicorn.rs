@@ -213,6 +213,10 @@ pub struct RunState {
     trail: Vec<u32>,
     /// The run touched the NULL page through a constant address here.
     null_constant: Option<u64>,
+    /// Addresses of the externs that are functions ([`Placement::functions`]).
+    functions: Vec<u64>,
+    /// The run read or wrote a function's code as data (pc, address).
+    function_touched: Option<u64>,
 }
 
 impl RunState {
@@ -326,6 +330,8 @@ impl<M: Machine> UnicornEngine<M> {
             reserved_mask: 0,
             reserved_at: None,
             trail: vec![0; TRAIL_LEN],
+            functions: Vec::new(),
+            function_touched: None,
             linked_into_code: false,
             null_constant: None,
             originals: Vec::new(),
@@ -433,7 +439,10 @@ impl<M: Machine> UnicornEngine<M> {
             }
         }
         fields.sort_by_key(|f| f.1);
-        let interesting: Vec<u64> = placement.externs.values().copied().collect();
+        // Made-up words are sometimes an extern's address (so type checks
+        // pass), never a function's: a made-up object there would be its code.
+        let interesting: Vec<u64> =
+            placement.externs.values().copied().filter(|a| !placement.functions.contains(a)).collect();
         let originals = if M::USES_ORIGINALS {
             let listed = |offset| stencil.instruction_at(offset).map(|i| i.bytes.clone()).unwrap_or_default();
             stencil.relocations.iter().map(|r| listed(r.offset)).collect()
@@ -461,6 +470,8 @@ impl<M: Machine> UnicornEngine<M> {
         st.reserved_at = None;
         st.reserved_mask = M::register_mask(self.convention.c_abi.reserved);
         st.null_constant = None;
+        st.function_touched = None;
+        st.functions.clone_from(&placement.functions);
         st.linked_into_code = false;
         st.instructions = 0;
         st.last_pc = 0;
@@ -561,6 +572,9 @@ impl<M: Machine> UnicornEngine<M> {
                 M::invalid(&bytes[..bytes.len().min(M::MAX_INSN)], pc)
             }
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.null_constant.is_some() => Fault::NullConstant,
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.function_touched.is_some() => {
+                Fault::FunctionAsData
+            }
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
@@ -733,6 +747,11 @@ fn observe<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
 
 /// Map (with made-up contents) any page of `addr..addr+len` not mapped yet.
 pub fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
+    // Never a function's first bytes: the access itself is to fault there
+    // and be judged ([`on_unmapped`]).
+    if touches_function(uc.get_data(), addr, len) {
+        return;
+    }
     let first = addr & !(PAGE - 1);
     let last = addr.saturating_add(len.max(1) as u64 - 1) & !(PAGE - 1);
     let mut page = first;
@@ -747,6 +766,16 @@ pub fn ensure_mapped(uc: &mut Unicorn<'_, RunState>, addr: u64, len: usize) {
         page += PAGE;
     }
 }
+
+/// Does `addr..addr+len` overlap a function extern's first bytes?
+fn touches_function(st: &RunState, addr: u64, len: usize) -> bool {
+    let end = addr.saturating_add(len.max(1) as u64);
+    st.functions.iter().any(|&f| addr < f.saturating_add(FUNCTION_BYTES) && f < end)
+}
+
+/// Bytes at a function extern's address that count as its code (an
+/// instruction or two: enough to catch a read of it as a pointer).
+const FUNCTION_BYTES: u64 = 16;
 
 /// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
 /// grows with the number of regions, so few large ones beat many pages.
@@ -763,9 +792,12 @@ fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     if page >= uc.get_data().user_end {
         return false;
     }
-    // The NULL page is made up a page at a time, so that each page's first
-    // access has its address's source checked ([`on_unmapped`]).
-    let chunk = if page < NULL_PAGE_END { (page, PAGE) } else { (page & !(DEMAND_CHUNK - 1), DEMAND_CHUNK) };
+    let chunk_start = page & !(DEMAND_CHUNK - 1);
+    // The NULL page and chunks holding a function are made up a page at a
+    // time, so that each page's first access is checked ([`on_unmapped`]).
+    let function_in_chunk =
+        uc.get_data().functions.iter().any(|f| (chunk_start..chunk_start + DEMAND_CHUNK).contains(f));
+    let chunk = if page < NULL_PAGE_END || function_in_chunk { (page, PAGE) } else { (chunk_start, DEMAND_CHUNK) };
     // The chunk may overlap the image or the stack: then just the page.
     for (start, len) in [chunk, (page, PAGE)] {
         if uc.mem_map(start, len, Prot::READ | Prot::WRITE).is_ok() {
@@ -789,9 +821,17 @@ fn on_unmapped<M: Machine>(
     uc: &mut Unicorn<'_, RunState>,
     _kind: MemType,
     addr: u64,
-    _size: usize,
+    size: usize,
     _value: i64,
 ) -> bool {
+    // A function extern's first bytes are code: no stencil reads or writes
+    // them (a data relocation pointed at a function, or a GOT slot lost).
+    if touches_function(uc.get_data(), addr, size) {
+        let st = uc.get_data_mut();
+        st.function_touched = Some(st.last_pc);
+        st.fault_address = Some(addr);
+        return false;
+    }
     if addr < NULL_PAGE_END && M::null_access_source(uc.get_data()) == AddressSource::Constant {
         let st = uc.get_data_mut();
         st.null_constant = Some(st.last_pc);

@@ -737,6 +737,7 @@ mod tests {
             heap_size: 0x10_0000,
             contents_seed: seed,
             symbols_readable: false,
+            functions: Vec::new(),
         }
     }
 
