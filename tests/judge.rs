@@ -1182,3 +1182,44 @@ fn an_adrp_must_form_the_page_of_its_symbol_or_of_a_slot_holding_it() {
         }
     }
 }
+
+/// A call patched into something that transfers nowhere (`lea`): the call
+/// is gone, whatever the field holds (killed mutants of that condition).
+#[test]
+fn mutant_relaxed_call_turned_into_a_lea_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = placement_of(&s, 1, Layout::Compact);
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    assert_eq!(image.code[22..24], [0x90, 0xe8]);
+    // 8d 05 rel32: lea eax, [rip + rel32].
+    image.code[22..24].copy_from_slice(&[0x8d, 0x05]);
+    let j = judge(&mut e, &s, &p, &image);
+    let f: Vec<&Finding> = j
+        .static_findings
+        .iter()
+        .filter(|f| f.relocation == Some(R_FUNC) && f.kind == FindingKind::MangledSite)
+        .collect();
+    assert_eq!(f.len(), 1, "{:#?}", j.static_findings);
+    assert!(f[0].message.contains("call") && f[0].message.contains("now a"), "{}", f[0].message);
+}
+
+/// The reverse: an `lea` of the string patched into a `call` (48 ff 15):
+/// a transfer where none was (killed the last mutant of that condition).
+#[test]
+fn mutant_lea_turned_into_a_call_is_caught() {
+    let s = uop();
+    let mut e = engine();
+    let p = placement_of(&s, 1, Layout::Compact);
+    let mut image = patch::emit(&s, &p, &Ports).unwrap();
+    assert_eq!(image.code[15..18], [0x48, 0x8d, 0x15]);
+    image.code[16..18].copy_from_slice(&[0xff, 0x15]);
+    let j = judge(&mut e, &s, &p, &image);
+    let f: Vec<&Finding> = j
+        .static_findings
+        .iter()
+        .filter(|f| f.relocation == Some(R_STR) && f.kind == FindingKind::MangledSite)
+        .collect();
+    assert_eq!(f.len(), 1, "{:#?}", j.static_findings);
+    assert!(f[0].message.contains("non-branch instruction") && f[0].message.contains("now a call"), "{}", f[0].message);
+}
