@@ -1223,3 +1223,29 @@ fn mutant_lea_turned_into_a_call_is_caught() {
     assert_eq!(f.len(), 1, "{:#?}", j.static_findings);
     assert!(f[0].message.contains("non-branch instruction") && f[0].message.contains("now a call"), "{}", f[0].message);
 }
+
+/// A stray data write outside every listed slot is a finding naming the
+/// hole that made it; an emit function that copies no (all-zero) data body
+/// is held to the same rule. Killed surviving mutants of the accounting's
+/// data part.
+#[test]
+fn a_stray_patch_in_data_or_code_names_its_hole_even_without_a_copied_body() {
+    for copied in [true, false] {
+        let mut s = uop();
+        s.data = vec![0; 56];
+        // patch_64(data + 0x30, &PyData) after the five slot patches: data+0x30
+        // is past every listed slot.
+        s.emit.insert(6, hole(PatchFn::P64, Section::Data, 0x30, Term::Symbol("PyData".into()), 0, 150));
+        if !copied {
+            s.emit.retain(|op| !matches!(op, EmitOp::CopyData { .. }));
+        }
+        let p = placement_of(&s, 1, Layout::Compact);
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let f = judge_accounting(X86, &s, &p, &image);
+        let stray: Vec<&Finding> = f.iter().filter(|f| f.message.contains("lies in no slot")).collect();
+        assert_eq!(stray.len(), 1, "copied {copied}: {f:#?}");
+        if copied {
+            assert_eq!(stray[0].site.as_ref().unwrap().hole_line, Some(150));
+        }
+    }
+}
