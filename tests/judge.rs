@@ -1249,3 +1249,28 @@ fn a_stray_patch_in_data_or_code_names_its_hole_even_without_a_copied_body() {
         }
     }
 }
+
+/// The same for code: a patch that writes code bytes outside every
+/// relocation's field is a finding naming the hole (killed surviving
+/// mutants of the accounting's code part).
+#[test]
+fn a_stray_patch_in_code_names_its_hole_even_without_a_copied_body() {
+    for copied in [true, false] {
+        let mut s = uop();
+        // patch_32(code + 0x1c, oparg) after the six code patches: `pop rbx;
+        // test rax, rax` is no relocation's field.
+        s.emit.push(hole(PatchFn::P32, Section::Code, 0x1c, Term::Oparg, 0, 151));
+        if !copied {
+            s.code = vec![0; s.code.len()];
+            s.emit.retain(|op| !matches!(op, EmitOp::CopyCode { .. }));
+        }
+        let p = placement_of(&s, 1, Layout::Compact);
+        let image = patch::emit(&s, &p, &Ports).unwrap();
+        let f = judge_accounting(X86, &s, &p, &image);
+        let stray: Vec<&Finding> = f.iter().filter(|f| f.message.contains("lies in no relocation's field")).collect();
+        assert_eq!(stray.len(), 1, "copied {copied}: {f:#?}");
+        if copied {
+            assert_eq!(stray[0].site.as_ref().unwrap().hole_line, Some(151));
+        }
+    }
+}
