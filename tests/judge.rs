@@ -1274,3 +1274,29 @@ fn a_stray_patch_in_code_names_its_hole_even_without_a_copied_body() {
         }
     }
 }
+
+/// A failed patch call names the relocation whose field it writes: a code
+/// hole at a relocation's offset does, a data hole at the same number
+/// (data+0x18 vs code+0x18) and a code hole elsewhere do not (killed
+/// surviving mutants of that match).
+#[test]
+fn a_failed_patch_names_its_relocation_only_for_its_own_field() {
+    use stencilcheck::judge::judge_emit_failure;
+    use stencilcheck::patch::{EmitFailure, FailureKind, PatchAssert};
+    let s = uop();
+    let p = placement_of(&s, 1, Layout::Compact);
+    let fail = |section: Section, offset: u64| {
+        let call = s.holes().find(|h| h.section == section && h.offset == offset).unwrap().clone();
+        let assert =
+            PatchAssert { func: call.func, location: 0, value: 0, message: "x".into(), kind: FailureKind::default() };
+        judge_emit_failure(&s, &p, &EmitFailure { call, assert }).relocation
+    };
+    assert_eq!(fail(Section::Code, 24), Some(R_FUNC));
+    assert_eq!(fail(Section::Data, 24), None);
+    assert_eq!(fail(Section::Code, 4), Some(R_DATA));
+    let mut moved = s.holes().find(|h| h.section == Section::Code && h.offset == 4).unwrap().clone();
+    moved.offset = 5;
+    let assert =
+        PatchAssert { func: moved.func, location: 0, value: 0, message: "x".into(), kind: FailureKind::default() };
+    assert_eq!(judge_emit_failure(&s, &p, &EmitFailure { call: moved, assert }).relocation, None);
+}
