@@ -693,3 +693,16 @@ fn an_adrp_to_header_local_data_forms_one_of_the_data_pages() {
         assert_eq!(forming(p.data - 0x1000), 1, "data_len {data_len:#x}");
     }
 }
+
+/// A relocation no hole writes is a finding on aarch64 too, where every
+/// field starts its instruction (killed a mutant that compared an empty
+/// slice of the listing and took the field for one CPython resolved).
+#[test]
+fn an_aarch64_relocation_with_no_hole_is_unaccounted() {
+    let mut s = oparg_pair();
+    s.emit.retain(|op| !matches!(op, EmitOp::Patch(p) if p.func == PatchFn::Aarch64_26r));
+    let p = placed(&s, 13, 0);
+    let image = patch::emit(&s, &p, &Ports).unwrap();
+    let f = judge::judge_accounting(A64, &s, &p, &image);
+    assert!(f.iter().any(|f| f.relocation == Some(2) && f.message.contains("is written by no hole")), "{f:#?}");
+}
