@@ -94,6 +94,11 @@ if [ -f "$jit_c" ]; then
     "$bin" verify "$h" --placements "${PLACEMENTS:-64}" --jit-c "$jit_c" "$@"
     "$bin" diff-patch --jit-c "$jit_c" --header "$h"
   done
+  # The same patch functions on the macOS arm64 and Windows x64 headers
+  # (x86-64 macOS carries CPython's SIGNED bug; i686's jit.c is 32-bit).
+  for triple in aarch64-apple-darwin x86_64-pc-windows-msvc; do
+    "$bin" verify "$root/$triple/jit_stencils.h" --placements "${PLACEMENTS:-64}" --jit-c "$jit_c" "$@"
+  done
 else
   echo "verify-cpython: no $jit_c: --jit-c checks skipped" >&2
 fi
