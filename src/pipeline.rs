@@ -145,9 +145,12 @@ fn verify_stencil(
         None => (0..options.placements).collect(),
     };
     let mut covered = BTreeSet::new();
+    // Which externs are functions: the stencil's, once, not per placement.
+    let functions = place::function_externs(set.target, stencil);
     for index in indices {
         let placement = place::place_within(set.target, &options.patcher.address_space(), stencil, options.seed, index)
-            .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))?;
+            .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))?
+            .with_functions(&functions);
         let findings = run_one(set, stencil, &placement, options, engine, &mut covered, &mut result);
         merge(&mut result.findings, findings, &placement);
         result.runs += 1;

@@ -77,6 +77,9 @@ pub struct Placement {
     pub symbols_readable: bool,
     /// Addresses of the externs the stencil calls or jumps to: functions,
     /// whose bytes are code, never data the stencil may read or write.
+    /// Empty from [`place`]: which externs are functions is the stencil's,
+    /// the same for every placement, so the pipeline classifies once
+    /// ([`function_externs`]) and fills this ([`Placement::with_functions`]).
     #[serde(skip)]
     pub functions: Vec<u64>,
 }
@@ -217,6 +220,12 @@ fn lay_out_trace(
 }
 
 impl Placement {
+    /// This placement with [`Placement::functions`] the addresses of `names`.
+    pub fn with_functions(mut self, names: &std::collections::BTreeSet<String>) -> Placement {
+        self.functions = names.iter().filter_map(|n| self.externs.get(n)).copied().collect();
+        self
+    }
+
     /// `_JIT_CONTINUE`: the next uop starts right after this one's code.
     pub fn continuation(&self, stencil: &Stencil) -> u64 {
         self.code.wrapping_add(stencil.code_size())
@@ -490,7 +499,7 @@ pub fn place_within(
         heap_size: HEAP_SIZE,
         contents_seed: rng.gen(),
         symbols_readable: info.relaxation_reads_symbols(),
-        functions: function_externs(target, stencil).iter().filter_map(|n| externs.get(n)).copied().collect(),
+        functions: Vec::new(),
         externs,
     })
 }
