@@ -234,6 +234,15 @@ pub fn through_veneer(target: u64, image: Mem) -> (u64, Option<u64>) {
     (target, None)
 }
 
+/// `n` bytes of the patched image at `a` (its code or trampolines, never
+/// made-up memory), little-endian.
+fn read_image(uc: &Unicorn<'_, RunState>, a: u64, n: usize) -> Option<u64> {
+    let st = uc.get_data();
+    let within = |r: &std::ops::Range<u64>| r.contains(&a) && r.contains(&(a + n as u64 - 1));
+    let mut b = vec![0u8; n];
+    ((within(&st.trampolines) || within(&st.code)) && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
+}
+
 /// `movz xN, #a; movk xN, #b, lsl #16; movk xN, #c, lsl #32; movk xN, #d,
 /// lsl #48; br xN` at `at`: the address it jumps to.
 fn inline_veneer(at: u64, image: Mem) -> Option<u64> {
@@ -587,7 +596,6 @@ impl Machine for Arm64 {
     ) -> Option<Option<Effect>> {
         let w = word(bytes)?;
         let original = uc.get_data().originals.get(relocation).and_then(|b| word(b));
-        let (trampolines, code) = (uc.get_data().trampolines.clone(), uc.get_data().code.clone());
         // Memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
         {
@@ -607,11 +615,7 @@ impl Machine for Arm64 {
             uc.mem_read(a, &mut b).ok().map(|_| le(&b))
         };
         let mut reg = |n: u8, sp: bool| read_reg(uc, n, sp);
-        let mut only_image = |a: u64, n: usize| {
-            let within = |r: &std::ops::Range<u64>| r.contains(&a) && r.contains(&(a + n as u64 - 1));
-            let mut b = vec![0u8; n];
-            ((within(&trampolines) || within(&code)) && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
-        };
+        let mut only_image = |a: u64, n: usize| read_image(uc, a, n);
         site_effect(w, addr, original, &mut reg, &mut mem, &mut only_image).observation()
     }
 
@@ -620,21 +624,21 @@ impl Machine for Arm64 {
         let Some(w) = st.code_bytes.get(offset..offset + 4).and_then(word) else { return };
         st.formed &= !(writes(w) as u64);
         let pc = st.code.start + offset as u64;
+        let insn = decode(w);
         // A call's clobbers are the callee's to honour, not this code's writes.
-        let call =
-            matches!(decode(w), Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. });
+        let call = matches!(insn, Insn::Branch { link: true, .. } | Insn::BranchReg { kind: BranchRegKind::Blr, .. });
         if !call && writes(w) & st.reserved_mask != 0 {
             st.reserved_at = Some(pc);
         }
-        match decode(w) {
+        match insn {
             Insn::Branch { link: true, .. } => {
-                st.linked_into_code = decode(w).branch_target(pc).is_some_and(|t| st.code.contains(&t));
+                st.linked_into_code = insn.branch_target(pc).is_some_and(|t| st.code.contains(&t));
             }
             _ if writes(w) & (1 << 30) != 0 => st.linked_into_code = false,
             _ => {}
         }
         if site {
-            if let Some(rd) = decode(w).destination() {
+            if let Some(rd) = insn.destination() {
                 st.formed |= 1 << rd;
             }
         }
@@ -642,13 +646,7 @@ impl Machine for Arm64 {
 
     /// A veneer in the trace's trampolines (`ldr x8, #8; br x8`) goes where its literal says.
     fn resolve(uc: &Unicorn<'_, RunState>, target: u64) -> u64 {
-        let (trampolines, code) = (uc.get_data().trampolines.clone(), uc.get_data().code.clone());
-        let mut only_image = |a: u64, n: usize| {
-            let within = |r: &std::ops::Range<u64>| r.contains(&a) && r.contains(&(a + n as u64 - 1));
-            let mut b = vec![0u8; n];
-            ((within(&trampolines) || within(&code)) && uc.mem_read(a, &mut b).is_ok()).then(|| le(&b))
-        };
-        through_veneer(target, &mut only_image).0
+        through_veneer(target, &mut |a, n| read_image(uc, a, n)).0
     }
 
     /// `svc`, `hvc`, `smc` (system and hypervisor calls), `hlt`, `brk`
