@@ -211,12 +211,11 @@ pub struct RunState {
     /// Code offsets of the last [`TRAIL_LEN`] instructions run (a ring,
     /// indexed by the instruction count).
     trail: Vec<u32>,
-    /// The run touched the NULL page through a constant address here.
-    null_constant: Option<u64>,
     /// Addresses of the externs that are functions ([`Placement::functions`]).
     functions: Vec<u64>,
-    /// The run read or wrote a function's code as data (pc, address).
-    function_touched: Option<u64>,
+    /// What an access [`on_unmapped`] refused to make memory up for was
+    /// (a constant NULL address, a function's code): the run's fault.
+    refused: Option<Fault>,
 }
 
 impl RunState {
@@ -331,9 +330,8 @@ impl<M: Machine> UnicornEngine<M> {
             reserved_at: None,
             trail: vec![0; TRAIL_LEN],
             functions: Vec::new(),
-            function_touched: None,
             linked_into_code: false,
-            null_constant: None,
+            refused: None,
             originals: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
@@ -469,8 +467,7 @@ impl<M: Machine> UnicornEngine<M> {
         st.forbidden_at = None;
         st.reserved_at = None;
         st.reserved_mask = M::register_mask(self.convention.c_abi.reserved);
-        st.null_constant = None;
-        st.function_touched = None;
+        st.refused = None;
         st.functions.clone_from(&placement.functions);
         st.linked_into_code = false;
         st.instructions = 0;
@@ -571,10 +568,7 @@ impl<M: Machine> UnicornEngine<M> {
                 let bytes = st.code_bytes.get(off..).unwrap_or_default();
                 M::invalid(&bytes[..bytes.len().min(M::MAX_INSN)], pc)
             }
-            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.null_constant.is_some() => Fault::NullConstant,
-            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.function_touched.is_some() => {
-                Fault::FunctionAsData
-            }
+            uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.refused.is_some() => st.refused.unwrap(),
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED if st.budget_hit => Fault::MemoryBudget,
             uc_error::READ_UNMAPPED | uc_error::WRITE_UNMAPPED | uc_error::MAP => Fault::Unmappable,
             _ => Fault::Other,
@@ -826,15 +820,16 @@ fn on_unmapped<M: Machine>(
 ) -> bool {
     // A function extern's first bytes are code: no stencil reads or writes
     // them (a data relocation pointed at a function, or a GOT slot lost).
-    if touches_function(uc.get_data(), addr, size) {
+    let refused = if touches_function(uc.get_data(), addr, size) {
+        Some(Fault::FunctionAsData)
+    } else if addr < NULL_PAGE_END && M::null_access_source(uc.get_data()) == AddressSource::Constant {
+        Some(Fault::NullConstant)
+    } else {
+        None
+    };
+    if refused.is_some() {
         let st = uc.get_data_mut();
-        st.function_touched = Some(st.last_pc);
-        st.fault_address = Some(addr);
-        return false;
-    }
-    if addr < NULL_PAGE_END && M::null_access_source(uc.get_data()) == AddressSource::Constant {
-        let st = uc.get_data_mut();
-        st.null_constant = Some(st.last_pc);
+        st.refused = refused;
         st.fault_address = Some(addr);
         return false;
     }
