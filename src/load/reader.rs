@@ -28,6 +28,7 @@
 //! too; the patch functions overwrite the field).
 
 use super::object::{bad, RawKind, RawObject, RawReloc, RawSection, RawTarget};
+use super::symbols::field_value;
 use crate::error::BadInput;
 use crate::model::{Arch, RelocKind};
 use crate::target::ObjectFormat;
@@ -63,14 +64,6 @@ pub trait Format {
     /// How llvm-objdump prints the relocation's value (no addend: these
     /// formats keep it in the field).
     fn printed(&self, kind: RelocKind, raw: &str) -> String;
-}
-
-fn sign_extend(bytes: &[u8]) -> i64 {
-    match *bytes {
-        [a, b, c, d] => i64::from(i32::from_le_bytes([a, b, c, d])),
-        [a, b, c, d, e, f, g, h] => i64::from_le_bytes([a, b, c, d, e, f, g, h]),
-        _ => 0,
-    }
 }
 
 /// Read `file` (already parsed and of format `F`).
@@ -192,8 +185,8 @@ pub fn read<'d, O: Object<'d>, F: Format>(path: &str, file: &O, format: &F) -> R
                         None => (name.to_string(), RawTarget::Undefined),
                     };
                     let addend = match info.implicit_addend_bias {
-                        Some(bias) => sign_extend(field).wrapping_add(bias),
-                        None if kind == RelocKind::MachO_ARM64_UNSIGNED => sign_extend(field),
+                        Some(bias) => field_value(field).wrapping_add(bias),
+                        None if kind == RelocKind::MachO_ARM64_UNSIGNED => field_value(field),
                         // A paired ARM64_RELOC_ADDEND (the `object` crate folds it in).
                         None if !rel.has_implicit_addend() => rel.addend(),
                         None => 0,
@@ -211,9 +204,9 @@ pub fn read<'d, O: Object<'d>, F: Format>(path: &str, file: &O, format: &F) -> R
                     let start = names.iter().find(|(i, ..)| *i == si.0).map_or(0, |(_, _, a)| *a);
                     let place = names.iter().find(|(i, ..)| *i == copied.index).map_or(0, |(_, _, a)| *a) + offset;
                     let referent = if pc_relative {
-                        place.wrapping_add(width).wrapping_add(sign_extend(field) as u64)
+                        place.wrapping_add(width).wrapping_add(field_value(field) as u64)
                     } else {
-                        sign_extend(field) as u64
+                        field_value(field) as u64
                     };
                     let addend = (referent.wrapping_sub(start) as i64).wrapping_add(bias);
                     (t.name.clone(), RawTarget::Defined { section: si.0, offset: 0 }, addend)

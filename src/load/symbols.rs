@@ -49,6 +49,16 @@ fn is_macho_section(name: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
 }
 
+/// The signed little-endian value of a relocated field (4 or 8 bytes, the
+/// only widths the tables have; 0 otherwise): an implicit addend.
+pub fn field_value(field: &[u8]) -> i64 {
+    match *field {
+        [a, b, c, d] => i64::from(i32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e, f, g, h] => i64::from_le_bytes([a, b, c, d, e, f, g, h]),
+        _ => 0,
+    }
+}
+
 /// Where the target keeps the addend in the field (Mach-O x86-64, COFF),
 /// take it from `code` (the bytes as the object has them) and add it to the
 /// printed one (objdump prints none for these formats).
@@ -72,11 +82,7 @@ pub fn fill_implicit_addends(
         let Some(bias) = info.implicit_addend_bias else { continue };
         let start = r.offset as usize;
         let Some(field) = code.get(start..start + info.width as usize) else { continue };
-        let stored = match *field {
-            [a, b, c, d] => i32::from_le_bytes([a, b, c, d]) as i64,
-            _ => crate::execute::unicorn::le(field) as i64,
-        };
-        r.addend = r.addend.wrapping_add(stored).wrapping_add(bias);
+        r.addend = r.addend.wrapping_add(field_value(field)).wrapping_add(bias);
         if let Symbol::Local(name) = &r.symbol {
             if format_of_reloc(r.kind) == Some(ObjectFormat::MachO) && is_macho_section(name) && bias != 0 {
                 // Field end (P + 4) plus the stored displacement is the object address.
