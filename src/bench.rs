@@ -140,3 +140,96 @@ fn place_and_patch(
     }
     Ok(runs)
 }
+
+/// Every run of `path` under `o` as JSON lines in `file`: what
+/// `scripts/baseline.py` replays. x86-64 only (the baseline's one target).
+pub fn export_runs(
+    path: &std::path::Path,
+    o: &BenchOptions,
+    patcher: &dyn Patcher,
+    file: &std::path::Path,
+) -> Result<u64, BadInput> {
+    use std::io::Write as _;
+    let set = crate::load::load_path(path)?;
+    if set.target.arch != crate::target::Arch::X86_64 {
+        return Err(BadInput::unsupported(path.display(), &set.target.unsupported("exporting runs".to_string())));
+    }
+    let convention = set.target.convention(&set);
+    let mut engine = execute::x86_64::UnicornX86::new(convention, execute::DEFAULT_INSTRUCTION_LIMIT)
+        .map_err(|e| BadInput::unsupported(path.display(), &set.target.unsupported(e)))?;
+    let cannot_write = |e: std::io::Error| BadInput::in_file(file.display(), format!("cannot write: {e}"));
+    let mut w = std::io::BufWriter::new(std::fs::File::create(file).map_err(cannot_write)?);
+    let mut runs = 0;
+    for stencil in set.stencils.iter().filter(|s| !s.code.is_empty()) {
+        let functions = place::function_externs(set.target, stencil);
+        for i in 0..o.placements {
+            let placement = place::place_within(set.target, &patcher.address_space(), stencil, o.seed, i)
+                .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))?
+                .with_functions(&functions);
+            let Ok(image) = patch::emit(stencil, &placement, patcher) else { continue };
+            let run = engine
+                .export(stencil, &placement, &image)
+                .map_err(|e| BadInput::in_file(path.display(), format!("{}: {e}", stencil.name)))?;
+            let line = serde_json::to_string(&run).expect("plain data serializes");
+            writeln!(w, "{line}").map_err(cannot_write)?;
+            runs += 1;
+        }
+    }
+    w.flush().map_err(cannot_write)?;
+    Ok(runs)
+}
+
+/// The Unicorn engine on one thread against `script` (a Python + Unicorn
+/// driver) on the same runs of `path`: both rates and their ratio.
+pub fn against_baseline(
+    path: &std::path::Path,
+    o: &BenchOptions,
+    patcher: &(dyn Patcher + Sync),
+    script: &std::path::Path,
+) -> Result<String, BadInput> {
+    let dir = std::env::temp_dir().join(format!("stencilcheck-baseline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| BadInput::in_file(dir.display(), e.to_string()))?;
+    let runs_file = dir.join("runs.jsonl");
+    let exported = export_runs(path, o, patcher, &runs_file)?;
+    let output = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&runs_file)
+        .arg("--repeat")
+        .arg(o.repeat.to_string())
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output.map_err(|e| BadInput::in_file(script.display(), format!("cannot run python3: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let baseline = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("runs/s: "))
+        .and_then(|r| r.trim().parse::<f64>().ok())
+        .filter(|_| output.status.success())
+        .ok_or_else(|| {
+            let why = String::from_utf8_lossy(&output.stderr);
+            BadInput::in_file(script.display(), format!("no `runs/s:` line ({})", why.trim()))
+        })?;
+    let set = crate::load::load_path(path)?;
+    let options = pipeline::Options {
+        seed: o.seed,
+        placements: o.placements,
+        stencils: Vec::new(),
+        placement: None,
+        instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
+        threads: 1,
+        strict: false,
+        patcher,
+    };
+    let (d, n) =
+        best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;
+    let ours = rate(n, d);
+    let mut out = String::new();
+    let _ = writeln!(out, "baseline: {} on the same {exported} runs", script.display());
+    let _ = writeln!(out, "  {:<30}{baseline:>16.0}", "python + unicorn, 1 thread");
+    let _ =
+        writeln!(out, "  {:<30}{ours:>16.0} ({:.2}x the baseline)", "stencilcheck unicorn, 1 thread", ours / baseline);
+    for line in stdout.lines().filter(|l| l.starts_with("ends:")) {
+        let _ = writeln!(out, "  baseline {line}");
+    }
+    Ok(out)
+}

@@ -76,6 +76,15 @@ pub struct BenchArgs {
     pub repeat: u32,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Write every run of the first input (x86-64 only) as JSON lines to
+    /// FILE and stop: the placed, patched images and entry state a driver
+    /// outside stencilcheck needs to run exactly what the engine runs.
+    #[arg(long, value_name = "FILE")]
+    pub export_runs: Option<PathBuf>,
+    /// Also run this Python + Unicorn driver (scripts/baseline.py) on the
+    /// first input's runs and print the engine's speed as a ratio to it.
+    #[arg(long, value_name = "SCRIPT")]
+    pub baseline: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -364,7 +373,15 @@ fn bench(args: &BenchArgs, out: &mut String) -> Result<u8, BadInput> {
         repeat: args.repeat,
         threads: args.threads.unwrap_or_else(default_threads),
     };
+    if let Some(file) = &args.export_runs {
+        let runs = crate::bench::export_runs(&args.inputs[0], &options, &patch::Ports, file)?;
+        out.push_str(&format!("{runs} runs written to {}\n", file.display()));
+        return Ok(0);
+    }
     out.push_str(&crate::bench::bench(&args.inputs, &options, &patch::Ports)?);
+    if let Some(script) = &args.baseline {
+        out.push_str(&crate::bench::against_baseline(&args.inputs[0], &options, &patch::Ports, script)?);
+    }
     Ok(0)
 }
 

@@ -753,9 +753,9 @@ pub fn judge_run(on: Target, stencil: &Stencil, placement: &Placement, trace: &T
             inconclusive(
                 FindingKind::Hang,
                 format!(
-                    "at {} wanted made-up memory at {address:#x} beyond the {} regions a run may have",
+                    "at {} wanted made-up memory at {address:#x} beyond the {} pages a run may have",
                     at(*pc),
-                    crate::execute::DEMAND_REGION_LIMIT
+                    crate::execute::DEMAND_PAGE_LIMIT
                 ),
             );
         }

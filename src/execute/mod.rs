@@ -30,10 +30,10 @@ pub const DEFAULT_INSTRUCTION_LIMIT: u64 = 200_000;
 /// Where a `ret` to the trace's caller goes: in the first 64 KiB, never
 /// executable, distinct from every placed address.
 pub const RETURN_SENTINEL: u64 = 0xdea0;
-/// Made-up regions one run may map. Correct stencils touch a handful; runs
+/// Made-up pages one run may map. Correct stencils touch a handful; runs
 /// that walk made-up pointers further are inconclusive, and bounding them
 /// keeps every run cheap (each mapping costs more than the last).
-pub const DEMAND_REGION_LIMIT: usize = 24;
+pub const DEMAND_PAGE_LIMIT: usize = 64;
 /// Wall-clock backstop for one run.
 pub const RUN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Every address below this is the NULL page: Linux never maps it
@@ -247,11 +247,16 @@ impl Contents<'_> {
 
     /// A whole page of made-up contents.
     pub fn page(&self, page: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(PAGE as usize);
-        for i in 0..PAGE / 8 {
-            out.extend_from_slice(&self.word(page + i * 8).to_le_bytes());
-        }
+        let mut out = vec![0; PAGE as usize];
+        self.fill_page(page, &mut out);
         out
+    }
+
+    /// Made-up contents of the page at `page` into `bytes` (one page long).
+    pub fn fill_page(&self, page: u64, bytes: &mut [u8]) {
+        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&self.word(page + i as u64 * 8).to_le_bytes());
+        }
     }
 
     /// What the `n`th stub call returns: NULL often (to reach error exits),

@@ -15,11 +15,12 @@
 
 use super::{
     entered_by_call, CallRecord, Contents, Convention, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace,
-    CALL_LIMIT, DEMAND_REGION_LIMIT, NULL_PAGE_END,
+    CALL_LIMIT, DEMAND_PAGE_LIMIT, NULL_PAGE_END,
 };
 use crate::model::{Effect, Stencil};
 use crate::patch::Image;
 use crate::place::{splitmix, Placement, PAGE};
+use serde::Serialize;
 use std::ops::Range;
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{Context, Unicorn};
@@ -151,6 +152,87 @@ pub enum AddressSource {
 /// register got its value in any straight-line stretch of a stencil.
 pub const TRAIL_LEN: usize = 512;
 
+/// Host memory behind every region a run maps: one allocation per engine,
+/// handed out a region at a time and taken back whole between runs.
+/// Unicorn's own `mem_map` asks the kernel for fresh memory every time (an
+/// mmap, a page fault per page first touched, a munmap): that was a third
+/// of a run's cost.
+pub struct HostPool {
+    base: *mut u8,
+    len: usize,
+    next: usize,
+}
+
+/// Bytes of [`HostPool`]: the image and made-up pages of one run, with room
+/// to spare (a run needing more maps the rest through Unicorn).
+const HOST_POOL_BYTES: usize = 4 << 20;
+
+impl HostPool {
+    fn new(len: usize) -> HostPool {
+        let layout = std::alloc::Layout::from_size_align(len.max(PAGE as usize), PAGE as usize).expect("page layout");
+        // SAFETY: a non-zero size.
+        let base = unsafe { std::alloc::alloc(layout) };
+        if base.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        HostPool { base, len: layout.size(), next: 0 }
+    }
+
+    /// `len` bytes (a multiple of the page size) nobody holds this run.
+    fn take(&mut self, len: u64) -> Option<*mut u8> {
+        let len = len as usize;
+        if self.len - self.next < len {
+            return None;
+        }
+        // SAFETY: within the allocation.
+        let ptr = unsafe { self.base.add(self.next) };
+        self.next += len;
+        Some(ptr)
+    }
+
+    /// Every region taken is unmapped: hand them out again.
+    fn reclaim(&mut self) {
+        self.next = 0;
+    }
+}
+
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        let layout = std::alloc::Layout::from_size_align(self.len, PAGE as usize).expect("page layout");
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { std::alloc::dealloc(self.base, layout) };
+    }
+}
+
+/// Map `len` bytes at `addr` with `prot`, backed by the pool when it has
+/// room, and fill them with `fill` (every byte is written: pool memory holds
+/// the last run's bytes).
+fn map_filled(
+    uc: &mut Unicorn<'_, RunState>,
+    addr: u64,
+    len: u64,
+    prot: Prot,
+    fill: impl FnOnce(&mut [u8]),
+) -> Result<(), uc_error> {
+    match uc.get_data_mut().pool.take(len) {
+        Some(ptr) => {
+            // SAFETY: `len` bytes of the pool no other region holds until
+            // the next `reclaim`, which comes after every region is unmapped.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(ptr, len as usize) };
+            fill(bytes);
+            // SAFETY: the pool outlives the mapping (see above; the pool is
+            // dropped with the emulator, after `uc_close`).
+            unsafe { uc.mem_map_ptr(addr, len, prot, ptr.cast()) }
+        }
+        None => {
+            uc.mem_map(addr, len, prot)?;
+            let mut bytes = vec![0u8; len as usize];
+            fill(&mut bytes);
+            uc.mem_write(addr, &bytes)
+        }
+    }
+}
+
 /// State the hooks share with the run loop.
 pub struct RunState {
     pub code: Range<u64>,
@@ -179,7 +261,7 @@ pub struct RunState {
     pub trampolines: Range<u64>,
     /// Address of the access that faulted (write-protect, unmappable).
     fault_address: Option<u64>,
-    /// The run hit [`DEMAND_REGION_LIMIT`].
+    /// The run hit [`DEMAND_PAGE_LIMIT`].
     budget_hit: bool,
     /// Wall-clock deadline of the run (a backstop: the instruction budget
     /// normally ends runs first, deterministically).
@@ -216,6 +298,8 @@ pub struct RunState {
     /// What an access [`on_unmapped`] refused to make memory up for was
     /// (a constant NULL address, a function's code): the run's fault.
     refused: Option<Fault>,
+    /// Host memory behind the run's regions.
+    pool: HostPool,
 }
 
 impl RunState {
@@ -284,7 +368,7 @@ pub struct UnicornEngine<M: Machine> {
 
 impl<M: Machine> UnicornEngine<M> {
     pub fn new(convention: Convention, limit: u64) -> Result<UnicornEngine<M>, String> {
-        let (uc, pristine) = Self::emulator(limit)?;
+        let (uc, pristine) = Self::emulator(limit, HostPool::new(HOST_POOL_BYTES))?;
         Ok(UnicornEngine {
             uc,
             pristine,
@@ -298,7 +382,7 @@ impl<M: Machine> UnicornEngine<M> {
 
     /// A new emulator, hooks installed, nothing mapped, and its CPU state
     /// as it starts (what every run restores).
-    fn emulator(limit: u64) -> Result<(Unicorn<'static, RunState>, Context), String> {
+    fn emulator(limit: u64, pool: HostPool) -> Result<(Unicorn<'static, RunState>, Context), String> {
         let state = RunState {
             code: 0..0,
             maybe_site: Vec::new(),
@@ -333,6 +417,7 @@ impl<M: Machine> UnicornEngine<M> {
             linked_into_code: false,
             refused: None,
             originals: Vec::new(),
+            pool,
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
             .map_err(|e| format!("cannot start Unicorn {}: {e:?}", M::NAME))?;
@@ -363,18 +448,19 @@ impl<M: Machine> UnicornEngine<M> {
     /// the translation cache and TLB are flushed.
     fn reset(&mut self) -> Result<(), String> {
         self.runs += 1;
-        if self.runs > RUNS_PER_EMULATOR {
-            self.fixed.clear();
-            (self.uc, self.pristine) = Self::emulator(self.limit)?;
-            self.runs = 1;
-            return Ok(());
-        }
         let pages = std::mem::take(&mut self.uc.get_data_mut().demand_pages);
         for (p, len) in pages {
             let _ = self.uc.mem_unmap(p, len);
         }
         for (a, len) in std::mem::take(&mut self.fixed) {
             let _ = self.uc.mem_unmap(a, len);
+        }
+        self.uc.get_data_mut().pool.reclaim();
+        if self.runs > RUNS_PER_EMULATOR {
+            let pool = std::mem::replace(&mut self.uc.get_data_mut().pool, HostPool::new(0));
+            (self.uc, self.pristine) = Self::emulator(self.limit, pool)?;
+            self.runs = 1;
+            return Ok(());
         }
         self.uc.context_restore(&self.pristine).map_err(|e| format!("CPU context: {e:?}"))?;
         self.uc.ctl_flush_tb().map_err(|e| format!("flush: {e:?}"))?;
@@ -409,16 +495,23 @@ impl<M: Machine> UnicornEngine<M> {
             }
         }
         for r in merged {
-            self.uc
-                .mem_map(r.start, r.end - r.start, Prot::READ | Prot::EXEC)
+            // Traps everywhere the image does not cover, then the image.
+            let fill = |bytes: &mut [u8]| {
+                for (i, b) in bytes.iter_mut().enumerate() {
+                    *b = M::GUARD[i % 4];
+                }
+                for (_, addr, part) in image.regions() {
+                    let (lo, hi) = (addr.max(r.start), (addr + part.len() as u64).min(r.end));
+                    if lo < hi {
+                        let at = (lo - r.start) as usize;
+                        bytes[at..at + (hi - lo) as usize]
+                            .copy_from_slice(&part[(lo - addr) as usize..(hi - addr) as usize]);
+                    }
+                }
+            };
+            map_filled(&mut self.uc, r.start, r.end - r.start, Prot::READ | Prot::EXEC, fill)
                 .map_err(|e| format!("cannot map {:#x}..{:#x}: {e:?}", r.start, r.end))?;
-            // Traps everywhere the image does not cover.
-            let guard = M::GUARD.repeat(((r.end - r.start) / 4) as usize);
-            self.uc.mem_write(r.start, &guard).ok();
             self.fixed.push((r.start, r.end - r.start));
-        }
-        for (region, addr, bytes) in image.regions() {
-            self.uc.mem_write(addr, bytes).map_err(|e| format!("write {region:?}: {e:?}"))?;
         }
         let (s, e) = (image.code_addr & !(PAGE - 1), image.code_addr + image.code.len() as u64 + PAGE);
         let _ = self.uc.ctl_remove_cache(s, e);
@@ -575,6 +668,74 @@ impl<M: Machine> UnicornEngine<M> {
         };
         RunEnd::Fault { fault, pc, address }
     }
+}
+
+/// One run's starting state, for a driver outside stencilcheck
+/// (`bench --export-runs`, read by `scripts/baseline.py`): the placed,
+/// patched image and every register and byte the run starts with, so that
+/// driver runs exactly the instructions this engine runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportedRun {
+    pub stencil: String,
+    pub placement: u32,
+    /// Unicorn's architecture and mode numbers.
+    pub arch: i32,
+    pub mode: i32,
+    /// Every image region: address and bytes (hex), mapped read+execute.
+    pub regions: Vec<(u64, String)>,
+    /// The code: where leaving it is a call or an exit.
+    pub code: (u64, u64),
+    /// Unicorn register number and value at entry.
+    pub registers: Vec<(i32, u64)>,
+    /// Bytes put into made-up memory before entry (the return address).
+    pub writes: Vec<(u64, String)>,
+    /// What made-up memory and stub return values are made from ([`Contents`]).
+    pub seed: u64,
+    pub heap: u64,
+    pub interesting: Vec<u64>,
+    /// The C registers a stub scrambles, the one it returns in, the stack pointer.
+    pub caller_saved: Vec<i32>,
+    pub return_register: i32,
+    pub stack_register: i32,
+    pub instruction_limit: u64,
+}
+
+impl<M: Machine> UnicornEngine<M> {
+    /// The state [`Engine::run`] would start `stencil` in at `placement`.
+    pub fn export(&mut self, stencil: &Stencil, placement: &Placement, image: &Image) -> Result<ExportedRun, String> {
+        self.reset()?;
+        self.map_image(image)?;
+        self.prepare(stencil, placement, image);
+        let (sp, _) = self.set_entry_registers(stencil, placement);
+        let mut registers: Vec<(i32, u64)> = Vec::new();
+        for r in M::GPRS.iter().chain([&M::SP]) {
+            registers.push(((*r).into(), self.uc.reg_read(*r).map_err(|e| format!("{e:?}"))?));
+        }
+        let mut word = vec![0u8; M::WORD as usize];
+        self.uc.mem_read(sp, &mut word).map_err(|e| format!("{e:?}"))?;
+        let st = self.uc.get_data();
+        Ok(ExportedRun {
+            stencil: stencil.name.clone(),
+            placement: placement.index,
+            arch: M::ARCH as i32,
+            mode: M::MODE.0 as i32,
+            regions: image.regions().map(|(_, a, b)| (a, hex(b))).filter(|(_, b)| !b.is_empty()).collect(),
+            code: (st.code.start, st.code.end),
+            registers,
+            writes: vec![(sp, hex(&word))],
+            seed: st.seed,
+            heap: st.heap,
+            interesting: st.interesting.clone(),
+            caller_saved: self.convention.c_abi.caller_saved.iter().map(|r| M::register(r).into()).collect(),
+            return_register: M::RETURN_VALUE.into(),
+            stack_register: M::SP.into(),
+            instruction_limit: self.limit,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl<M: Machine> Engine for UnicornEngine<M> {
@@ -771,41 +932,29 @@ fn touches_function(st: &RunState, addr: u64, len: usize) -> bool {
 /// instruction or two: enough to catch a read of it as a pointer).
 const FUNCTION_BYTES: u64 = 16;
 
-/// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
-/// grows with the number of regions, so few large ones beat many pages.
-const DEMAND_CHUNK: u64 = 64 * 1024;
-
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     // Made-up integers are dereferenced as often as made-up pointers (a
     // stencil cannot tell them apart without a type check we may fail), so
     // the low pages are made up too: refusing them would end most runs early.
-    if uc.get_data().demand_pages.len() >= DEMAND_REGION_LIMIT {
+    if uc.get_data().demand_pages.len() >= DEMAND_PAGE_LIMIT {
         uc.get_data_mut().budget_hit = true;
         return false;
     }
     if page >= uc.get_data().user_end {
         return false;
     }
-    let chunk_start = page & !(DEMAND_CHUNK - 1);
-    // The NULL page and chunks holding a function are made up a page at a
-    // time, so that each page's first access is checked ([`on_unmapped`]).
-    let function_in_chunk =
-        uc.get_data().functions.iter().any(|f| (chunk_start..chunk_start + DEMAND_CHUNK).contains(f));
-    let chunk = if page < NULL_PAGE_END || function_in_chunk { (page, PAGE) } else { (chunk_start, DEMAND_CHUNK) };
-    // The chunk may overlap the image or the stack: then just the page.
-    for (start, len) in [chunk, (page, PAGE)] {
-        if uc.mem_map(start, len, Prot::READ | Prot::WRITE).is_ok() {
-            let mut bytes = Vec::with_capacity(len as usize);
-            let contents = uc.get_data().contents();
-            for p in (start..start + len).step_by(PAGE as usize) {
-                bytes.extend_from_slice(&contents.page(p));
-            }
-            let _ = uc.mem_write(start, &bytes);
-            uc.get_data_mut().demand_pages.push((start, len));
-            return true;
-        }
+    // A page at a time: filling made-up contents costs per page, and with
+    // pool memory a mapping is cheap (a chunk of 16 pages, most never read,
+    // made the contents a third of the run).
+    let st = uc.get_data();
+    let interesting = st.interesting.clone();
+    let contents = Contents { seed: st.seed, heap: st.heap, heap_size: st.heap_size, interesting: &interesting };
+    let fill = |bytes: &mut [u8]| contents.fill_page(page, bytes);
+    if map_filled(uc, page, PAGE, Prot::READ | Prot::WRITE, fill).is_err() {
+        return false;
     }
-    false
+    uc.get_data_mut().demand_pages.push((page, PAGE));
+    true
 }
 
 /// Unmapped read or write: make the page up (never for fetches: code only

@@ -18,7 +18,7 @@ use iced_x86::{
 use unicorn_engine::unicorn_const::{Arch, Mode};
 use unicorn_engine::{RegisterX86, Unicorn};
 
-pub use super::{DEMAND_REGION_LIMIT, RETURN_SENTINEL};
+pub use super::{DEMAND_PAGE_LIMIT, RETURN_SENTINEL};
 
 /// Read the convention off the trampoline: it moves the C arguments
 /// (frame, stack_pointer, tstate: rdi, rsi, rdx in System V; rcx, rdx, r8
