@@ -102,6 +102,7 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
             instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
             threads,
             strict: false,
+            explore: 0,
             patcher,
         };
         let (d, n) =
@@ -218,6 +219,7 @@ pub fn against_baseline(
         instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
         threads: 1,
         strict: false,
+        explore: 0,
         patcher,
     };
     let (d, n) =

@@ -123,6 +123,12 @@ pub struct VerifyArgs {
     /// pointers) as findings.
     #[arg(long)]
     pub strict: bool,
+    /// Steered runs per stencil toward holes no placement executed: each
+    /// re-runs a placement with one more conditional branch sent the other
+    /// way. Holes still unexecuted are listed with why (-v). Steered runs'
+    /// site findings count as inconclusive (the path may be infeasible).
+    #[arg(long, default_value_t = DEFAULT_EXPLORE, value_name = "RUNS")]
+    pub explore: u32,
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
@@ -342,6 +348,7 @@ fn verify_one(args: &VerifyArgs, out: &mut String) -> Result<(u8, Verified), Bad
         instruction_limit: args.instruction_limit,
         threads,
         strict: args.strict,
+        explore: args.explore,
         patcher,
     };
     let started = Instant::now();
@@ -421,6 +428,9 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Steered runs per stencil by default ([`VerifyArgs::explore`]).
+pub const DEFAULT_EXPLORE: u32 = 64;
+
 /// The replay command names every option that changes what a run does.
 fn replay_base(args: &VerifyArgs) -> String {
     let mut base = match &args.input {
@@ -432,6 +442,9 @@ fn replay_base(args: &VerifyArgs) -> String {
     }
     if args.strict {
         base.push_str(" --strict");
+    }
+    if args.explore != DEFAULT_EXPLORE {
+        base.push_str(&format!(" --explore {}", args.explore));
     }
     if let Some(jit_c) = &args.jit_c {
         base.push_str(&format!(" --jit-c {}", shell_word(&jit_c.display().to_string())));

@@ -5,13 +5,15 @@
 //!
 //! load → place → patch → execute → judge → report
 //!
-//! [`pipeline`] strings the stages together; [`cli`] is the command line.
+//! [`pipeline`] strings the stages together ([`explore`] steers extra runs
+//! toward holes no placement executed); [`cli`] is the command line.
 
 pub mod error;
 pub mod model;
 pub mod target;
 
 pub mod execute;
+pub mod explore;
 pub mod judge;
 pub mod load;
 pub mod patch;

@@ -7,8 +7,10 @@
 //! put back in file order, so the report never depends on thread timing.
 
 use crate::error::BadInput;
-use crate::execute::{Convention, Engine};
+use crate::execute::{Convention, Engine, Steering};
+use crate::explore::{Cfg, Explorer};
 use crate::judge::{self, Finding};
+use crate::model::Section;
 use crate::model::{Stencil, StencilSet};
 use crate::patch::{self, Patcher};
 use crate::place::{self, Layout, Placement};
@@ -28,6 +30,9 @@ pub struct Options<'a> {
     pub threads: usize,
     /// Count inconclusive runs (budget, unmappable made-up pointers) as findings.
     pub strict: bool,
+    /// Steered runs per stencil toward holes the placements left
+    /// unexecuted ([`crate::explore`]); 0: none.
+    pub explore: u32,
     pub patcher: &'a (dyn Patcher + Sync),
 }
 
@@ -56,6 +61,18 @@ pub struct StencilResult {
     pub inconclusive: u32,
     /// The first of them: placement and why.
     pub first_inconclusive: Option<(u32, String)>,
+    /// Steered runs made ([`Options::explore`]).
+    pub explored: u32,
+    /// Holes no run executed, each with why.
+    pub unreached: Vec<Unreached>,
+}
+
+/// A hole no run executed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unreached {
+    /// `code+0x1c`, `data+0x8`.
+    pub hole: String,
+    pub reason: String,
 }
 
 pub struct Outcome {
@@ -136,6 +153,8 @@ fn verify_stencil(
         findings: Vec::new(),
         inconclusive: 0,
         first_inconclusive: None,
+        explored: 0,
+        unreached: Vec::new(),
     };
     if stencil.code.is_empty() {
         return Ok(result); // `_NOP`: nothing to place or run
@@ -147,19 +166,114 @@ fn verify_stencil(
     let mut covered = BTreeSet::new();
     // Which externs are functions: the stencil's, once, not per placement.
     let functions = place::function_externs(set.target, stencil);
+    let mut explorer = (options.explore > 0).then(Explorer::default);
+    let place_at = |index| {
+        place::place_within(set.target, &options.patcher.address_space(), stencil, options.seed, index)
+            .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))
+            .map(|p| p.with_functions(&functions))
+    };
     for index in indices {
-        let placement = place::place_within(set.target, &options.patcher.address_space(), stencil, options.seed, index)
-            .map_err(|e| BadInput::at_line(set.path.display(), stencil.line, e.message))?
-            .with_functions(&functions);
-        let findings = run_one(set, stencil, &placement, options, engine, &mut covered, &mut result);
+        let placement = place_at(index)?;
+        let run = Run { steering: explorer.as_ref().map(|_| Steering::default()) };
+        let (findings, branches) = run_one(set, stencil, &placement, options, engine, &mut covered, &mut result, run);
+        if let (Some(explorer), Some(branches)) = (explorer.as_mut(), branches) {
+            explorer.record(index, &Steering::default(), &branches);
+        }
         merge(&mut result.findings, findings, &placement);
         result.runs += 1;
     }
+    if let Some(explorer) = explorer.as_mut() {
+        explore(set, stencil, options, engine, &place_at, explorer, &mut covered, &mut result)?;
+    }
     result.holes_covered = covered.len();
+    result.unreached.extend(unreached_without_reason(stencil, &covered, &result.unreached));
     Ok(result)
 }
 
-/// One placement: patch, judge the image, run, judge the run.
+/// How one run is made: steered (branches recorded, some forced) or plain.
+struct Run {
+    steering: Option<Steering>,
+}
+
+/// Steered runs toward each code hole no run executed yet, in hole order,
+/// until every hole ran or [`Options::explore`] runs are spent. Site
+/// findings of steered runs count as inconclusive ([`crate::explore`]).
+#[allow(clippy::too_many_arguments)]
+fn explore(
+    set: &StencilSet,
+    stencil: &Stencil,
+    options: &Options,
+    engine: &mut dyn Engine,
+    place_at: &dyn Fn(u32) -> Result<Placement, BadInput>,
+    explorer: &mut Explorer,
+    covered: &mut BTreeSet<usize>,
+    result: &mut StencilResult,
+) -> Result<(), BadInput> {
+    let first = place_at(options.placement.unwrap_or(0))?;
+    let Ok(image) = patch::emit(stencil, &first, options.patcher) else { return Ok(()) };
+    let Some(flows) = engine.flows(&image) else { return Ok(()) };
+    let cfg = Cfg::new(flows, image.code_addr);
+    let holes: Vec<_> = stencil.holes().collect();
+    let mut given_up = BTreeSet::new();
+    while result.explored < options.explore {
+        let goal = (0..holes.len())
+            .find(|i| holes[*i].section == Section::Code && !covered.contains(i) && !given_up.contains(i));
+        let Some(goal) = goal else { break };
+        let reason = match cfg.instruction_holding(holes[goal].offset) {
+            None => Some("not inside an instruction of the decoded code"),
+            Some(insn) if !cfg.reachable_from_entry(insn) => Some("no path from the entry leads to it"),
+            Some(insn) => match explorer.next_toward(&cfg, insn) {
+                None => Some("no run took a branch that leads toward it, steered or not"),
+                Some((index, steering)) => {
+                    let placement = place_at(index)?;
+                    let run = Run { steering: Some(steering.clone()) };
+                    let (findings, branches) = run_one(set, stencil, &placement, options, engine, covered, result, run);
+                    explorer.record(index, &steering, &branches.unwrap_or_default());
+                    result.explored += 1;
+                    if let Some(f) = findings.first() {
+                        result.inconclusive += 1;
+                        let why = format!("on a steered path ({:?}): {}", steering.force, f.message);
+                        result.first_inconclusive.get_or_insert((index, why));
+                    }
+                    None
+                }
+            },
+        };
+        if let Some(reason) = reason {
+            given_up.insert(goal);
+            result.unreached.push(Unreached { hole: hole_name(holes[goal]), reason: reason.to_string() });
+        }
+    }
+    Ok(())
+}
+
+fn hole_name(hole: &crate::model::PatchCall) -> String {
+    format!("{}+{:#x}", hole.section, hole.offset)
+}
+
+/// Holes not covered and not explained by exploration, with the reason
+/// that holds for each.
+fn unreached_without_reason(stencil: &Stencil, covered: &BTreeSet<usize>, explained: &[Unreached]) -> Vec<Unreached> {
+    let explained: BTreeSet<&str> = explained.iter().map(|u| u.hole.as_str()).collect();
+    stencil
+        .holes()
+        .enumerate()
+        .filter(|(i, h)| !covered.contains(i) && !explained.contains(hole_name(h).as_str()))
+        .map(|(_, h)| Unreached {
+            hole: hole_name(h),
+            reason: match h.section {
+                Section::Code => "no run executed it (exploration off or its budget spent)",
+                _ => "no run read or used its slot",
+            }
+            .to_string(),
+        })
+        .collect()
+}
+
+/// One placement: patch, judge the image, run, judge the run. A steered
+/// run also gives the way its branches went; its run is not judged (its
+/// path may be one no input takes), only its sites.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     set: &StencilSet,
     stencil: &Stencil,
@@ -168,7 +282,8 @@ fn run_one(
     engine: &mut dyn Engine,
     covered: &mut BTreeSet<usize>,
     result: &mut StencilResult,
-) -> Vec<Finding> {
+    how: Run,
+) -> (Vec<Finding>, Option<Vec<(u32, u32)>>) {
     let image = match patch::emit(stencil, placement, options.patcher) {
         Ok(image) => image,
         Err(failure) if failure.assert.is_inconclusive() && !options.strict => {
@@ -177,16 +292,26 @@ fn run_one(
             // on memory we do not model. Not the stencil's fault.
             result.inconclusive += 1;
             result.first_inconclusive.get_or_insert((placement.index, failure.assert.message));
-            return Vec::new();
+            return (Vec::new(), None);
         }
-        Err(failure) => return vec![judge::judge_emit_failure(stencil, placement, &failure)],
+        Err(failure) => return (vec![judge::judge_emit_failure(stencil, placement, &failure)], None),
     };
+    let steered = how.steering.as_ref().is_some_and(|s| !s.force.is_empty());
+    let trace = match &how.steering {
+        Some(steering) => engine.run_steered(stencil, placement, &image, steering),
+        None => None,
+    };
+    let branches = trace.as_ref().map(|t| t.branches.clone());
+    let trace = trace.unwrap_or_else(|| engine.run(stencil, placement, &image));
+    if steered {
+        covered.extend(judge::coverage(stencil, placement, &trace));
+        return (judge::judge_sites(set.target, stencil, placement, &image, &trace.sites), branches);
+    }
     let static_sites = set.target.info().static_sites(stencil, &image);
     let mut findings = judge::judge_sites(set.target, stencil, placement, &image, &static_sites);
     findings.extend(judge::judge_data_slots(stencil, placement, &image));
     findings.extend(judge::judge_accounting(set.target, stencil, placement, &image));
     findings.extend(judge::judge_relaxed_pairs(set.target, stencil, placement, &image));
-    let trace = engine.run(stencil, placement, &image);
     findings.extend(judge::judge_sites(set.target, stencil, placement, &image, &trace.sites));
     let run = judge::judge_run(set.target, stencil, placement, &trace, options.strict);
     findings.extend(run.findings);
@@ -196,7 +321,7 @@ fn run_one(
     }
     covered.extend(judge::coverage(stencil, placement, &trace));
     result.instructions += trace.instructions;
-    findings
+    (findings, branches)
 }
 
 /// Fold one run's findings into the stencil's, one entry per distinct bug.

@@ -46,6 +46,10 @@ pub struct Summary {
     pub holes: usize,
     pub holes_covered: usize,
     pub inconclusive_runs: u64,
+    /// Steered runs made toward unexecuted holes (`--explore`).
+    pub explored_runs: u64,
+    /// Holes no run executed (each listed with why in its stencil).
+    pub holes_unreached: usize,
 }
 
 #[derive(Serialize)]
@@ -59,6 +63,9 @@ struct JsonStencil<'a> {
     inconclusive: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_inconclusive: Option<JsonInconclusive<'a>>,
+    explored: u32,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    unreached: &'a [crate::pipeline::Unreached],
 }
 
 #[derive(Serialize)]
@@ -88,6 +95,8 @@ pub fn summary(outcome: &Outcome) -> Summary {
         s.holes += r.holes;
         s.holes_covered += r.holes_covered;
         s.inconclusive_runs += r.inconclusive as u64;
+        s.explored_runs += r.explored as u64;
+        s.holes_unreached += r.unreached.len();
     }
     s
 }
@@ -122,6 +131,8 @@ pub fn json(set: &StencilSet, outcome: &Outcome, placements: u32, replay: &Repla
                     reason: why,
                     replay: replay.command(&r.name, *p),
                 }),
+                explored: r.explored,
+                unreached: &r.unreached,
             })
             .collect(),
     };
@@ -171,6 +182,14 @@ pub fn human(
             }
         }
     }
+    if verbose && outcome.results.iter().any(|r| !r.unreached.is_empty()) {
+        let _ = writeln!(out, "\nholes no run executed:");
+        for r in &outcome.results {
+            for u in &r.unreached {
+                let _ = writeln!(out, "  {} {}: {}", r.name, u.hole, u.reason);
+            }
+        }
+    }
     if verbose {
         out.push('\n');
         for r in &outcome.results {
@@ -194,7 +213,7 @@ pub fn human(
     );
     let _ = writeln!(
         out,
-        "runs: {} in {:.1} s ({:.0} stencil runs/s), {} inconclusive in {} stencils{}; hole coverage {}/{} ({:.1}%)",
+        "runs: {} in {:.1} s ({:.0} stencil runs/s), {} inconclusive in {} stencils{}; hole coverage {}/{} ({:.1}%){}",
         s.runs,
         secs,
         s.runs as f64 / secs,
@@ -203,8 +222,21 @@ pub fn human(
         if verbose || inconclusive.is_empty() { "" } else { " (-v lists them)" },
         s.holes_covered,
         s.holes,
-        100.0 * s.holes_covered as f64 / s.holes.max(1) as f64
+        100.0 * s.holes_covered as f64 / s.holes.max(1) as f64,
+        explored(&s, verbose)
     );
+    out
+}
+
+/// `, 120 steered runs, 12 holes unreached (-v lists them with why)`.
+fn explored(s: &Summary, verbose: bool) -> String {
+    let mut out = String::new();
+    if s.explored_runs > 0 {
+        let _ = write!(out, ", {} steered runs", s.explored_runs);
+    }
+    if s.holes_unreached > 0 && s.explored_runs > 0 {
+        let _ = write!(out, ", {} holes unreached{}", s.holes_unreached, if verbose { "" } else { " (-v lists why)" });
+    }
     out
 }
 

@@ -54,6 +54,7 @@ fn report(set: &StencilSet, threads: usize, only: &[&str]) -> (String, pipeline:
         instruction_limit: 20_000,
         threads,
         strict: false,
+        explore: 0,
         patcher: &Ports,
     };
     let outcome = pipeline::verify(set, &options).expect("verifies");

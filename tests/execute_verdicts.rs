@@ -24,6 +24,7 @@ fn verify(target: Target, stencil: Stencil) -> StencilResult {
         instruction_limit: 20_000,
         threads: 1,
         strict: false,
+        explore: 0,
         patcher: &Ports,
     };
     pipeline::verify(&set, &options).expect("verifies").results.remove(0)

@@ -32,6 +32,7 @@ fn options(seed: u64, placements: u32) -> Options<'static> {
         instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
         threads: 2,
         strict: false,
+        explore: 0,
         patcher: &stencilcheck::patch::Ports,
     }
 }

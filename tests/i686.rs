@@ -152,6 +152,7 @@ fn verify_with(set: &StencilSet, patcher: &(dyn Patcher + Sync)) -> Outcome {
         instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
         threads: 2,
         strict: false,
+        explore: 0,
         patcher,
     };
     pipeline::verify(set, &options).unwrap_or_else(|e| panic!("verify failed: {e}"))

@@ -372,6 +372,7 @@ fn an_unusable_placement_is_inconclusive_not_a_finding() {
             instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
             threads: 1,
             strict,
+            explore: 0,
             patcher: &Taken,
         };
         let outcome = stencilcheck::pipeline::verify(&set, &options).unwrap();

@@ -123,6 +123,7 @@ fn a_wrong_derived_hole_is_caught_by_the_object_oracle() {
         instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
         threads: 1,
         strict: false,
+        explore: 0,
         patcher: &stencilcheck::patch::Ports,
     };
     let outcome = stencilcheck::pipeline::verify(&set, &options).expect("runs");
@@ -199,6 +200,7 @@ fn every_corpus_hole_moved_is_a_finding() {
                 instruction_limit: stencilcheck::execute::DEFAULT_INSTRUCTION_LIMIT,
                 threads: 1,
                 strict: false,
+                explore: 0,
                 patcher: &stencilcheck::patch::Ports,
             };
             let outcome = stencilcheck::pipeline::verify(&bad, &options).expect("runs");

@@ -148,6 +148,10 @@ pub struct Trace {
     pub entry: u64,
     /// True when entered as a function (the trampoline/shim), so `ret` is its exit.
     pub entered_by_call: bool,
+    /// Steered runs: which way each conditional branch went, as (branch
+    /// offset, offset run next), each pair once, in the order first seen.
+    #[serde(skip)]
+    pub branches: Vec<(u32, u32)>,
 }
 
 /// The registers holding frame, stack_pointer and tstate on entry to a uop.
@@ -210,6 +214,47 @@ pub fn entered_by_call(stencil: &Stencil) -> bool {
 /// An engine runs one placed, patched stencil at a time.
 pub trait Engine {
     fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &crate::patch::Image) -> Trace;
+
+    /// A run that records which way every conditional branch went
+    /// ([`Trace::branches`]) and sends the branches `steering` names the way
+    /// it says. `None`: this engine cannot steer (no exploration).
+    fn run_steered(
+        &mut self,
+        _stencil: &Stencil,
+        _placement: &Placement,
+        _image: &crate::patch::Image,
+        _steering: &Steering,
+    ) -> Option<Trace> {
+        None
+    }
+
+    /// The code's control flow, instruction by instruction from offset 0,
+    /// for exploration. `None`: this engine cannot steer.
+    fn flows(&self, _image: &crate::patch::Image) -> Option<Vec<Flow>> {
+        None
+    }
+}
+
+/// How control goes on after one instruction of the code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Code offset of the instruction and its length.
+    pub offset: u32,
+    pub len: u32,
+    /// The next instruction runs after it (also after a call: the stub returns).
+    pub falls_through: bool,
+    /// A direct branch's (or call's) target address.
+    pub target: Option<u64>,
+    /// A two-way branch with no other effect (`jcc`, `b.cond`, `cbz`,
+    /// `tbz`): exploration may send it either way.
+    pub steerable: bool,
+}
+
+/// Which way exploration sends conditional branches: (code offset of the
+/// branch, code offset it continues at), for every time it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Steering {
+    pub force: Vec<(u32, u32)>,
 }
 
 /// Made-up memory: what a stencil finds when it reads somewhere we never

@@ -14,8 +14,8 @@
 //! does) is a [`Machine`]; `x86_64.rs` and `aarch64.rs` each have one.
 
 use super::{
-    entered_by_call, CallRecord, Contents, Convention, Engine, ExitKind, Fault, RunEnd, SiteObservation, Trace,
-    CALL_LIMIT, DEMAND_PAGE_LIMIT, NULL_PAGE_END,
+    entered_by_call, CallRecord, Contents, Convention, Engine, ExitKind, Fault, Flow, RunEnd, SiteObservation,
+    Steering, Trace, CALL_LIMIT, DEMAND_PAGE_LIMIT, NULL_PAGE_END,
 };
 use crate::model::{Effect, Stencil};
 use crate::patch::Image;
@@ -134,6 +134,9 @@ pub trait Machine: 'static {
     fn null_access_source(_st: &RunState) -> AddressSource {
         AddressSource::MadeUp
     }
+    /// How control goes on after the instruction in `bytes` at `pc`
+    /// (`offset` in the code); `None` when it does not decode.
+    fn flow(bytes: &[u8], pc: u64, offset: u32) -> Option<super::Flow>;
 }
 
 /// Where the address of a NULL-page access came from.
@@ -300,6 +303,14 @@ pub struct RunState {
     refused: Option<Fault>,
     /// Host memory behind the run's regions.
     pool: HostPool,
+    /// Steered runs: per code offset, is a steerable branch there ([`Flow`]).
+    steerable: Vec<bool>,
+    /// Steered runs: where each forced branch goes instead, by code offset.
+    force: Vec<(u32, u32)>,
+    /// The run was sent on at this address by a forced branch.
+    redirect: Option<u64>,
+    /// Steered runs: [`Trace::branches`].
+    branches: Vec<(u32, u32)>,
 }
 
 impl RunState {
@@ -418,6 +429,10 @@ impl<M: Machine> UnicornEngine<M> {
             refused: None,
             originals: Vec::new(),
             pool,
+            steerable: Vec::new(),
+            force: Vec::new(),
+            redirect: None,
+            branches: Vec::new(),
         };
         let mut uc = Unicorn::new_with_data(M::ARCH, M::MODE, state)
             .map_err(|e| format!("cannot start Unicorn {}: {e:?}", M::NAME))?;
@@ -561,6 +576,10 @@ impl<M: Machine> UnicornEngine<M> {
         st.reserved_at = None;
         st.reserved_mask = M::register_mask(self.convention.c_abi.reserved);
         st.refused = None;
+        st.steerable.clear();
+        st.force.clear();
+        st.redirect = None;
+        st.branches.clear();
         st.functions.clone_from(&placement.functions);
         st.linked_into_code = false;
         st.instructions = 0;
@@ -740,6 +759,51 @@ fn hex(bytes: &[u8]) -> String {
 
 impl<M: Machine> Engine for UnicornEngine<M> {
     fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &Image) -> Trace {
+        self.run_with(stencil, placement, image, None)
+    }
+
+    fn run_steered(
+        &mut self,
+        stencil: &Stencil,
+        placement: &Placement,
+        image: &Image,
+        steering: &Steering,
+    ) -> Option<Trace> {
+        Some(self.run_with(stencil, placement, image, Some(steering)))
+    }
+
+    fn flows(&self, image: &Image) -> Option<Vec<Flow>> {
+        Some(code_flows::<M>(&image.code, image.code_addr))
+    }
+}
+
+/// The code's instructions from offset 0 on, each with its [`Flow`]
+/// (bytes that do not decode are stepped over one at a time).
+fn code_flows<M: Machine>(code: &[u8], base: u64) -> Vec<Flow> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    while offset < code.len() {
+        let end = (offset + M::MAX_INSN).min(code.len());
+        match M::flow(&code[offset..end], base + offset as u64, offset as u32) {
+            Some(flow) if flow.len > 0 => {
+                offset += flow.len as usize;
+                out.push(flow);
+            }
+            _ => offset += 1,
+        }
+    }
+    out
+}
+
+impl<M: Machine> UnicornEngine<M> {
+    /// One run; steered (branches recorded, some forced) when `steering` is given.
+    fn run_with(
+        &mut self,
+        stencil: &Stencil,
+        placement: &Placement,
+        image: &Image,
+        steering: Option<&Steering>,
+    ) -> Trace {
         let mut trace = Trace { entry: image.code_addr, ..Trace::default() };
         if let Err(e) = self.reset().and_then(|()| self.map_image(image)) {
             trace.end = Some(RunEnd::Fault { fault: Fault::Other, pc: image.code_addr, address: 0 });
@@ -747,6 +811,14 @@ impl<M: Machine> Engine for UnicornEngine<M> {
             return trace;
         }
         self.prepare(stencil, placement, image);
+        if let Some(steering) = steering {
+            let st = self.uc.get_data_mut();
+            st.steerable = vec![false; image.code.len()];
+            for flow in code_flows::<M>(&image.code, image.code_addr).into_iter().filter(|f| f.steerable) {
+                st.steerable[flow.offset as usize] = true;
+            }
+            st.force.clone_from(&steering.force);
+        }
         let (entry_sp, by_call) = self.set_entry_registers(stencil, placement);
         trace.entry_sp = entry_sp;
         trace.entered_by_call = by_call;
@@ -775,6 +847,11 @@ impl<M: Machine> Engine for UnicornEngine<M> {
             if st.time_hit {
                 break RunEnd::TimeLimit { pc: here };
             }
+            if let Some(to) = self.uc.get_data_mut().redirect.take() {
+                pc = to;
+                continue;
+            }
+            let st = self.uc.get_data();
             let left_to = match (st.left_to, &result) {
                 (Some(t), _) => t,
                 // Fetching from unmapped/non-executable memory: control left the code.
@@ -810,6 +887,7 @@ impl<M: Machine> Engine for UnicornEngine<M> {
         };
         let st = self.uc.get_data_mut();
         trace.sites = std::mem::take(&mut st.sites);
+        trace.branches = std::mem::take(&mut st.branches);
         trace.instructions = st.instructions;
         trace.end = Some(end);
         trace
@@ -855,8 +933,12 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
         let _ = uc.emu_stop();
         return;
     }
+    let previous = st.last_pc;
     st.last_pc = addr;
     st.trail[(st.instructions as usize - 1) % TRAIL_LEN] = offset as u32;
+    if !st.steerable.is_empty() {
+        record_branch(st, previous, offset as u32);
+    }
     if debug_trace() {
         eprintln!("{addr:#x} {}", M::debug_registers(uc));
     }
@@ -872,6 +954,29 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
     }
     if st.maybe_site[offset] {
         observe::<M>(uc, addr, size);
+    }
+    let st = uc.get_data_mut();
+    if st.steerable.get(offset) == Some(&true) {
+        if let Some(&(_, to)) = st.force.iter().find(|(at, _)| *at as usize == offset) {
+            // The branch does not run: the run goes on where it was sent.
+            st.redirect = Some(st.code.start + to as u64);
+            let _ = uc.emu_stop();
+        }
+    }
+}
+
+/// Branch outcomes one steered run keeps (a loop re-runs the same few).
+const BRANCH_RECORD_CAP: usize = 4096;
+
+/// The instruction at `offset` runs after the one at `previous`: when that
+/// was a steerable branch, remember which way it went.
+fn record_branch(st: &mut RunState, previous: u64, offset: u32) {
+    if !st.code.contains(&previous) {
+        return;
+    }
+    let from = (previous - st.code.start) as u32;
+    if st.steerable[from as usize] && st.branches.len() < BRANCH_RECORD_CAP && !st.branches.contains(&(from, offset)) {
+        st.branches.push((from, offset));
     }
 }
 

@@ -546,6 +546,30 @@ impl<const BITS: u32> Machine for X86<BITS> {
             )
     }
 
+    fn flow(bytes: &[u8], pc: u64, offset: u32) -> Option<super::Flow> {
+        let (insn, _) = decode(bytes, pc, BITS);
+        if insn.is_invalid() {
+            return None;
+        }
+        let flow = super::Flow { offset, len: insn.len() as u32, falls_through: true, target: None, steerable: false };
+        // `loop` and `jcxz` also count rcx down or test it: not steerable.
+        let counts = matches!(
+            insn.mnemonic(),
+            Mnemonic::Loop | Mnemonic::Loope | Mnemonic::Loopne | Mnemonic::Jcxz | Mnemonic::Jecxz | Mnemonic::Jrcxz
+        );
+        Some(match insn.flow_control() {
+            FlowControl::Next | FlowControl::IndirectCall => flow,
+            FlowControl::Call => super::Flow { target: Some(insn.near_branch_target()), ..flow },
+            FlowControl::UnconditionalBranch => {
+                super::Flow { falls_through: false, target: Some(insn.near_branch_target()), ..flow }
+            }
+            FlowControl::ConditionalBranch => {
+                super::Flow { target: Some(insn.near_branch_target()), steerable: !counts, ..flow }
+            }
+            _ => super::Flow { falls_through: false, ..flow },
+        })
+    }
+
     /// iced-x86 decodes it (and it is no `ud0`/`ud1`/`ud2`): valid x86-64
     /// that Unicorn (QEMU 5's x86, no AVX or AVX-512) cannot run.
     fn invalid(bytes: &[u8], pc: u64) -> super::Fault {

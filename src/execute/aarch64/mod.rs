@@ -559,6 +559,20 @@ impl Machine for Arm64 {
         sp
     }
 
+    fn flow(bytes: &[u8], pc: u64, offset: u32) -> Option<super::Flow> {
+        let insn = decode(word(bytes)?);
+        let flow = super::Flow { offset, len: 4, falls_through: true, target: None, steerable: false };
+        Some(match insn {
+            Insn::Branch { link, .. } => super::Flow { falls_through: link, target: insn.branch_target(pc), ..flow },
+            Insn::BranchCond { .. } | Insn::CompareBranch { .. } | Insn::TestBranch { .. } => {
+                super::Flow { target: insn.branch_target(pc), steerable: true, ..flow }
+            }
+            Insn::BranchReg { kind: BranchRegKind::Blr, .. } => flow,
+            Insn::BranchReg { .. } => super::Flow { falls_through: false, ..flow },
+            _ => flow,
+        })
+    }
+
     fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer {
         let Some(w) = word(bytes) else { return Transfer::Exit(ExitKind::Jump, false) };
         let insn = decode(w);
