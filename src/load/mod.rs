@@ -290,6 +290,61 @@ mod tests {
     }
 
     #[test]
+    fn a_header_needs_both_a_body_or_table_and_an_emit_function() {
+        let emit = "void\nemit_x(\n{\n}\n";
+        assert_eq!(InputKind::sniff(emit.as_bytes()), InputKind::Unknown, "emit_ alone");
+        assert_eq!(InputKind::sniff(b"code_body StencilGroup\n"), InputKind::Unknown, "no emit_ function");
+        assert_eq!(InputKind::sniff(format!("{emit}StencilGroup\n").as_bytes()), InputKind::Header);
+    }
+
+    #[test]
+    fn a_file_of_exactly_the_limit_is_read_whole_and_one_byte_more_is_refused() {
+        let f = write_temp(&[7u8; 100]);
+        assert_eq!(read_limited(f.path(), 100).expect("at the limit").len(), 100);
+        let e = read_limited(f.path(), 99).expect_err("one byte over");
+        assert!(e.message.contains("larger than the limit of 99 bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn the_stencil_count_limit_is_inclusive() {
+        let stencil = || crate::model::Stencil {
+            locals: Default::default(),
+            ordinals: Default::default(),
+            trampoline_mask: Vec::new(),
+            got_mask: Vec::new(),
+            name: "_X".into(),
+            line: 1,
+            instructions: Vec::new(),
+            code: Vec::new(),
+            data: Vec::new(),
+            relocations: Vec::new(),
+            data_comments: Vec::new(),
+            emit: Vec::new(),
+        };
+        let mut set = StencilSet {
+            path: "many.h".into(),
+            target: crate::target::Target::elf(crate::target::Arch::X86_64),
+            stencils: (0..MAX_STENCILS).map(|_| stencil()).collect(),
+            symbols_map: Vec::new(),
+        };
+        assert!(check_count("many.h", &set).is_ok(), "exactly the limit");
+        set.stencils.push(stencil());
+        let e = check_count("many.h", &set).expect_err("one over");
+        assert!(e.message.contains("10001 stencils, more than the limit of 10000"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_object_of_exactly_the_limit_is_parsed_and_one_byte_more_is_refused() {
+        let mut bytes = vec![0u8; MAX_OBJECT_FILE as usize];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        let at_limit = load_bytes(Path::new("big.o"), &bytes).expect_err("not a valid ELF");
+        assert!(!at_limit.message.contains("larger than the limit"), "{}", at_limit.message);
+        bytes.push(0);
+        let over = load_bytes(Path::new("big.o"), &bytes).expect_err("one byte over");
+        assert!(over.message.contains("larger than the limit"), "{}", over.message);
+    }
+
+    #[test]
     fn load_sniffs_kinds() {
         assert_eq!(InputKind::sniff(b"\x7fELF\x02\x01\x01"), InputKind::Elf);
         assert_eq!(InputKind::sniff(&[0xcf, 0xfa, 0xed, 0xfe, 7, 0, 0, 1]), InputKind::MachO);

@@ -9,7 +9,8 @@ use crate::model::{EmitOp, PatchCall, PatchFn, Section, Term, Value};
 /// `0x1f`, `31`.
 pub(crate) fn parse_number(s: &str) -> Option<u64> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) if !hex.is_empty() => u64::from_str_radix(hex, 16).ok(),
+        // Digits only: `from_str_radix` would also take a sign (`0x+5`).
+        Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => u64::from_str_radix(hex, 16).ok(),
         Some(_) => None,
         None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
         None => None,
@@ -296,4 +297,20 @@ pub(crate) fn value_of(tokens: &[Tok<'_>]) -> Option<Value> {
         (None, false) => Term::Zero,
     };
     Some(Value::new(term, addend))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_number;
+
+    #[test]
+    fn a_number_is_hex_after_0x_or_plain_digits_and_nothing_else() {
+        assert_eq!(parse_number("0x1f"), Some(31));
+        assert_eq!(parse_number("0X1F"), Some(31));
+        assert_eq!(parse_number("31"), Some(31));
+        // What Rust's own parsers would take but C's literals are not.
+        for bad in ["", "0x", "+5", "+0x5", "0x+5", "5 ", "-5", "1_000"] {
+            assert_eq!(parse_number(bad), None, "{bad:?}");
+        }
+    }
 }
