@@ -78,16 +78,39 @@ pub fn bench(
             .collect();
         let _ = writeln!(out, "  {label:<30}{cells}");
     }
+    for (i, m) in measured.iter().enumerate() {
+        let _ = writeln!(out, "  cost split, [{}] on one thread: {}", i + 1, cost_split(m));
+    }
     Ok(out)
+}
+
+/// Microseconds per run spent in each stage, from the cumulative rates
+/// (each row runs one more stage than the one before), and each stage's share.
+fn cost_split(m: &Measured) -> String {
+    let per_run = |label: &str| m.rates.iter().find(|(l, _)| l == label).map(|(_, r)| 1e6 / r.max(1e-9));
+    let rows = ["place", "place + patch", "place + patch + static judge", "full, unicorn, 1 thread"];
+    let Some(times) = rows.iter().map(|r| per_run(r)).collect::<Option<Vec<f64>>>() else { return String::new() };
+    let names = ["place", "patch", "static judge", "execute + run judge"];
+    let total = times[3].max(1e-9);
+    let mut previous = 0.0;
+    let mut parts = Vec::new();
+    for (name, t) in names.iter().zip(&times) {
+        let own = (t - previous).max(0.0);
+        previous = *t;
+        parts.push(format!("{name} {own:.1} µs ({:.1}%)", 100.0 * own / total));
+    }
+    format!("{}; load {:.1} ms once", parts.join(", "), m.load_ms)
 }
 
 fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sync)) -> Result<Measured, BadInput> {
     let (load, _) = best(o.repeat, || crate::load::load_path(path).map(|_| 0))?;
     let set = crate::load::load_path(path)?;
     let mut rates = Vec::new();
-    let (d, n) = best(o.repeat, || place_and_patch(&set, o, patcher, false))?;
+    let (d, n) = best(o.repeat, || stages(&set, o, patcher, Stage::Place))?;
+    rates.push(("place".to_string(), rate(n, d)));
+    let (d, n) = best(o.repeat, || stages(&set, o, patcher, Stage::Patch))?;
     rates.push(("place + patch".to_string(), rate(n, d)));
-    let (d, n) = best(o.repeat, || place_and_patch(&set, o, patcher, true))?;
+    let (d, n) = best(o.repeat, || stages(&set, o, patcher, Stage::StaticJudge))?;
     rates.push(("place + patch + static judge".to_string(), rate(n, d)));
     let mut threads_to_run = vec![1];
     if o.threads > 1 {
@@ -119,18 +142,26 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
     })
 }
 
-fn place_and_patch(
-    set: &StencilSet,
-    o: &BenchOptions,
-    patcher: &dyn Patcher,
-    judge_too: bool,
-) -> Result<u64, BadInput> {
+/// How far [`stages`] goes for each run.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Place,
+    Patch,
+    StaticJudge,
+}
+
+fn stages(set: &StencilSet, o: &BenchOptions, patcher: &dyn Patcher, upto: Stage) -> Result<u64, BadInput> {
     let mut runs = 0;
     for stencil in set.stencils.iter().filter(|s| !s.code.is_empty()) {
         for i in 0..o.placements {
             let placement = place::place(set.target, stencil, o.seed, i)?;
+            if upto == Stage::Place {
+                std::hint::black_box(&placement);
+                runs += 1;
+                continue;
+            }
             if let Ok(image) = patch::emit(stencil, &placement, patcher) {
-                if judge_too {
+                if upto == Stage::StaticJudge {
                     let sites = set.target.info().static_sites(stencil, &image);
                     std::hint::black_box(judge::judge_sites(set.target, stencil, &placement, &image, &sites));
                 }

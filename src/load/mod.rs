@@ -290,6 +290,13 @@ mod tests {
     }
 
     #[test]
+    fn a_universal_mach_o_is_refused_by_name() {
+        let fat = [0xca, 0xfe, 0xba, 0xbe, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+        let e = read_object("fat.o", &fat).expect_err("fat files hold several architectures");
+        assert!(e.message.contains("universal (fat) Mach-O"), "{}", e.message);
+    }
+
+    #[test]
     fn a_header_needs_both_a_body_or_table_and_an_emit_function() {
         let emit = "void\nemit_x(\n{\n}\n";
         assert_eq!(InputKind::sniff(emit.as_bytes()), InputKind::Unknown, "emit_ alone");

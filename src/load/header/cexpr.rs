@@ -301,7 +301,17 @@ pub(crate) fn value_of(tokens: &[Tok<'_>]) -> Option<Value> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_number;
+    use super::{parse_number, split_args};
+
+    #[test]
+    fn arguments_split_only_at_top_level_commas() {
+        assert_eq!(
+            split_args("code + 0x2, (uintptr_t)&f(a, b) + 4, x[1, 2]"),
+            ["code + 0x2", "(uintptr_t)&f(a, b) + 4", "x[1, 2]"]
+        );
+        // After a nested group closes, commas split again.
+        assert_eq!(split_args("(a, b), c, (d)"), ["(a, b)", "c", "(d)"]);
+    }
 
     #[test]
     fn a_number_is_hex_after_0x_or_plain_digits_and_nothing_else() {
