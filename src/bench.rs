@@ -5,6 +5,7 @@
 use crate::error::BadInput;
 use crate::model::StencilSet;
 use crate::patch::{self, Patcher};
+use crate::execute::EngineKind;
 use crate::{execute, judge, pipeline, place};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -40,6 +41,8 @@ struct Measured {
     load_ms: f64,
     /// (label, stencil runs per second)
     rates: Vec<(String, f64)>,
+    /// Lines under the table: the native engine against Unicorn.
+    notes: Vec<String>,
 }
 
 /// Each input's stages side by side (one column per input, so targets
@@ -78,6 +81,11 @@ pub fn bench(
             .collect();
         let _ = writeln!(out, "  {label:<30}{cells}");
     }
+    for (i, m) in measured.iter().enumerate() {
+        for note in &m.notes {
+            let _ = writeln!(out, "  [{}] {note}", i + 1);
+        }
+    }
     Ok(out)
 }
 
@@ -93,21 +101,39 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
     if o.threads > 1 {
         threads_to_run.push(o.threads);
     }
+    let mut notes = Vec::new();
     for threads in threads_to_run {
-        let options = pipeline::Options {
-            seed: o.seed,
-            placements: o.placements,
-            stencils: Vec::new(),
-            placement: None,
-            instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
-            threads,
-            strict: false,
-            patcher,
-        };
-        let (d, n) =
-            best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;
-        let label = format!("full, unicorn, {threads} thread{}", if threads == 1 { "" } else { "s" });
-        rates.push((label, rate(n, d)));
+        let plural = if threads == 1 { "" } else { "s" };
+        let mut unicorn = 0.0;
+        for engine in engines(&set) {
+            let options = pipeline::Options {
+                seed: o.seed,
+                placements: o.placements,
+                stencils: Vec::new(),
+                placement: None,
+                instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
+                threads,
+                strict: false,
+                patcher,
+                engine,
+            };
+            let mut native = None;
+            let (d, n) = best(o.repeat, || {
+                let outcome = pipeline::verify(&set, &options)?;
+                native = outcome.native;
+                Ok(outcome.results.iter().map(|s| s.runs as u64).sum())
+            })?;
+            let name = if engine == EngineKind::Native { "native" } else { "unicorn" };
+            rates.push((format!("full, {name}, {threads} thread{plural}"), rate(n, d)));
+            match native {
+                None => unicorn = rate(n, d),
+                Some(stats) => notes.push(format!(
+                    "native, {threads} thread{plural}: {:.1}x unicorn's runs/s; {}",
+                    rate(n, d) / f64::max(unicorn, 1e-9),
+                    stats.summary()
+                )),
+            }
+        }
     }
     Ok(Measured {
         input: path.display().to_string(),
@@ -115,7 +141,18 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
         stencils: set.stencils.len(),
         load_ms: load.as_secs_f64() * 1e3,
         rates,
+        notes,
     })
+}
+
+/// Unicorn always; the native engine too where it can run the set's stencils.
+fn engines(set: &StencilSet) -> Vec<EngineKind> {
+    let native = cfg!(all(target_arch = "x86_64", target_os = "linux")) && set.target.arch == crate::target::Arch::X86_64;
+    if native {
+        vec![EngineKind::Unicorn, EngineKind::Native]
+    } else {
+        vec![EngineKind::Unicorn]
+    }
 }
 
 fn place_and_patch(

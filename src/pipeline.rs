@@ -7,7 +7,7 @@
 //! put back in file order, so the report never depends on thread timing.
 
 use crate::error::BadInput;
-use crate::execute::{Convention, Engine};
+use crate::execute::{Convention, Engine, EngineKind, NativeStats};
 use crate::judge::{self, Finding};
 use crate::model::{Stencil, StencilSet};
 use crate::patch::{self, Patcher};
@@ -29,6 +29,8 @@ pub struct Options<'a> {
     /// Count inconclusive runs (budget, unmappable made-up pointers) as findings.
     pub strict: bool,
     pub patcher: &'a (dyn Patcher + Sync),
+    /// Which engine runs the stencils.
+    pub engine: EngineKind,
 }
 
 /// A finding with the runs that showed it.
@@ -61,6 +63,8 @@ pub struct StencilResult {
 pub struct Outcome {
     pub results: Vec<StencilResult>,
     pub convention: Convention,
+    /// With the native engine: its runs, and how many Unicorn made instead.
+    pub native: Option<NativeStats>,
 }
 
 /// Check every selected stencil of `set` under `options`.
@@ -71,10 +75,11 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
     let slots: Vec<Mutex<Option<Result<StencilResult, BadInput>>>> =
         selected.iter().map(|_| Mutex::new(None)).collect();
     let engine_error = Mutex::new(None);
+    let native: Mutex<Option<NativeStats>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..options.threads.max(1).min(selected.len().max(1)) {
             scope.spawn(|| {
-                let mut engine = match set.target.engine(convention.clone(), options.instruction_limit) {
+                let mut engine = match engine(set, options, &convention) {
                     Ok(e) => e,
                     Err(e) => {
                         *engine_error.lock().unwrap() = Some(e);
@@ -86,6 +91,9 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
                     let Some(stencil) = selected.get(i) else { break };
                     let result = verify_stencil(set, stencil, options, engine.as_mut());
                     *slots[i].lock().unwrap() = Some(result);
+                }
+                if let Some(stats) = engine.native_stats() {
+                    native.lock().unwrap().get_or_insert_with(NativeStats::default).add(&stats);
                 }
             });
         }
@@ -101,7 +109,44 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
             None => {}
         }
     }
-    Ok(Outcome { results, convention })
+    Ok(Outcome { results, convention, native: native.into_inner().unwrap() })
+}
+
+/// A fresh engine of the kind `options` asks for. Native is x86-64 on an
+/// x86-64 Linux host only: anything else is refused, never run on Unicorn
+/// instead.
+fn engine(
+    set: &StencilSet,
+    options: &Options,
+    convention: &Convention,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    match options.engine {
+        EngineKind::Unicorn => set.target.engine(convention.clone(), options.instruction_limit),
+        EngineKind::Native => native_engine(set.target, convention, options.instruction_limit),
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn native_engine(
+    target: crate::target::Target,
+    convention: &Convention,
+    limit: u64,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    if target.arch != crate::target::Arch::X86_64 {
+        return Err(target.unsupported("the native engine (x86-64 stencils only)"));
+    }
+    let engine = crate::execute::native::NativeEngine::new(convention.clone(), limit)
+        .map_err(|e| target.unsupported(format!("the native engine ({e})")))?;
+    Ok(Box::new(engine))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn native_engine(
+    target: crate::target::Target,
+    _convention: &Convention,
+    _limit: u64,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    Err(target.unsupported("the native engine on a host other than x86-64 Linux"))
 }
 
 fn select<'s>(set: &'s StencilSet, names: &[String]) -> Result<Vec<&'s Stencil>, BadInput> {

@@ -25,6 +25,7 @@ fn verify(target: Target, stencil: Stencil) -> StencilResult {
         threads: 1,
         strict: false,
         patcher: &Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     pipeline::verify(&set, &options).expect("verifies").results.remove(0)
 }

@@ -33,6 +33,7 @@ fn options(seed: u64, placements: u32) -> Options<'static> {
         threads: 2,
         strict: false,
         patcher: &stencilcheck::patch::Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     }
 }
 

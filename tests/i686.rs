@@ -153,6 +153,7 @@ fn verify_with(set: &StencilSet, patcher: &(dyn Patcher + Sync)) -> Outcome {
         threads: 2,
         strict: false,
         patcher,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     pipeline::verify(set, &options).unwrap_or_else(|e| panic!("verify failed: {e}"))
 }

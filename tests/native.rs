@@ -373,6 +373,7 @@ fn an_unusable_placement_is_inconclusive_not_a_finding() {
             threads: 1,
             strict,
             patcher: &Taken,
+            engine: stencilcheck::execute::EngineKind::Unicorn,
         };
         let outcome = stencilcheck::pipeline::verify(&set, &options).unwrap();
         let r = &outcome.results[0];

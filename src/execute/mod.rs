@@ -13,6 +13,8 @@
 //! registers, how calls return, how an exit is classified, what a site does.
 
 pub mod aarch64;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod native;
 pub mod unicorn;
 pub mod x86_64;
 
@@ -210,6 +212,54 @@ pub fn entered_by_call(stencil: &Stencil) -> bool {
 /// An engine runs one placed, patched stencil at a time.
 pub trait Engine {
     fn run(&mut self, stencil: &Stencil, placement: &Placement, image: &crate::patch::Image) -> Trace;
+    /// The native engine's counts of runs and of those Unicorn made
+    /// instead; `None` for an engine that has no fast path.
+    fn native_stats(&self) -> Option<NativeStats> {
+        None
+    }
+}
+
+/// Which engine runs the stencils.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Unicorn (QEMU's TCG): every target, every host.
+    #[default]
+    Unicorn,
+    /// The host CPU (x86-64 stencils on an x86-64 Linux host), Unicorn's
+    /// verdicts by construction (see `native`).
+    Native,
+}
+
+/// How many runs the native engine made, and how many it handed to
+/// Unicorn (by reason: what the native run could not reproduce exactly).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NativeStats {
+    pub runs: u64,
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Worker processes started (the first, and one after each death).
+    pub workers: u64,
+}
+
+impl NativeStats {
+    pub fn fallbacks(&self) -> u64 {
+        self.refused.values().sum()
+    }
+
+    pub fn add(&mut self, other: &NativeStats) {
+        self.runs += other.runs;
+        self.workers += other.workers;
+        for (k, v) in &other.refused {
+            *self.refused.entry(k).or_default() += v;
+        }
+    }
+
+    /// `1234 runs, 56 on Unicorn (4.5%: 30 null page, 26 memory)`.
+    pub fn summary(&self) -> String {
+        let share = 100.0 * self.fallbacks() as f64 / self.runs.max(1) as f64;
+        let reasons: Vec<String> = self.refused.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let why = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join(", ")) };
+        format!("{} runs, {} on Unicorn ({share:.1}%{why})", self.runs, self.fallbacks())
+    }
 }
 
 /// Made-up memory: what a stencil finds when it reads somewhere we never

@@ -239,7 +239,7 @@ impl RunState {
     }
 }
 
-const SITE_OBSERVATION_CAP: u16 = 8;
+pub(crate) const SITE_OBSERVATION_CAP: u16 = 8;
 
 /// Runs one emulator makes before a new one replaces it: a new emulator per
 /// run costs about 40% of the throughput, one per 16 runs a few percent,
@@ -769,11 +769,11 @@ fn touches_function(st: &RunState, addr: u64, len: usize) -> bool {
 
 /// Bytes at a function extern's address that count as its code (an
 /// instruction or two: enough to catch a read of it as a pointer).
-const FUNCTION_BYTES: u64 = 16;
+pub(crate) const FUNCTION_BYTES: u64 = 16;
 
 /// Made-up memory is mapped a chunk at a time: Unicorn's cost per mapping
 /// grows with the number of regions, so few large ones beat many pages.
-const DEMAND_CHUNK: u64 = 64 * 1024;
+pub(crate) const DEMAND_CHUNK: u64 = 64 * 1024;
 
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     // Made-up integers are dereferenced as often as made-up pointers (a
