@@ -56,8 +56,13 @@ pub enum Refusal {
     /// A NULL-page access natively ambiguous or unmappable.
     NullPage,
     /// A memory access whose Unicorn outcome the worker cannot reproduce
-    /// (a write into the image, a budget or unmappable end it cannot place).
+    /// (across a page edge, or one it cannot decode).
     Memory,
+    /// A write into the image (Unicorn's write-protection faults).
+    ImageWrite,
+    /// A non-canonical address whose low 52 bits (all Unicorn uses) lie
+    /// in user space: Unicorn accesses memory the host cannot at that address.
+    Truncated,
     /// The instruction budget might be exceeded.
     Budget,
     /// Control went somewhere the plan did not foresee (an indirect jump
@@ -68,12 +73,14 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::Code,
         Refusal::Collision,
         Refusal::Instruction,
         Refusal::NullPage,
         Refusal::Memory,
+        Refusal::ImageWrite,
+        Refusal::Truncated,
         Refusal::Budget,
         Refusal::Control,
         Refusal::Worker,
@@ -86,6 +93,8 @@ impl Refusal {
             Refusal::Instruction => "instruction",
             Refusal::NullPage => "null page",
             Refusal::Memory => "memory",
+            Refusal::ImageWrite => "image write",
+            Refusal::Truncated => "truncated address",
             Refusal::Budget => "budget",
             Refusal::Control => "control",
             Refusal::Worker => "worker",

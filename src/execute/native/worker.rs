@@ -20,7 +20,7 @@
 //! the signal's saved context at `stencilcheck_native_landing`, which
 //! returns from the enter call.
 
-use super::plan::{self, REFUSE, REPLANT, SITE, START, STEP, TARGET, TRANSFER};
+use super::plan::{self, REFUSE, REPLANT, SITE, START, STEP, TRANSFER};
 use super::protocol::{Answer, Refusal, Request};
 use crate::execute::unicorn::{AddressSource, Transfer, DEMAND_CHUNK, FUNCTION_BYTES, SITE_OBSERVATION_CAP};
 use crate::execute::x86_64::{classify_exit, null_access_source, observe_site, CALLER_SAVED_BITS};
@@ -45,6 +45,10 @@ const TRAP_FLAG: i64 = 1 << 8;
 /// Unicorn (no paging: linear is physical) drops an address's top 12 bits.
 const UNICORN_ADDRESS_MASK: u64 = (1 << 52) - 1;
 const INT3: u8 = 0xcc;
+/// Trails a NULL-page decision may explore, and how far back: beyond
+/// that, Unicorn decides (a run costs about as much as a few hundred).
+const NULL_TRAIL_EVALUATIONS: u32 = 256;
+const NULL_TRAIL_DEPTH: usize = 96;
 /// Bytes of the alternate signal stack (decoding runs there).
 const SIGNAL_STACK: usize = 1 << 20;
 
@@ -275,6 +279,8 @@ struct Run {
     /// A planted instruction restored and single-stepped: its code offset.
     stepping: Option<usize>,
     end: Option<Stop>,
+    /// (from, to) of the code's direct branches inside it, once needed.
+    branches: Option<Vec<(usize, usize)>>,
 }
 
 fn run(request: Request) -> Answer {
@@ -310,6 +316,7 @@ impl Run {
             stops: 0,
             stepping: None,
             end: None,
+            branches: None,
             request,
         };
         if let Err(why) = run.map_image() {
@@ -526,7 +533,7 @@ impl Run {
             // space that is its unmappable fault; within, memory the host
             // cannot reach at that address.
             if seen < USER_SPACE.end {
-                return Err(Stop::Refuse(Refusal::Memory));
+                return Err(Stop::Refuse(Refusal::Truncated));
             }
             return self.on_unmapped(seen, len, head);
         }
@@ -534,7 +541,7 @@ impl Run {
         let last = addr.wrapping_add(len.max(1) as u64 - 1) & !(PAGE - 1);
         for page in [first, last] {
             if write && self.in_image(page) {
-                return Err(Stop::Refuse(Refusal::Memory));
+                return Err(Stop::Refuse(Refusal::ImageWrite));
             }
             if self.logical(page) {
                 self.physical(page)?;
@@ -574,41 +581,90 @@ impl Run {
 
     /// Where the address of the NULL-page access by the instruction at
     /// `head` came from, as Unicorn decides it from its instruction trail.
-    /// The trail is rebuilt from the code: back from `head` through the
-    /// instructions that must have run just before it (no branch lands in
-    /// between). `None` when the answer needs more of the trail than that.
-    fn null_source(&self, head: usize) -> Option<AddressSource> {
-        let mut ambiguous = false;
-        let mut at = Some(head);
-        let trail = std::iter::from_fn(|| {
-            let offset = at?;
-            let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
-            at = self.predecessor(offset, &mut ambiguous);
-            Some((insn, self.flags(offset) & plan::FIELD != 0))
-        });
-        let source = null_access_source(trail, CALLER_SAVED_BITS);
-        (!ambiguous).then_some(source)
+    /// The trail is not recorded natively; every trail the code allows is
+    /// (back from `head`, through each instruction that may have run just
+    /// before: the one falling through, each branch landing there, or the
+    /// run's start), as far as the decision reads it. `None` unless they
+    /// all agree (or exploring them costs more than a Unicorn run).
+    fn null_source(&mut self, head: usize) -> Option<AddressSource> {
+        let mut answer = None;
+        let mut budget = NULL_TRAIL_EVALUATIONS;
+        self.explore_trails(&mut vec![head], &mut answer, &mut budget).then_some(answer).flatten()
     }
 
-    /// The instruction that ran just before the one at `offset`, when the
-    /// code says which; sets `ambiguous` when a branch may have come instead.
-    fn predecessor(&self, offset: usize, ambiguous: &mut bool) -> Option<usize> {
-        if self.flags(offset) & TARGET != 0 {
-            *ambiguous = true;
-            return None;
+    /// Decide for every trail starting with `path`; false when they
+    /// disagree or the budget ran out.
+    fn explore_trails(&mut self, path: &mut Vec<usize>, answer: &mut Option<AddressSource>, budget: &mut u32) -> bool {
+        if *budget == 0 || path.len() > NULL_TRAIL_DEPTH {
+            return false;
         }
-        // The run began here and nothing jumps here: the trail ends.
-        let previous = (0..offset).rev().find(|o| self.flags(*o) & START != 0)?;
-        let insn = plan::instruction_at(self.code_bytes(), self.code.start, previous);
-        let falls_through = matches!(
-            insn.flow_control(),
-            FlowControl::Next | FlowControl::ConditionalBranch | FlowControl::Call | FlowControl::IndirectCall
-        );
-        if !falls_through {
-            *ambiguous = true;
-            return None;
+        *budget -= 1;
+        let mut wanted_more = false;
+        let items = path.iter().map(|&offset| {
+            let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
+            (insn, self.flags(offset) & plan::FIELD != 0)
+        });
+        let trail = items.chain(std::iter::from_fn(|| {
+            wanted_more = true;
+            None
+        }));
+        let source = null_access_source(trail, CALLER_SAVED_BITS);
+        let agree = |answer: &mut Option<AddressSource>, source| *answer.get_or_insert(source) == source;
+        if !wanted_more {
+            return agree(answer, source);
         }
-        Some(previous)
+        let last = *path.last().unwrap_or(&0);
+        // The run began here: its trail ends (`source` is that answer).
+        if last == 0 && !agree(answer, source) {
+            return false;
+        }
+        for previous in self.predecessors(last) {
+            path.push(previous);
+            let ok = self.explore_trails(path, answer, budget);
+            path.pop();
+            if !ok {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Code offsets of the instructions that may run just before the one
+    /// at `offset`: the one before it, unless it never falls through (a
+    /// stubbed call returns to the next instruction), and every direct
+    /// branch landing there (control never enters the code otherwise:
+    /// computed transfers into it are refused).
+    fn predecessors(&mut self, offset: usize) -> Vec<usize> {
+        if self.branches.is_none() {
+            self.branches = Some(self.direct_branches());
+        }
+        let mut out: Vec<usize> =
+            self.branches.iter().flatten().filter(|(_, to)| *to == offset).map(|(from, _)| *from).collect();
+        if let Some(previous) = (0..offset).rev().find(|o| self.flags(*o) & START != 0) {
+            let insn = plan::instruction_at(self.code_bytes(), self.code.start, previous);
+            let falls_through = matches!(
+                insn.flow_control(),
+                FlowControl::Next | FlowControl::ConditionalBranch | FlowControl::Call | FlowControl::IndirectCall
+            );
+            if falls_through {
+                out.push(previous);
+            }
+        }
+        out
+    }
+
+    /// (from, to) code offsets of every direct jump or conditional branch inside the code.
+    fn direct_branches(&self) -> Vec<(usize, usize)> {
+        let starts = (0..self.request.flags.len()).filter(|o| self.flags(*o) & START != 0);
+        starts
+            .filter_map(|from| {
+                let insn = plan::instruction_at(self.code_bytes(), self.code.start, from);
+                let branch =
+                    matches!(insn.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch);
+                let to = insn.near_branch_target();
+                (branch && self.code.contains(&to)).then(|| (from, (to - self.code.start) as usize))
+            })
+            .collect()
     }
 
     // ---- the signal handler's work ----
@@ -849,7 +905,7 @@ impl Run {
         let si_addr = unsafe { info.si_addr() } as u64;
         let general_protection = info.si_code == SI_KERNEL;
         if info.si_code == SEGV_ACCERR || (!general_protection && self.in_image(si_addr)) {
-            return Err(Stop::Refuse(Refusal::Memory));
+            return Err(Stop::Refuse(Refusal::ImageWrite));
         }
         if !general_protection && self.logical(si_addr) {
             return self.physical(si_addr & !(PAGE - 1)); // made up already: now natively too
