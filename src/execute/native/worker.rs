@@ -38,8 +38,7 @@ use std::io::{Read, Write};
 const MAP_FIXED_NOREPLACE: c_int = 0x10_0000;
 const SEGV_ACCERR: c_int = 2;
 const SI_KERNEL: c_int = 0x80;
-/// Page-fault error code bits (`REG_ERR`): a write, an instruction fetch.
-const PF_WRITE: i64 = 1 << 1;
+/// Page-fault error code bit (`REG_ERR`): an instruction fetch.
 const PF_FETCH: i64 = 1 << 4;
 const TRAP_FLAG: i64 = 1 << 8;
 /// Unicorn (no paging: linear is physical) drops an address's top 12 bits.
@@ -251,6 +250,18 @@ enum Stop {
 
 type Step = Result<(), Stop>;
 
+/// Why an instruction is being single-stepped (the trap flag is set).
+#[derive(Clone, Copy, Default)]
+struct Stepping {
+    /// A planted instruction restored to run once: its code offset (planted
+    /// again after it ran, when it must be seen again).
+    restored: Option<usize>,
+    /// Register, original value and whether the instruction writes it: its
+    /// memory operand was moved to the truncated address Unicorn accesses
+    /// (see [`Run::rebase`]); the register gets its value back after.
+    rebased: Option<(usize, u64, bool)>,
+}
+
 /// One run's state, shared by the worker and its signal handler.
 struct Run {
     request: Request,
@@ -276,8 +287,8 @@ struct Run {
     /// once (every loop holds a planted transfer), so a run that took `n`
     /// ran at most `n * instructions`.
     stops: u64,
-    /// A planted instruction restored and single-stepped: its code offset.
-    stepping: Option<usize>,
+    /// An instruction being single-stepped.
+    stepping: Option<Stepping>,
     end: Option<Stop>,
     /// (from, to) of the code's direct branches inside it, once needed.
     branches: Option<Vec<(usize, usize)>>,
@@ -524,33 +535,31 @@ impl Run {
 
     /// An access by the instruction at code offset `head` that Unicorn
     /// would have made: unmapped memory is made up (or refused) as its
-    /// `on_unmapped` does. `write`: into the image is Unicorn's
-    /// write-protection fault, not reproduced here.
+    /// `on_unmapped` does. `write`: a store (into the image, Unicorn's
+    /// write-protection fault, not reproduced here). Unicorn's hook sees
+    /// the access's address for its first page and the second page's start
+    /// for the rest of an access across a page edge (with the access size
+    /// for a load, 1 for a store).
     fn access(&mut self, addr: u64, len: usize, write: bool, head: usize) -> Step {
         let seen = addr & UNICORN_ADDRESS_MASK;
         if seen != addr {
             // Unicorn accesses the address less its top 12 bits: beyond user
-            // space that is its unmappable fault; within, memory the host
-            // cannot reach at that address.
+            // space that is its unmappable fault (within, see `rebase`).
             if seen < USER_SPACE.end {
                 return Err(Stop::Refuse(Refusal::Truncated));
             }
-            return self.on_unmapped(seen, len, head);
+            return self.on_unmapped(seen, len.min(8), head);
         }
         let first = addr & !(PAGE - 1);
         let last = addr.wrapping_add(len.max(1) as u64 - 1) & !(PAGE - 1);
-        for page in [first, last] {
+        let second_len = if write { 1 } else { len.min(8) };
+        for (page, at, n) in [(first, addr, len.min(8)), (last, last, second_len)] {
             if write && self.in_image(page) {
                 return Err(Stop::Refuse(Refusal::ImageWrite));
             }
-            if self.logical(page) {
-                self.physical(page)?;
-                continue;
+            if !self.logical(page) {
+                self.on_unmapped(at, n, head)?;
             }
-            if page != first {
-                return Err(Stop::Refuse(Refusal::Memory)); // which address Unicorn's hook sees is its own
-            }
-            self.on_unmapped(addr, len, head)?;
             self.physical(page)?;
         }
         Ok(())
@@ -684,13 +693,18 @@ impl Run {
 
     fn on_trap(&mut self, uc: &mut Context) -> Step {
         let rip = uc.rip();
-        if let Some(offset) = self.stepping.take() {
+        if let Some(step) = self.stepping.take() {
             uc.set_flags(uc.flags() & !TRAP_FLAG);
-            if self.flags(offset) & REPLANT != 0 && self.under_cap(offset) {
-                self.plant(offset, INT3);
+            if let Some((reg, value, false)) = step.rebased {
+                uc.set_register(reg, value);
+            }
+            if let Some(offset) = step.restored {
+                if self.flags(offset) & REPLANT != 0 && self.under_cap(offset) {
+                    self.plant(offset, INT3);
+                }
             }
             if !self.code.contains(&rip) {
-                return self.fell_through(offset, rip, uc);
+                return self.fell_through(self.last, rip, uc);
             }
             return Ok(());
         }
@@ -721,7 +735,7 @@ impl Run {
         self.plant(offset, self.code_bytes()[offset]);
         if f & STEP != 0 || (f & REPLANT != 0 && self.under_cap(offset)) {
             uc.set_flags(uc.flags() | TRAP_FLAG);
-            self.stepping = Some(offset);
+            self.stepping = Some(Stepping { restored: Some(offset), rebased: None });
         }
         Ok(())
     }
@@ -912,31 +926,92 @@ impl Run {
         }
         let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
         let regs = uc.registers();
-        let Some((address, len)) = faulting_access(&insn, &regs, si_addr, general_protection) else {
+        let Some((address, len, write)) = faulting_access(&insn, &regs, si_addr, general_protection) else {
             return Err(Stop::Refuse(Refusal::Memory));
         };
-        if general_protection && address & UNICORN_ADDRESS_MASK == address {
+        if general_protection && address < USER_SPACE.end {
             return Err(Stop::Refuse(Refusal::Memory)); // not a bad address: alignment or the like
         }
-        self.access(address, len, uc.error() & PF_WRITE != 0, offset)
+        let seen = address & UNICORN_ADDRESS_MASK;
+        if seen != address && seen < USER_SPACE.end {
+            return self.rebase(&insn, address, seen, uc);
+        }
+        self.access(address, len, write, offset)
+    }
+
+    /// Unicorn runs an access to a non-canonical `address` at `seen` (its
+    /// low 52 bits). Natively: move the memory operand there (its base
+    /// register less the difference), single-step the instruction, and give
+    /// the register its value back, when the base register is nothing else
+    /// to the instruction; otherwise Unicorn runs the placement.
+    fn rebase(&mut self, insn: &iced_x86::Instruction, address: u64, seen: u64, uc: &mut Context) -> Step {
+        let refuse = Err(Stop::Refuse(Refusal::Truncated));
+        let base = insn.memory_base();
+        let Some(reg) = gpr_index(base) else { return refuse };
+        if base.size() != 8 || base == Register::RSP || insn.memory_index().full_register() == base {
+            return refuse;
+        }
+        let explicit = (0..insn.op_count())
+            .any(|i| insn.op_kind(i) == OpKind::Register && insn.op_register(i).full_register() == base);
+        let mut factory = InstructionInfoFactory::new();
+        let uses: Vec<OpAccess> = factory
+            .info(insn)
+            .used_registers()
+            .iter()
+            .filter(|u| u.register().full_register() == base)
+            .map(|u| u.access())
+            .collect();
+        // Read for the address, and at most overwritten by the instruction
+        // (`mov (%rax), %rax`): never a value it computes with.
+        let written = uses.contains(&OpAccess::Write);
+        let only_addressing = uses.iter().all(|a| matches!(a, OpAccess::Read | OpAccess::Write));
+        if !only_addressing || (explicit && !written) {
+            return refuse;
+        }
+        let original = uc.register(reg);
+        uc.set_register(reg, original.wrapping_sub(address.wrapping_sub(seen)));
+        uc.set_flags(uc.flags() | TRAP_FLAG);
+        let step = self.stepping.get_or_insert_with(Stepping::default);
+        step.rebased = Some((reg, original, written));
+        Ok(())
     }
 }
 
 /// The memory access of `insn` that faulted: at `si_addr` (a page fault),
-/// or its only one (a general-protection fault says no address).
-fn faulting_access(insn: &iced_x86::Instruction, regs: &[u64; 16], si_addr: u64, gp: bool) -> Option<(u64, usize)> {
+/// or its only one (a general-protection fault says no address). Address,
+/// size, and whether it only stores.
+fn faulting_access(
+    insn: &iced_x86::Instruction,
+    regs: &[u64; 16],
+    si_addr: u64,
+    gp: bool,
+) -> Option<(u64, usize, bool)> {
     let mut factory = InstructionInfoFactory::new();
     let info = factory.info(insn);
-    let accesses: Vec<(u64, usize)> = info
+    let accesses: Vec<(u64, usize, bool)> = info
         .used_memory()
         .iter()
         .filter(|m| m.access() != OpAccess::NoMemAccess)
-        .map(|m| Some((m.virtual_address(0, |r, _, _| segment_or(r, regs))?, m.memory_size().size().max(1))))
+        .map(|m| {
+            let address = m.virtual_address(0, |r, _, _| segment_or(r, regs))?;
+            let store = matches!(m.access(), OpAccess::Write | OpAccess::CondWrite);
+            Some((address, m.memory_size().size().max(1), store))
+        })
         .collect::<Option<_>>()?;
     if gp {
         return (accesses.len() == 1).then(|| accesses[0]);
     }
-    accesses.into_iter().find(|(a, n)| (*a..a.wrapping_add(*n as u64)).contains(&si_addr))
+    accesses.into_iter().find(|(a, n, _)| (*a..a.wrapping_add(*n as u64)).contains(&si_addr))
+}
+
+/// Our index ([`Request::registers`] order) of a 64-bit general register.
+fn gpr_index(r: Register) -> Option<usize> {
+    if !r.is_gpr64() {
+        return None;
+    }
+    // iced numbers rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15.
+    const ICED_TO_OURS: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
+    Some(ICED_TO_OURS[r as usize - Register::RAX as usize])
 }
 
 /// Segment bases are 0 (as Unicorn's site reading takes them); fs and gs are not known.
@@ -956,14 +1031,7 @@ fn gpr_value(r: Register, regs: &[u64; 16]) -> Option<u64> {
         2 => u16::MAX as u64,
         _ => return None,
     };
-    let full = r.full_register();
-    if !full.is_gpr64() {
-        return None;
-    }
-    // iced numbers rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8..r15.
-    const ICED_TO_OURS: [usize; 16] = [0, 2, 3, 1, 7, 6, 4, 5, 8, 9, 10, 11, 12, 13, 14, 15];
-    let index = ICED_TO_OURS[full as usize - Register::RAX as usize];
-    Some(regs[index] & mask)
+    Some(regs[gpr_index(r.full_register())?] & mask)
 }
 
 /// MAP_FIXED_NOREPLACE: true only when the mapping landed exactly at `addr`.
