@@ -283,10 +283,12 @@ struct Run {
     per_site: Vec<u16>,
     sites: Vec<SiteObservation>,
     calls: Vec<CallRecord>,
-    /// Signals taken so far: between two, each instruction runs at most
-    /// once (every loop holds a planted transfer), so a run that took `n`
-    /// ran at most `n * instructions`.
-    stops: u64,
+    /// Instructions run at most, so far (see [`Run::count_segment`]).
+    spent: u64,
+    /// Code offset where native execution last resumed.
+    resumed: usize,
+    /// Longest forward paths from a resume point (see [`Run::longest_from`]).
+    paths: Vec<(usize, Vec<u32>)>,
     /// An instruction being single-stepped.
     stepping: Option<Stepping>,
     end: Option<Stop>,
@@ -324,7 +326,9 @@ impl Run {
             per_site,
             sites: Vec::new(),
             calls: Vec::new(),
-            stops: 0,
+            spent: 0,
+            resumed: 0,
+            paths: Vec::new(),
             stepping: None,
             end: None,
             branches: None,
@@ -558,7 +562,11 @@ impl Run {
                 return Err(Stop::Refuse(Refusal::ImageWrite));
             }
             if !self.logical(page) {
-                self.on_unmapped(at, n, head)?;
+                match self.on_unmapped(at, n, head) {
+                    // Which address a failing split access reports is Unicorn's own.
+                    Err(Stop::End(_)) if first != last || len > 8 => return Err(Stop::Refuse(Refusal::Memory)),
+                    other => other?,
+                }
             }
             self.physical(page)?;
         }
@@ -679,16 +687,81 @@ impl Run {
     // ---- the signal handler's work ----
 
     fn on_signal(&mut self, signal: c_int, info: &siginfo_t, uc: &mut Context) -> Step {
-        self.stops += 1;
-        if self.stops.saturating_mul(self.request.instructions as u64) > self.request.limit {
-            return Err(Stop::Refuse(Refusal::Budget));
-        }
-        match signal {
+        self.count_segment(signal, uc)?;
+        let step = match signal {
             libc::SIGTRAP => self.on_trap(uc),
             libc::SIGSEGV => self.on_fault(info, uc),
             libc::SIGSYS => Err(Stop::Refuse(Refusal::Instruction)),
             _ => Err(Stop::Refuse(Refusal::Control)),
+        };
+        if step.is_ok() {
+            let rip = uc.rip();
+            if !self.code.contains(&rip) {
+                return Err(Stop::Refuse(Refusal::Control));
+            }
+            self.resumed = (rip - self.code.start) as usize;
         }
+        step
+    }
+
+    /// Unicorn's instruction budget, kept natively without counting: the
+    /// code ran from where it last resumed to where this signal stopped it
+    /// without a stop between, so along forward edges only (every backward
+    /// or computed transfer is a stop); the longest such path bounds what
+    /// ran. A run whose bound passes the budget is refused, so a run
+    /// answered natively never reached Unicorn's limit.
+    fn count_segment(&mut self, signal: c_int, uc: &Context) -> Step {
+        let rip = uc.rip();
+        let (end, ran_end) = match signal {
+            libc::SIGTRAP if self.stepping.is_some() => (self.resumed, true),
+            libc::SIGTRAP if rip.wrapping_sub(1) == self.code.end => (self.last, true),
+            // Stopped before the planted instruction (an emulated transfer
+            // counts itself).
+            libc::SIGTRAP => (rip.wrapping_sub(1).wrapping_sub(self.code.start) as usize, false),
+            // The faulting instruction runs again.
+            _ => (rip.wrapping_sub(self.code.start) as usize, false),
+        };
+        let Some(length) = self.longest_from(self.resumed).get(end).copied().filter(|l| *l > 0) else {
+            return Err(Stop::Refuse(Refusal::Control));
+        };
+        self.spent += length as u64 - !ran_end as u64;
+        if self.spent > self.request.limit {
+            return Err(Stop::Refuse(Refusal::Budget));
+        }
+        Ok(())
+    }
+
+    /// Per code offset: instructions on the longest path from `from` that
+    /// ends there, running forward and through no planted transfer (0: no
+    /// such path).
+    fn longest_from(&mut self, from: usize) -> &[u32] {
+        if let Some(i) = self.paths.iter().position(|(f, _)| *f == from) {
+            return &self.paths[i].1;
+        }
+        let len = self.request.flags.len();
+        let mut longest = vec![0u32; len];
+        if from < len {
+            longest[from] = 1;
+        }
+        for offset in from..len {
+            let f = self.flags(offset);
+            if longest[offset] == 0 || f & START == 0 || f & (TRANSFER | REFUSE) != 0 {
+                continue;
+            }
+            let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
+            let falls = matches!(insn.flow_control(), FlowControl::Next | FlowControl::ConditionalBranch);
+            let jumps = matches!(insn.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch);
+            let next = falls.then(|| insn.next_ip());
+            let target = jumps.then(|| insn.near_branch_target());
+            for to in [next, target].into_iter().flatten().filter(|t| self.code.contains(t)) {
+                let to = (to - self.code.start) as usize;
+                if to > offset {
+                    longest[to] = longest[to].max(longest[offset] + 1);
+                }
+            }
+        }
+        self.paths.push((from, longest));
+        &self.paths.last().unwrap().1
     }
 
     fn on_trap(&mut self, uc: &mut Context) -> Step {
@@ -802,6 +875,7 @@ impl Run {
     /// Emulate the control transfer at `offset` as Unicorn runs it: its
     /// memory accesses, then where control goes (stay, stub a call, or exit).
     fn transfer(&mut self, offset: usize, uc: &mut Context) -> Step {
+        self.spent += 1;
         let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
         let mut regs = uc.registers();
         let flow = insn.flow_control();
