@@ -3,9 +3,9 @@
 //! Unicorn) and regressions show up as numbers, not as slow tests.
 
 use crate::error::BadInput;
+use crate::execute::EngineKind;
 use crate::model::StencilSet;
 use crate::patch::{self, Patcher};
-use crate::execute::EngineKind;
 use crate::{execute, judge, pipeline, place};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -147,7 +147,8 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
 
 /// Unicorn always; the native engine too where it can run the set's stencils.
 fn engines(set: &StencilSet) -> Vec<EngineKind> {
-    let native = cfg!(all(target_arch = "x86_64", target_os = "linux")) && set.target.arch == crate::target::Arch::X86_64;
+    let native =
+        cfg!(all(target_arch = "x86_64", target_os = "linux")) && set.target.arch == crate::target::Arch::X86_64;
     if native {
         vec![EngineKind::Unicorn, EngineKind::Native]
     } else {

@@ -541,10 +541,17 @@ impl<const BITS: u32> Machine for X86<BITS> {
             uc_register(r, BITS).and_then(|(reg, mask)| uc.reg_read(reg).ok().map(|v| v & mask))
         };
         let mut reads: Vec<(u64, usize)> = Vec::new();
-        let wanted = observe_site(bytes, addr, field_addr, BITS, |r| regs(uc, r), |a, n| {
-            reads.push((a, n));
-            None
-        });
+        let wanted = observe_site(
+            bytes,
+            addr,
+            field_addr,
+            BITS,
+            |r| regs(uc, r),
+            |a, n| {
+                reads.push((a, n));
+                None
+            },
+        );
         // Reading memory the instruction is about to read: make it exist first.
         if wanted.is_some() && reads.is_empty() {
             return wanted;
@@ -552,10 +559,17 @@ impl<const BITS: u32> Machine for X86<BITS> {
         for (a, n) in reads {
             ensure_mapped(uc, a, n);
         }
-        observe_site(bytes, addr, field_addr, BITS, |r| regs(uc, r), |a, n| {
-            let mut b = vec![0u8; n];
-            uc.mem_read(a, &mut b).ok().map(|_| le(&b))
-        })
+        observe_site(
+            bytes,
+            addr,
+            field_addr,
+            BITS,
+            |r| regs(uc, r),
+            |a, n| {
+                let mut b = vec![0u8; n];
+                uc.mem_read(a, &mut b).ok().map(|_| le(&b))
+            },
+        )
     }
 
     fn null_access_source(st: &RunState) -> AddressSource {

@@ -231,8 +231,7 @@ impl NativeEngine {
             heap_size: placement.heap_size,
             interesting: &interesting,
         };
-        let mut registers: [u64; 16] =
-            std::array::from_fn(|i| contents.word(placement.contents_seed ^ (i as u64 * 8)));
+        let mut registers: [u64; 16] = std::array::from_fn(|i| contents.word(placement.contents_seed ^ (i as u64 * 8)));
         let by_call = entered_by_call(stencil);
         let conv = &self.convention;
         let names = if by_call { conv.c_abi.args } else { [conv.frame, conv.stack_pointer, conv.tstate] };
@@ -243,9 +242,7 @@ impl NativeEngine {
         let caller_saved =
             conv.c_abi.caller_saved.iter().map(|n| gpr_index(n).map(|i| i as u8)).collect::<Option<Vec<u8>>>();
         let mut regions = vec![(image.code_addr, image.code.clone())];
-        regions.extend(
-            image.regions().filter(|(r, _, _)| *r != Region::Code).map(|(_, a, b)| (a, b.to_vec())),
-        );
+        regions.extend(image.regions().filter(|(r, _, _)| *r != Region::Code).map(|(_, a, b)| (a, b.to_vec())));
         Ok(Request {
             pages: image_pages(image),
             regions,

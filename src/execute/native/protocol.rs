@@ -39,7 +39,11 @@ pub struct Request {
 /// What a run came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    Ran { sites: Vec<SiteObservation>, calls: Vec<CallRecord>, end: RunEnd },
+    Ran {
+        sites: Vec<SiteObservation>,
+        calls: Vec<CallRecord>,
+        end: RunEnd,
+    },
     /// The run cannot be reproduced natively; the reason, for the counts.
     Refused(Refusal),
 }

@@ -63,11 +63,8 @@ fn split_at_4g(ranges: &[(u64, u64)]) -> Vec<(u32, u32, u32)> {
 
 /// The filter program: allow a call whose instruction pointer lies in one of `ranges`, trap the rest.
 fn program(ranges: &[(u64, u64)]) -> Vec<sock_filter> {
-    let mut prog = vec![
-        op(LD_ABS_W, ARCH, 0, 0),
-        op(JEQ, AUDIT_ARCH_X86_64, 1, 0),
-        op(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0),
-    ];
+    let mut prog =
+        vec![op(LD_ABS_W, ARCH, 0, 0), op(JEQ, AUDIT_ARCH_X86_64, 1, 0), op(RET, libc::SECCOMP_RET_KILL_PROCESS, 0, 0)];
     for (high, low, last) in split_at_4g(ranges) {
         prog.extend([
             op(LD_ABS_W, IP_HIGH, 0, 0),

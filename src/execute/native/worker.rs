@@ -48,6 +48,8 @@ const INT3: u8 = 0xcc;
 /// that, Unicorn decides (a run costs about as much as a few hundred).
 const NULL_TRAIL_EVALUATIONS: u32 = 256;
 const NULL_TRAIL_DEPTH: usize = 96;
+/// A run may stop once per this many instructions of its budget.
+const STOPS_PER_BUDGET: u64 = 4;
 /// Bytes of the alternate signal stack (decoding runs there).
 const SIGNAL_STACK: usize = 1 << 20;
 
@@ -285,6 +287,8 @@ struct Run {
     calls: Vec<CallRecord>,
     /// Instructions run at most, so far (see [`Run::count_segment`]).
     spent: u64,
+    /// Signals taken so far.
+    stops: u64,
     /// Code offset where native execution last resumed.
     resumed: usize,
     /// Longest forward paths from a resume point (see [`Run::longest_from`]).
@@ -327,6 +331,7 @@ impl Run {
             sites: Vec::new(),
             calls: Vec::new(),
             spent: 0,
+            stops: 0,
             resumed: 0,
             paths: Vec::new(),
             stepping: None,
@@ -407,11 +412,9 @@ impl Run {
             CURRENT = std::ptr::null_mut();
         }
         match self.end.take() {
-            Some(Stop::End(end)) => Answer::Ran {
-                sites: std::mem::take(&mut self.sites),
-                calls: std::mem::take(&mut self.calls),
-                end,
-            },
+            Some(Stop::End(end)) => {
+                Answer::Ran { sites: std::mem::take(&mut self.sites), calls: std::mem::take(&mut self.calls), end }
+            }
             Some(Stop::Refuse(why)) => Answer::Refused(why),
             None => Answer::Refused(Refusal::Control),
         }
@@ -490,7 +493,8 @@ impl Run {
 
     fn overlaps(&self, start: u64, len: u64) -> bool {
         let end = start + len;
-        self.image.iter().any(|(s, e)| start < *e && *s < end) || self.demand.iter().any(|(s, l)| start < s + l && *s < end)
+        self.image.iter().any(|(s, e)| start < *e && *s < end)
+            || self.demand.iter().any(|(s, l)| start < s + l && *s < end)
     }
 
     /// Unicorn's `ensure_mapped` (site reads, the entry slot).
@@ -687,6 +691,13 @@ impl Run {
     // ---- the signal handler's work ----
 
     fn on_signal(&mut self, signal: c_int, info: &siginfo_t, uc: &mut Context) -> Step {
+        // A stop costs the host about as much as Unicorn a handful of
+        // instructions: a run that stops this often is a loop Unicorn
+        // runs no slower.
+        self.stops += 1;
+        if self.stops > self.request.limit / STOPS_PER_BUDGET {
+            return Err(Stop::Refuse(Refusal::Budget));
+        }
         self.count_segment(signal, uc)?;
         let step = match signal {
             libc::SIGTRAP => self.on_trap(uc),
@@ -750,7 +761,8 @@ impl Run {
             }
             let insn = plan::instruction_at(self.code_bytes(), self.code.start, offset);
             let falls = matches!(insn.flow_control(), FlowControl::Next | FlowControl::ConditionalBranch);
-            let jumps = matches!(insn.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch);
+            let jumps =
+                matches!(insn.flow_control(), FlowControl::ConditionalBranch | FlowControl::UnconditionalBranch);
             let next = falls.then(|| insn.next_ip());
             let target = jumps.then(|| insn.near_branch_target());
             for to in [next, target].into_iter().flatten().filter(|t| self.code.contains(t)) {
@@ -853,13 +865,26 @@ impl Run {
     }
 
     /// `X86::site_effect`: memory the site is about to read is made to exist first.
-    fn site_effect(&mut self, bytes: &[u8], addr: u64, field_addr: u64, uc: &Context) -> Result<Option<Option<Effect>>, Stop> {
+    fn site_effect(
+        &mut self,
+        bytes: &[u8],
+        addr: u64,
+        field_addr: u64,
+        uc: &Context,
+    ) -> Result<Option<Option<Effect>>, Stop> {
         let regs = uc.registers();
         let mut reads: Vec<(u64, usize)> = Vec::new();
-        let wanted = observe_site(bytes, addr, field_addr, 64, |r| gpr_value(r, &regs), |a, n| {
-            reads.push((a, n));
-            None
-        });
+        let wanted = observe_site(
+            bytes,
+            addr,
+            field_addr,
+            64,
+            |r| gpr_value(r, &regs),
+            |a, n| {
+                reads.push((a, n));
+                None
+            },
+        );
         if wanted.is_some() && reads.is_empty() {
             return Ok(wanted);
         }
@@ -968,7 +993,13 @@ impl Run {
             uc.set_rip(ret);
             return Ok(());
         }
-        Err(Stop::End(RunEnd::Exit { kind: ExitKind::AfterNoReturnCall, from, target: ret, sp: sp + 8, computed: false }))
+        Err(Stop::End(RunEnd::Exit {
+            kind: ExitKind::AfterNoReturnCall,
+            from,
+            target: ret,
+            sp: sp + 8,
+            computed: false,
+        }))
     }
 
     /// Control ran off the code's end after the instruction at `offset`.
