@@ -147,6 +147,9 @@ fn misbehaving() -> StencilSet {
         raw("_DIV0", vec![0x31, 0xc9, 0x48, 0xf7, 0xf1]),
         // add rbp, 8
         raw("_PLAIN", vec![0x48, 0x83, 0xc5, 0x08]),
+        // tzcnt eax, ecx; jc +1; push rax: BMI1, run natively (its carry
+        // says whether the made-up rcx was zero)
+        raw("_TZCNT", vec![0xf3, 0x0f, 0xbc, 0xc1, 0x72, 0x01, 0x50]),
     ];
     StencilSet { path: PathBuf::from("misbehaving.h"), target: X86, stencils, symbols_map: Vec::new() }
 }
@@ -177,10 +180,11 @@ fn a_worker_killed_mid_run_is_replaced_and_the_run_still_answers() {
     let hang = set.stencils.iter().find(|s| s.name == "_HANG").unwrap();
     let plain = set.stencils.iter().find(|s| s.name == "_PLAIN").unwrap();
     let convention = set.target.convention(&set);
-    // A budget that keeps the native hang busy for seconds (it stops at
-    // every backward jump), and Unicorn for well under one.
+    // A budget and stop limit that keep the native hang busy for seconds
+    // (it stops at every backward jump), and Unicorn for well under one.
     let limit = 2_000_000;
     let mut native = NativeEngine::new(convention.clone(), limit).unwrap();
+    native.set_stop_limit(u64::MAX);
     let mut unicorn = UnicornX86::new(convention, limit).unwrap();
     let placement = place::place(X86, hang, 1, 0).unwrap();
     let image = patch::emit(hang, &placement, &Ports).unwrap();

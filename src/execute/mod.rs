@@ -297,11 +297,16 @@ impl Contents<'_> {
 
     /// A whole page of made-up contents.
     pub fn page(&self, page: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(PAGE as usize);
-        for i in 0..PAGE / 8 {
-            out.extend_from_slice(&self.word(page + i * 8).to_le_bytes());
-        }
+        let mut out = vec![0; PAGE as usize];
+        self.fill(page, &mut out);
         out
+    }
+
+    /// Made-up contents of the memory at `start` into `out` (whole words).
+    pub fn fill(&self, start: u64, out: &mut [u8]) {
+        for (i, word) in out.chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&self.word(start + i as u64 * 8).to_le_bytes());
+        }
     }
 
     /// What the `n`th stub call returns: NULL often (to reach error exits),

@@ -34,6 +34,8 @@ pub struct Request {
     pub caller_saved: Vec<u8>,
     /// The instruction budget.
     pub limit: u64,
+    /// Stops the run may make before Unicorn runs it instead.
+    pub stop_limit: u64,
 }
 
 /// What a run came to.
@@ -69,6 +71,9 @@ pub enum Refusal {
     Truncated,
     /// The instruction budget might be exceeded.
     Budget,
+    /// A loop: it stops natively once an iteration, which costs more than
+    /// Unicorn's run.
+    Loop,
     /// Control went somewhere the plan did not foresee (an indirect jump
     /// into the code, an unexpected trap or signal).
     Control,
@@ -77,7 +82,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::Code,
         Refusal::Collision,
         Refusal::Instruction,
@@ -86,6 +91,7 @@ impl Refusal {
         Refusal::ImageWrite,
         Refusal::Truncated,
         Refusal::Budget,
+        Refusal::Loop,
         Refusal::Control,
         Refusal::Worker,
     ];
@@ -100,6 +106,7 @@ impl Refusal {
             Refusal::ImageWrite => "image write",
             Refusal::Truncated => "truncated address",
             Refusal::Budget => "budget",
+            Refusal::Loop => "loop",
             Refusal::Control => "control",
             Refusal::Worker => "worker",
         }
@@ -193,6 +200,7 @@ impl Request {
         self.registers.iter().for_each(|r| w.u64(*r));
         w.bytes(&self.caller_saved);
         w.u64(self.limit);
+        w.u64(self.stop_limit);
         w.0
     }
 
@@ -213,6 +221,7 @@ impl Request {
         }
         let caller_saved = r.bytes()?;
         let limit = r.u64()?;
+        let stop_limit = r.u64()?;
         Some(Request {
             pages,
             regions,
@@ -228,6 +237,7 @@ impl Request {
             registers,
             caller_saved,
             limit,
+            stop_limit,
         })
     }
 }
@@ -417,6 +427,7 @@ mod tests {
             registers: [11; 16],
             caller_saved: vec![2, 3],
             limit: 1000,
+            stop_limit: 12,
         };
         assert_eq!(Request::decode(&request.encode()), Some(request));
         let answer = Answer::Ran {

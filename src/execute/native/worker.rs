@@ -48,8 +48,6 @@ const INT3: u8 = 0xcc;
 /// that, Unicorn decides (a run costs about as much as a few hundred).
 const NULL_TRAIL_EVALUATIONS: u32 = 256;
 const NULL_TRAIL_DEPTH: usize = 96;
-/// A run may stop once per this many instructions of its budget.
-const STOPS_PER_BUDGET: u64 = 4;
 /// Bytes of the alternate signal stack (decoding runs there).
 const SIGNAL_STACK: usize = 1 << 20;
 
@@ -458,9 +456,9 @@ impl Run {
             return Err(Stop::Refuse(if page < NULL_PAGE_END { Refusal::NullPage } else { Refusal::Collision }));
         }
         self.pages.push(page);
-        let bytes = self.contents().page(page);
-        // SAFETY: the page was just mapped read+write.
-        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), page as *mut u8, bytes.len()) };
+        // SAFETY: the page was just mapped read+write, PAGE bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(page as *mut u8, PAGE as usize) };
+        self.contents().fill(page, bytes);
         Ok(())
     }
 
@@ -691,12 +689,12 @@ impl Run {
     // ---- the signal handler's work ----
 
     fn on_signal(&mut self, signal: c_int, info: &siginfo_t, uc: &mut Context) -> Step {
-        // A stop costs the host about as much as Unicorn a handful of
-        // instructions: a run that stops this often is a loop Unicorn
-        // runs no slower.
+        // A stop costs the host what Unicorn spends on a few hundred
+        // instructions: a run that stops this often is a loop Unicorn runs
+        // faster.
         self.stops += 1;
-        if self.stops > self.request.limit / STOPS_PER_BUDGET {
-            return Err(Stop::Refuse(Refusal::Budget));
+        if self.stops > self.request.stop_limit {
+            return Err(Stop::Refuse(Refusal::Loop));
         }
         self.count_segment(signal, uc)?;
         let step = match signal {
