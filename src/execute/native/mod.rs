@@ -25,20 +25,34 @@
 //!   Unicorn's classification needs that instruction. It also keeps
 //!   control from ever running bytes outside the code (a target inside a
 //!   shared data page would run natively).
-//! - Backward branches are stops too, which bounds a native run's
-//!   instructions (at most the code's instruction count between two
-//!   stops): the host has no instruction counter to replace Unicorn's
-//!   budget (no PMU in this VM), so a run that might exceed it is refused.
-//! - The NULL page is mapped natively only where the kernel lets the
-//!   worker (`vm.mmap_min_addr`, or CAP_SYS_RAWIO); elsewhere runs that
-//!   touch it go to Unicorn.
+//! - The instruction budget: the host has no instruction counter (no PMU
+//!   in this VM) and a CPU timer says nothing exact, so backward branches
+//!   are stops too; between two stops the code only runs forward, and the
+//!   longest forward path between them bounds what ran. A run whose bound
+//!   passes Unicorn's budget is refused, so a native answer never hides an
+//!   `InstructionLimit`. Loops stop once an iteration, which costs more
+//!   than Unicorn's iteration: after [`STOP_LIMIT`] stops Unicorn runs it.
+//! - The NULL page: Unicorn decides made-up against constant from its
+//!   trail of the last instructions run; natively every trail the code
+//!   allows is explored back from the access (the decision reads only a
+//!   few instructions), and the run is refused when they disagree. It is
+//!   mapped natively only where the kernel lets the worker
+//!   (`vm.mmap_min_addr`, or CAP_SYS_RAWIO); elsewhere those runs go to
+//!   Unicorn.
+//! - Unicorn drops an address's top 12 bits (no paging: linear is
+//!   physical, 52 bits): a non-canonical access faults natively but is an
+//!   ordinary one there. The worker reruns it on the truncated address (its
+//!   base register moved, single-stepped, restored), as Unicorn accesses it.
+//! - A worker answers one run at a time over pipes (no shared memory): a
+//!   request is a few KiB, and the round trip costs little next to mapping
+//!   the image.
 //!
-//! Known residual differences (none seen on the corpus or the 3.13.5
-//! header): a wild access that lands in the worker's own memory reads or
-//! writes it instead of made-up memory (the chance is the worker's mapped
-//! size over 2^47 per access); stencil code reading its own bytes through
-//! a register sees the planted `int3`s; undefined flags after an
-//! instruction may differ from QEMU's.
+//! Known residual differences (none seen on the corpus, the fixtures or
+//! the 3.13.5 header): a wild access that lands in the worker's own memory
+//! reads or writes it instead of made-up memory (the chance is the
+//! worker's mapped size over 2^47 per access); stencil code reading its
+//! own bytes through a register sees the planted `int3`s; flags an
+//! instruction leaves undefined may differ from QEMU's.
 //!
 //! [`Trace::instructions`] is 0 for a native run: it is not counted.
 
@@ -265,7 +279,6 @@ impl NativeEngine {
             pages: image_pages(image),
             regions,
             flags: plan.flags,
-            instructions: plan.instructions,
             fields,
             relocations: stencil.relocations.len() as u32,
             seed: placement.contents_seed,

@@ -12,7 +12,7 @@
 //!   ([`TRANSFER`]): the worker emulates it (it never runs natively), so
 //!   control never reaches bytes outside the code, and every loop holds at
 //!   least one stop (what bounds a native run's instructions, see
-//!   `worker::Run::stops`);
+//!   `worker::Run::count_segment`);
 //! - every instruction whose native effect may differ from Unicorn's
 //!   ([`REFUSE`]): the run is handed to Unicorn instead.
 
@@ -37,10 +37,9 @@ pub const START: u8 = 32;
 /// The instruction starting here holds a relocated field.
 pub const FIELD: u8 = 128;
 
-/// The flags of every code offset, and how many instructions the code has.
+/// The flags of every code offset.
 pub struct Plan {
     pub flags: Vec<u8>,
-    pub instructions: u32,
 }
 
 /// CPU features whose instructions Unicorn (QEMU's x86-64 TCG) runs exactly
@@ -116,7 +115,7 @@ pub fn analyse(code: &[u8], code_addr: u64, fields: &[(usize, u64)], guard_after
             *f |= REPLANT;
         }
     }
-    Ok(Plan { flags, instructions: insns.len() as u32 })
+    Ok(Plan { flags })
 }
 
 /// Every instruction of `code`, in order; `Err` when some bytes decode to
@@ -189,7 +188,7 @@ mod tests {
         // 0: add rbp, 8 (field at 3); 4: dec ecx; 6: jnz 0; 8: ret
         let code = [0x48, 0x83, 0xc5, 0x08, 0xff, 0xc9, 0x75, 0xf8, 0xc3];
         let plan = analyse(&code, 0x1000, &[(0, 0x1003)], true).unwrap();
-        assert_eq!(plan.instructions, 4);
+        assert_eq!(plan.flags.iter().filter(|f| *f & START != 0).count(), 4);
         assert_eq!(plan.flags[0] & (SITE | REPLANT), SITE | REPLANT);
         assert_eq!(plan.flags[6] & TRANSFER, TRANSFER);
         assert_eq!(plan.flags[8] & (TRANSFER | REPLANT), TRANSFER);

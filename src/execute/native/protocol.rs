@@ -15,8 +15,6 @@ pub struct Request {
     pub regions: Vec<(u64, Vec<u8>)>,
     /// Per code offset: `plan` flags.
     pub flags: Vec<u8>,
-    /// Instructions in the code (what bounds a native run, see `worker`).
-    pub instructions: u32,
     /// (relocation, field address), sorted by address.
     pub fields: Vec<(u32, u64)>,
     /// Relocations of the stencil (observations are capped per relocation).
@@ -185,7 +183,6 @@ impl Request {
             w.bytes(bytes);
         }
         w.bytes(&self.flags);
-        w.u32(self.instructions);
         w.u32(self.fields.len() as u32);
         for (r, a) in &self.fields {
             w.u32(*r);
@@ -209,7 +206,6 @@ impl Request {
         let pages = (0..r.count()?).map(|_| Some((r.u64()?, r.u64()?))).collect::<Option<_>>()?;
         let regions = (0..r.count()?).map(|_| Some((r.u64()?, r.bytes()?))).collect::<Option<_>>()?;
         let flags = r.bytes()?;
-        let instructions = r.u32()?;
         let fields = (0..r.count()?).map(|_| Some((r.u32()?, r.u64()?))).collect::<Option<_>>()?;
         let relocations = r.u32()?;
         let (seed, heap, heap_size) = (r.u64()?, r.u64()?, r.u64()?);
@@ -226,7 +222,6 @@ impl Request {
             pages,
             regions,
             flags,
-            instructions,
             fields,
             relocations,
             seed,
@@ -416,7 +411,6 @@ mod tests {
             pages: vec![(0x1000, 0x3000)],
             regions: vec![(0x1010, vec![0xc3, 0x90]), (0x2000, vec![1; 9])],
             flags: vec![3, 0],
-            instructions: 2,
             fields: vec![(0, 0x1011)],
             relocations: 1,
             seed: 7,

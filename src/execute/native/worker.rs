@@ -389,7 +389,7 @@ impl Run {
 
     /// Enter the code and wait for the handler to end the run.
     fn go(&mut self) -> Answer {
-        let mut regs = self.request.registers;
+        let regs = self.request.registers;
         let sp = regs[RSP];
         // Unicorn's `enter`: the return-address slot, made up, holds the sentinel.
         self.ensure_mapped(sp, 8);
@@ -400,7 +400,6 @@ impl Run {
             // SAFETY: the page is mapped read+write by this run.
             unsafe { (sp as *mut u64).write_unaligned(RETURN_SENTINEL) };
         }
-        regs[RSP] = sp;
         // SAFETY: the handler only runs while the stencil runs, and `self`
         // outlives the run; `enter` returns through `landing`.
         unsafe {
