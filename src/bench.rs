@@ -3,6 +3,7 @@
 //! Unicorn) and regressions show up as numbers, not as slow tests.
 
 use crate::error::BadInput;
+use crate::execute::EngineKind;
 use crate::model::StencilSet;
 use crate::patch::{self, Patcher};
 use crate::{execute, judge, pipeline, place};
@@ -40,6 +41,8 @@ struct Measured {
     load_ms: f64,
     /// (label, stencil runs per second)
     rates: Vec<(String, f64)>,
+    /// Lines under the table: the native engine against Unicorn.
+    notes: Vec<String>,
 }
 
 /// Each input's stages side by side (one column per input, so targets
@@ -80,6 +83,9 @@ pub fn bench(
     }
     for (i, m) in measured.iter().enumerate() {
         let _ = writeln!(out, "  cost split, [{}] on one thread: {}", i + 1, cost_split(m));
+        for note in &m.notes {
+            let _ = writeln!(out, "  [{}] {note}", i + 1);
+        }
     }
     Ok(out)
 }
@@ -116,22 +122,40 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
     if o.threads > 1 {
         threads_to_run.push(o.threads);
     }
+    let mut notes = Vec::new();
     for threads in threads_to_run {
-        let options = pipeline::Options {
-            seed: o.seed,
-            placements: o.placements,
-            stencils: Vec::new(),
-            placement: None,
-            instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
-            threads,
-            strict: false,
-            explore: 0,
-            patcher,
-        };
-        let (d, n) =
-            best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;
-        let label = format!("full, unicorn, {threads} thread{}", if threads == 1 { "" } else { "s" });
-        rates.push((label, rate(n, d)));
+        let plural = if threads == 1 { "" } else { "s" };
+        let mut unicorn = 0.0;
+        for engine in engines(&set) {
+            let options = pipeline::Options {
+                seed: o.seed,
+                placements: o.placements,
+                stencils: Vec::new(),
+                placement: None,
+                instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
+                threads,
+                strict: false,
+                explore: 0,
+                patcher,
+                engine,
+            };
+            let mut native = None;
+            let (d, n) = best(o.repeat, || {
+                let outcome = pipeline::verify(&set, &options)?;
+                native = outcome.native;
+                Ok(outcome.results.iter().map(|s| s.runs as u64).sum())
+            })?;
+            let name = if engine == EngineKind::Native { "native" } else { "unicorn" };
+            rates.push((format!("full, {name}, {threads} thread{plural}"), rate(n, d)));
+            match native {
+                None => unicorn = rate(n, d),
+                Some(stats) => notes.push(format!(
+                    "native, {threads} thread{plural}: {:.1}x unicorn's runs/s; {}",
+                    rate(n, d) / f64::max(unicorn, 1e-9),
+                    stats.summary()
+                )),
+            }
+        }
     }
     Ok(Measured {
         input: path.display().to_string(),
@@ -139,7 +163,19 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
         stencils: set.stencils.len(),
         load_ms: load.as_secs_f64() * 1e3,
         rates,
+        notes,
     })
+}
+
+/// Unicorn always; the native engine too where it can run the set's stencils.
+fn engines(set: &StencilSet) -> Vec<EngineKind> {
+    let native =
+        cfg!(all(target_arch = "x86_64", target_os = "linux")) && set.target.arch == crate::target::Arch::X86_64;
+    if native {
+        vec![EngineKind::Unicorn, EngineKind::Native]
+    } else {
+        vec![EngineKind::Unicorn]
+    }
 }
 
 /// How far [`stages`] goes for each run.
@@ -252,6 +288,7 @@ pub fn against_baseline(
         strict: false,
         explore: 0,
         patcher,
+        engine: EngineKind::Unicorn,
     };
     let (d, n) =
         best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;

@@ -140,6 +140,29 @@ pub struct VerifyArgs {
     /// with the system C compiler) instead of stencilcheck's Rust ports.
     #[arg(long = "jit-c", value_name = "PATH")]
     pub jit_c: Option<PathBuf>,
+    /// Which engine runs the stencils: `unicorn` (any target, any host) or
+    /// `native` (x86-64 stencils on an x86-64 Linux host: the host CPU runs
+    /// them in a worker process, with Unicorn's verdicts; a run it cannot
+    /// reproduce exactly is made on Unicorn, and stderr says how many).
+    /// Native for another target or host is refused (exit 3).
+    #[arg(long, value_enum, default_value_t = EngineArg::Unicorn)]
+    pub engine: EngineArg,
+}
+
+/// `--engine`.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum EngineArg {
+    Unicorn,
+    Native,
+}
+
+impl From<EngineArg> for crate::execute::EngineKind {
+    fn from(e: EngineArg) -> Self {
+        match e {
+            EngineArg::Unicorn => crate::execute::EngineKind::Unicorn,
+            EngineArg::Native => crate::execute::EngineKind::Native,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -350,10 +373,14 @@ fn verify_one(args: &VerifyArgs, out: &mut String) -> Result<(u8, Verified), Bad
         strict: args.strict,
         explore: args.explore,
         patcher,
+        engine: args.engine.into(),
     };
     let started = Instant::now();
     let outcome = pipeline::verify(&set, &options)?;
     let elapsed = started.elapsed();
+    if let Some(stats) = &outcome.native {
+        eprintln!("native engine: {}", stats.summary());
+    }
     let replay = report::Replay { base: replay_base(args), seed: args.seed };
     let text = match args.format {
         Format::Json => report::json(&set, &outcome, args.placements, &replay),

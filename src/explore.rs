@@ -104,6 +104,11 @@ pub struct Explorer {
 }
 
 impl Explorer {
+    /// No run recorded yet.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
     /// Remember a run's branches (a new set of outcomes only).
     pub fn record(&mut self, placement: u32, steering: &Steering, branches: &[(u32, u32)]) {
         let mut key = branches.to_vec();

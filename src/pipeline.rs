@@ -7,7 +7,7 @@
 //! put back in file order, so the report never depends on thread timing.
 
 use crate::error::BadInput;
-use crate::execute::{Convention, Engine, Steering};
+use crate::execute::{Convention, Engine, EngineKind, NativeStats, Steering};
 use crate::explore::{Cfg, Explorer};
 use crate::judge::{self, Finding};
 use crate::model::Section;
@@ -34,6 +34,8 @@ pub struct Options<'a> {
     /// unexecuted ([`crate::explore`]); 0: none.
     pub explore: u32,
     pub patcher: &'a (dyn Patcher + Sync),
+    /// Which engine runs the stencils.
+    pub engine: EngineKind,
 }
 
 /// A finding with the runs that showed it.
@@ -78,6 +80,8 @@ pub struct Unreached {
 pub struct Outcome {
     pub results: Vec<StencilResult>,
     pub convention: Convention,
+    /// With the native engine: its runs, and how many Unicorn made instead.
+    pub native: Option<NativeStats>,
 }
 
 /// Check every selected stencil of `set` under `options`.
@@ -88,10 +92,11 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
     let slots: Vec<Mutex<Option<Result<StencilResult, BadInput>>>> =
         selected.iter().map(|_| Mutex::new(None)).collect();
     let engine_error = Mutex::new(None);
+    let native: Mutex<Option<NativeStats>> = Mutex::new(None);
     std::thread::scope(|scope| {
         for _ in 0..options.threads.max(1).min(selected.len().max(1)) {
             scope.spawn(|| {
-                let mut engine = match set.target.engine(convention.clone(), options.instruction_limit) {
+                let mut engine = match engine(set, options, &convention) {
                     Ok(e) => e,
                     Err(e) => {
                         *engine_error.lock().unwrap() = Some(e);
@@ -103,6 +108,9 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
                     let Some(stencil) = selected.get(i) else { break };
                     let result = verify_stencil(set, stencil, options, engine.as_mut());
                     *slots[i].lock().unwrap() = Some(result);
+                }
+                if let Some(stats) = engine.native_stats() {
+                    native.lock().unwrap().get_or_insert_with(NativeStats::default).add(&stats);
                 }
             });
         }
@@ -118,7 +126,44 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
             None => {}
         }
     }
-    Ok(Outcome { results, convention })
+    Ok(Outcome { results, convention, native: native.into_inner().unwrap() })
+}
+
+/// A fresh engine of the kind `options` asks for. Native is x86-64 on an
+/// x86-64 Linux host only: anything else is refused, never run on Unicorn
+/// instead.
+fn engine(
+    set: &StencilSet,
+    options: &Options,
+    convention: &Convention,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    match options.engine {
+        EngineKind::Unicorn => set.target.engine(convention.clone(), options.instruction_limit),
+        EngineKind::Native => native_engine(set.target, convention, options.instruction_limit),
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn native_engine(
+    target: crate::target::Target,
+    convention: &Convention,
+    limit: u64,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    if target.arch != crate::target::Arch::X86_64 {
+        return Err(target.unsupported("the native engine (x86-64 stencils only)"));
+    }
+    let engine = crate::execute::native::NativeEngine::new(convention.clone(), limit)
+        .map_err(|e| target.unsupported(format!("the native engine ({e})")))?;
+    Ok(Box::new(engine))
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+fn native_engine(
+    target: crate::target::Target,
+    _convention: &Convention,
+    _limit: u64,
+) -> Result<Box<dyn Engine>, crate::target::Unsupported> {
+    Err(target.unsupported("the native engine on a host other than x86-64 Linux"))
 }
 
 fn select<'s>(set: &'s StencilSet, names: &[String]) -> Result<Vec<&'s Stencil>, BadInput> {
@@ -174,7 +219,10 @@ fn verify_stencil(
     };
     for index in indices {
         let placement = place_at(index)?;
-        let run = Run { steering: explorer.as_ref().map(|_| Steering::default()) };
+        // Unicorn records branches at no cost; the native engine's runs
+        // record none (exploration records its own runs then, see `explore`).
+        let record = explorer.is_some() && engine.native_stats().is_none();
+        let run = Run { steering: record.then(Steering::default) };
         let (findings, branches) = run_one(set, stencil, &placement, options, engine, &mut covered, &mut result, run);
         if let (Some(explorer), Some(branches)) = (explorer.as_mut(), branches) {
             explorer.record(index, &Steering::default(), &branches);
@@ -213,6 +261,21 @@ fn explore(
     let Ok(image) = patch::emit(stencil, &first, options.patcher) else { return Ok(()) };
     let Some(flows) = engine.flows(&image) else { return Ok(()) };
     let cfg = Cfg::new(flows, image.code_addr);
+    // No branches recorded by the placements' runs (a native engine):
+    // record a few placements' paths first, from the same budget.
+    if explorer.is_empty() && !covered_all_code(stencil, covered) {
+        let indices: Vec<u32> = match options.placement {
+            Some(i) => vec![i],
+            None => (0..options.placements.min(RECORDED_PLACEMENTS).min(options.explore / 2)).collect(),
+        };
+        for index in indices {
+            let placement = place_at(index)?;
+            let Ok(image) = patch::emit(stencil, &placement, options.patcher) else { continue };
+            let Some(trace) = engine.run_steered(stencil, &placement, &image, &Steering::default()) else { break };
+            explorer.record(index, &Steering::default(), &trace.branches);
+            result.explored += 1;
+        }
+    }
     let holes: Vec<_> = stencil.holes().collect();
     let mut given_up = BTreeSet::new();
     while result.explored < options.explore {
@@ -245,6 +308,14 @@ fn explore(
         }
     }
     Ok(())
+}
+
+/// Placements whose paths exploration records itself when the engine's
+/// runs record none (at most half the budget).
+const RECORDED_PLACEMENTS: u32 = 4;
+
+fn covered_all_code(stencil: &Stencil, covered: &BTreeSet<usize>) -> bool {
+    stencil.holes().enumerate().all(|(i, h)| h.section != Section::Code || covered.contains(&i))
 }
 
 fn hole_name(hole: &crate::model::PatchCall) -> String {

@@ -56,6 +56,7 @@ fn report(set: &StencilSet, threads: usize, only: &[&str]) -> (String, pipeline:
         strict: false,
         explore: 0,
         patcher: &Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     let outcome = pipeline::verify(set, &options).expect("verifies");
     let replay = Replay { base: "stencilcheck verify isolation.h".into(), seed: 7 };

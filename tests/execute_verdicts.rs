@@ -26,6 +26,7 @@ fn verify(target: Target, stencil: Stencil) -> StencilResult {
         strict: false,
         explore: 0,
         patcher: &Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     pipeline::verify(&set, &options).expect("verifies").results.remove(0)
 }

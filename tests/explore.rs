@@ -2,6 +2,7 @@
 //! still unexecuted is listed with why.
 
 use std::path::PathBuf;
+use stencilcheck::execute::EngineKind;
 use stencilcheck::model::{EmitOp, PatchFn, RelocKind, Section, StencilSet, Term};
 use stencilcheck::patch::Ports;
 use stencilcheck::pipeline::{self, Options, StencilResult};
@@ -22,6 +23,10 @@ fn guarded_operand() -> stencilcheck::model::Stencil {
 }
 
 fn verify(explore: u32) -> StencilResult {
+    verify_on(explore, EngineKind::Unicorn)
+}
+
+fn verify_on(explore: u32, engine: EngineKind) -> StencilResult {
     let set = StencilSet {
         path: PathBuf::from("explore.h"),
         target: X86,
@@ -38,6 +43,7 @@ fn verify(explore: u32) -> StencilResult {
         strict: false,
         explore,
         patcher: &Ports,
+        engine,
     };
     pipeline::verify(&set, &options).expect("verifies").results.remove(0)
 }
@@ -78,10 +84,23 @@ fn a_hole_after_a_return_is_listed_as_unreachable() {
         strict: false,
         explore: 8,
         patcher: &Ports,
+        engine: EngineKind::Unicorn,
     };
     let r = pipeline::verify(&set, &options).expect("verifies").results.remove(0);
     assert_eq!(r.holes_covered, 0);
     assert_eq!(r.explored, 0, "nothing to steer toward");
     assert_eq!(r.unreached.len(), 1);
     assert!(r.unreached[0].reason.contains("no path from the entry"), "{:?}", r.unreached);
+}
+
+#[test]
+fn the_native_engine_explores_through_unicorn_runs() {
+    if !cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        eprintln!("note: skipped (the native engine needs an x86-64 Linux host)");
+        return;
+    }
+    let r = verify_on(8, EngineKind::Native);
+    assert_eq!(r.holes_covered, 1, "{:?}", r.unreached);
+    assert!(r.explored >= 2, "paths recorded first, then one steered run: {}", r.explored);
+    assert!(r.findings.is_empty() && r.inconclusive == 0);
 }

@@ -34,6 +34,7 @@ fn options(seed: u64, placements: u32) -> Options<'static> {
         strict: false,
         explore: 0,
         patcher: &stencilcheck::patch::Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     }
 }
 

@@ -154,6 +154,7 @@ fn verify_with(set: &StencilSet, patcher: &(dyn Patcher + Sync)) -> Outcome {
         strict: false,
         explore: 0,
         patcher,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     pipeline::verify(set, &options).unwrap_or_else(|e| panic!("verify failed: {e}"))
 }

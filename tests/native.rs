@@ -374,6 +374,7 @@ fn an_unusable_placement_is_inconclusive_not_a_finding() {
             strict,
             explore: 0,
             patcher: &Taken,
+            engine: stencilcheck::execute::EngineKind::Unicorn,
         };
         let outcome = stencilcheck::pipeline::verify(&set, &options).unwrap();
         let r = &outcome.results[0];

@@ -125,6 +125,7 @@ fn a_wrong_derived_hole_is_caught_by_the_object_oracle() {
         strict: false,
         explore: 0,
         patcher: &stencilcheck::patch::Ports,
+        engine: stencilcheck::execute::EngineKind::Unicorn,
     };
     let outcome = stencilcheck::pipeline::verify(&set, &options).expect("runs");
     let findings: Vec<_> = outcome.results.iter().flat_map(|r| r.findings.iter()).collect();
@@ -202,6 +203,7 @@ fn every_corpus_hole_moved_is_a_finding() {
                 strict: false,
                 explore: 0,
                 patcher: &stencilcheck::patch::Ports,
+                engine: stencilcheck::execute::EngineKind::Unicorn,
             };
             let outcome = stencilcheck::pipeline::verify(&bad, &options).expect("runs");
             if outcome.results.iter().all(|r| r.findings.is_empty()) {

@@ -13,6 +13,8 @@
 //! registers, how calls return, how an exit is classified, what a site does.
 
 pub mod aarch64;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+pub mod native;
 pub mod unicorn;
 pub mod x86_64;
 
@@ -233,6 +235,12 @@ pub trait Engine {
     fn flows(&self, _image: &crate::patch::Image) -> Option<Vec<Flow>> {
         None
     }
+
+    /// The native engine's counts of runs and of those Unicorn made
+    /// instead; `None` for an engine that has no fast path.
+    fn native_stats(&self) -> Option<NativeStats> {
+        None
+    }
 }
 
 /// How control goes on after one instruction of the code.
@@ -255,6 +263,49 @@ pub struct Flow {
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Steering {
     pub force: Vec<(u32, u32)>,
+}
+
+/// Which engine runs the stencils.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineKind {
+    /// Unicorn (QEMU's TCG): every target, every host.
+    #[default]
+    Unicorn,
+    /// The host CPU (x86-64 stencils on an x86-64 Linux host), Unicorn's
+    /// verdicts by construction (see `native`).
+    Native,
+}
+
+/// How many runs the native engine made, and how many it handed to
+/// Unicorn (by reason: what the native run could not reproduce exactly).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NativeStats {
+    pub runs: u64,
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Worker processes started (the first, and one after each death).
+    pub workers: u64,
+}
+
+impl NativeStats {
+    pub fn fallbacks(&self) -> u64 {
+        self.refused.values().sum()
+    }
+
+    pub fn add(&mut self, other: &NativeStats) {
+        self.runs += other.runs;
+        self.workers += other.workers;
+        for (k, v) in &other.refused {
+            *self.refused.entry(k).or_default() += v;
+        }
+    }
+
+    /// `1234 runs, 56 on Unicorn (4.5%: 30 null page, 26 memory)`.
+    pub fn summary(&self) -> String {
+        let share = 100.0 * self.fallbacks() as f64 / self.runs.max(1) as f64;
+        let reasons: Vec<String> = self.refused.iter().map(|(k, v)| format!("{v} {k}")).collect();
+        let why = if reasons.is_empty() { String::new() } else { format!(": {}", reasons.join(", ")) };
+        format!("{} runs, {} on Unicorn ({share:.1}%{why})", self.runs, self.fallbacks())
+    }
 }
 
 /// Made-up memory: what a stencil finds when it reads somewhere we never
@@ -293,14 +344,14 @@ impl Contents<'_> {
     /// A whole page of made-up contents.
     pub fn page(&self, page: u64) -> Vec<u8> {
         let mut out = vec![0; PAGE as usize];
-        self.fill_page(page, &mut out);
+        self.fill(page, &mut out);
         out
     }
 
-    /// Made-up contents of the page at `page` into `bytes` (one page long).
-    pub fn fill_page(&self, page: u64, bytes: &mut [u8]) {
-        for (i, word) in bytes.chunks_exact_mut(8).enumerate() {
-            word.copy_from_slice(&self.word(page + i as u64 * 8).to_le_bytes());
+    /// Made-up contents of the memory at `start` into `out` (whole words).
+    pub fn fill(&self, start: u64, out: &mut [u8]) {
+        for (i, word) in out.chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&self.word(start + i as u64 * 8).to_le_bytes());
         }
     }
 

@@ -334,7 +334,7 @@ impl RunState {
     }
 }
 
-const SITE_OBSERVATION_CAP: u16 = 8;
+pub(crate) const SITE_OBSERVATION_CAP: u16 = 8;
 
 /// Runs one emulator makes before a new one replaces it: a new emulator per
 /// run costs about 40% of the throughput, one per 16 runs a few percent,
@@ -1035,7 +1035,7 @@ fn touches_function(st: &RunState, addr: u64, len: usize) -> bool {
 
 /// Bytes at a function extern's address that count as its code (an
 /// instruction or two: enough to catch a read of it as a pointer).
-const FUNCTION_BYTES: u64 = 16;
+pub(crate) const FUNCTION_BYTES: u64 = 16;
 
 fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     // Made-up integers are dereferenced as often as made-up pointers (a
@@ -1054,7 +1054,7 @@ fn map_demand_page(uc: &mut Unicorn<'_, RunState>, page: u64) -> bool {
     let st = uc.get_data();
     let interesting = st.interesting.clone();
     let contents = Contents { seed: st.seed, heap: st.heap, heap_size: st.heap_size, interesting: &interesting };
-    let fill = |bytes: &mut [u8]| contents.fill_page(page, bytes);
+    let fill = |bytes: &mut [u8]| contents.fill(page, bytes);
     if map_filled(uc, page, PAGE, Prot::READ | Prot::WRITE, fill).is_err() {
         return false;
     }

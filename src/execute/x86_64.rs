@@ -192,7 +192,7 @@ fn uc_register(r: Register, bits: u32) -> Option<(RegisterX86, u64)> {
     Some((reg, mask))
 }
 
-fn decode(bytes: &[u8], ip: u64, bits: u32) -> (Instruction, ConstantOffsets) {
+pub(crate) fn decode(bytes: &[u8], ip: u64, bits: u32) -> (Instruction, ConstantOffsets) {
     let mut decoder = Decoder::with_ip(bits, bytes, ip, DecoderOptions::NONE);
     let insn = decoder.decode();
     let offsets = decoder.get_constant_offsets(&insn);
@@ -508,42 +508,14 @@ impl<const BITS: u32> Machine for X86<BITS> {
     }
 
     fn classify(bytes: &[u8], last_pc: u64, target: u64, st: &RunState) -> Transfer {
-        let (insn, _) = decode(bytes, last_pc, BITS);
-        let end = last_pc + insn.len() as u64;
-        let at_site = st.fields.iter().any(|(_, f)| (last_pc..end).contains(f));
-        match insn.flow_control() {
-            FlowControl::Call | FlowControl::IndirectCall => Transfer::Call,
-            FlowControl::Return => Transfer::Exit(ExitKind::Return, false),
-            // Running on past the last instruction, a not-taken branch included.
-            FlowControl::Next | FlowControl::ConditionalBranch if target == insn.next_ip() => {
-                Transfer::Exit(ExitKind::FallThrough, false)
-            }
-            FlowControl::IndirectBranch => Transfer::Exit(ExitKind::Jump, !at_site),
-            _ => Transfer::Exit(ExitKind::Jump, false),
-        }
+        classify_exit(bytes, last_pc, target, &st.fields, BITS)
     }
 
     /// Privileged (CPL 0, or IOPL-sensitive: `in`, `out`, `cli`, `sti`),
     /// system calls, `hlt`, software interrupts. Unicorn runs in ring 0 and
     /// would execute most of them silently.
     fn forbidden(bytes: &[u8], pc: u64) -> bool {
-        let (insn, _) = decode(bytes, pc, BITS);
-        if insn.is_invalid() {
-            return false; // the emulator says so itself
-        }
-        insn.is_privileged()
-            || matches!(
-                insn.mnemonic(),
-                Mnemonic::Hlt
-                    | Mnemonic::Syscall
-                    | Mnemonic::Sysenter
-                    | Mnemonic::Sysexit
-                    | Mnemonic::Sysret
-                    | Mnemonic::Int
-                    | Mnemonic::Int1
-                    | Mnemonic::Int3
-                    | Mnemonic::Into
-            )
+        forbidden(&decode(bytes, pc, BITS).0)
     }
 
     fn flow(bytes: &[u8], pc: u64, offset: u32) -> Option<super::Flow> {
@@ -589,37 +561,39 @@ impl<const BITS: u32> Machine for X86<BITS> {
         bytes: &[u8],
         field_addr: u64,
     ) -> Option<Option<Effect>> {
-        let (insn, offsets) = decode(bytes, addr, BITS);
-        let field = (field_addr - addr) as usize;
         let regs = |uc: &Unicorn<'_, RunState>, r: Register| {
             uc_register(r, BITS).and_then(|(reg, mask)| uc.reg_read(reg).ok().map(|v| v & mask))
         };
-        // Reading memory the instruction is about to read: make it exist first.
         let mut reads: Vec<(u64, usize)> = Vec::new();
-        let _ = site_effect(
-            &insn,
-            &offsets,
-            field,
+        let wanted = observe_site(
+            bytes,
+            addr,
+            field_addr,
+            BITS,
             |r| regs(uc, r),
             |a, n| {
                 reads.push((a, n));
                 None
             },
         );
+        // Reading memory the instruction is about to read: make it exist first.
+        if wanted.is_some() && reads.is_empty() {
+            return wanted;
+        }
         for (a, n) in reads {
             ensure_mapped(uc, a, n);
         }
-        site_effect(
-            &insn,
-            &offsets,
-            field,
+        observe_site(
+            bytes,
+            addr,
+            field_addr,
+            BITS,
             |r| regs(uc, r),
             |a, n| {
                 let mut b = vec![0u8; n];
                 uc.mem_read(a, &mut b).ok().map(|_| le(&b))
             },
         )
-        .observation()
     }
 
     fn null_access_source(st: &RunState) -> AddressSource {
@@ -650,6 +624,64 @@ impl<const BITS: u32> Machine for X86<BITS> {
     }
 }
 
+/// What the instruction in `bytes` at `addr` does with the relocated field
+/// at `field_addr`, read off `reg` (live register values) and `read`
+/// (memory): `None` when not known (a register or memory could not be
+/// read), `Some(None)` when the field is no operand of it. Shared by the
+/// Unicorn engine and the native one, so both observe a site alike.
+pub(crate) fn observe_site(
+    bytes: &[u8],
+    addr: u64,
+    field_addr: u64,
+    bits: u32,
+    reg: impl FnMut(Register) -> Option<u64>,
+    read: impl FnMut(u64, usize) -> Option<u64>,
+) -> Option<Option<Effect>> {
+    let (insn, offsets) = decode(bytes, addr, bits);
+    let field = (field_addr - addr) as usize;
+    site_effect(&insn, &offsets, field, reg, read).observation()
+}
+
+/// Was leaving the code for `target` after the instruction in `bytes` (at
+/// `last_pc`) a call, a jump, a return or a fall-through? `fields` are the
+/// relocated fields' (relocation, address), sorted by address.
+pub(crate) fn classify_exit(bytes: &[u8], last_pc: u64, target: u64, fields: &[(usize, u64)], bits: u32) -> Transfer {
+    let (insn, _) = decode(bytes, last_pc, bits);
+    let end = last_pc + insn.len() as u64;
+    let at_site = fields.iter().any(|(_, f)| (last_pc..end).contains(f));
+    match insn.flow_control() {
+        FlowControl::Call | FlowControl::IndirectCall => Transfer::Call,
+        FlowControl::Return => Transfer::Exit(ExitKind::Return, false),
+        // Running on past the last instruction, a not-taken branch included.
+        FlowControl::Next | FlowControl::ConditionalBranch if target == insn.next_ip() => {
+            Transfer::Exit(ExitKind::FallThrough, false)
+        }
+        FlowControl::IndirectBranch => Transfer::Exit(ExitKind::Jump, !at_site),
+        _ => Transfer::Exit(ExitKind::Jump, false),
+    }
+}
+
+/// Privileged (CPL 0, or IOPL-sensitive: `in`, `out`, `cli`, `sti`),
+/// system calls, `hlt`, software interrupts: no stencil may run them.
+pub(crate) fn forbidden(insn: &Instruction) -> bool {
+    if insn.is_invalid() {
+        return false; // the emulator says so itself
+    }
+    insn.is_privileged()
+        || matches!(
+            insn.mnemonic(),
+            Mnemonic::Hlt
+                | Mnemonic::Syscall
+                | Mnemonic::Sysenter
+                | Mnemonic::Sysexit
+                | Mnemonic::Sysret
+                | Mnemonic::Int
+                | Mnemonic::Int1
+                | Mnemonic::Int3
+                | Mnemonic::Into
+        )
+}
+
 /// Bit of a general register (any width) in a set of the 16 full ones;
 /// `None` for every other register.
 fn gpr_bit(r: Register) -> Option<u16> {
@@ -658,7 +690,7 @@ fn gpr_bit(r: Register) -> Option<u16> {
 }
 
 /// rax, rcx, rdx, rsi, rdi, r8-r11: what a called stub leaves made up.
-const CALLER_SAVED_BITS: u16 = 0b0000_1111_1100_0111;
+pub(crate) const CALLER_SAVED_BITS: u16 = 0b0000_1111_1100_0111;
 /// eax, ecx, edx: cdecl's.
 const CALLER_SAVED_BITS32: u16 = 0b0000_0000_0000_0111;
 const RSP_BIT: u16 = 1 << 4;
@@ -673,7 +705,10 @@ const RSP_BIT: u16 = 1 << 4;
 /// flags or vector registers, or a register as the run began is made up.
 /// Partial and conditional writes keep the register's older value in
 /// question too.
-fn null_access_source(mut trail: impl Iterator<Item = (Instruction, bool)>, caller_saved_bits: u16) -> AddressSource {
+pub(crate) fn null_access_source(
+    mut trail: impl Iterator<Item = (Instruction, bool)>,
+    caller_saved_bits: u16,
+) -> AddressSource {
     let mut factory = InstructionInfoFactory::new();
     let Some((access, access_holds_hole)) = trail.next() else { return AddressSource::MadeUp };
     let info = factory.info(&access);
