@@ -6,7 +6,7 @@
 //! code hook acts (sites, leaving the code), and there does exactly what
 //! the hook does, with the same shared functions (`observe_site`,
 //! `classify_exit`, `null_access_source`, `Contents`); made-up memory is
-//! mapped by the same rules (chunks, budget, NULL page). Whatever a native
+//! mapped by the same rules (a page at a time, budget, NULL page). Whatever a native
 //! run cannot reproduce exactly ([`protocol::Refusal`]) is run again on an
 //! internal [`UnicornX86`], whose trace is returned: verdicts are
 //! identical by construction, and [`NativeEngine::stats`] counts how many
