@@ -139,11 +139,13 @@ impl Explorer {
         let taken: BTreeSet<(u32, u32)> = self.paths.iter().flat_map(|p| p.branches.iter().copied()).collect();
         for path in &self.paths {
             for &(branch, went) in &path.branches {
-                let (Some(b), Some(w)) = (cfg.index_of_offset(branch), cfg.index_of_offset(went)) else { continue };
-                if away_only && reach[w] {
+                let Some(b) = cfg.index_of_offset(branch) else { continue };
+                // `None`: it left the code (a guard's exit), away from every hole.
+                let w = cfg.index_of_offset(went);
+                if away_only && w.is_some_and(|w| reach[w]) {
                     continue;
                 }
-                let Some(other) = cfg.successors(b).find(|&s| s != w && reach[s]) else { continue };
+                let Some(other) = cfg.successors(b).find(|&s| Some(s) != w && reach[s]) else { continue };
                 let to = cfg.flows[other].offset;
                 if !away_only && taken.contains(&(branch, to)) {
                     continue;
@@ -198,6 +200,25 @@ mod tests {
         assert_eq!(steering.force, vec![(0, 6)]);
         // Tried once: not offered again.
         assert_eq!(explorer.next_toward(&cfg, goal), None);
+    }
+
+    #[test]
+    fn a_guard_that_left_the_code_is_sent_on_toward_the_goal() {
+        // 0: jz out-of-code | 2: nop | 4: nop (the hole) | 6: ret
+        let base = 0x1000;
+        let cfg = Cfg::new(
+            vec![
+                flow(0, true, Some(0x9000), true),
+                flow(2, true, None, false),
+                flow(4, true, None, false),
+                flow(6, false, None, false),
+            ],
+            base,
+        );
+        let mut explorer = Explorer::default();
+        explorer.record(0, &Steering::default(), &[(0, u32::MAX)]);
+        let (_, steering) = explorer.next_toward(&cfg, 2).expect("the guard's fall-through reaches the hole");
+        assert_eq!(steering.force, vec![(0, 2)]);
     }
 
     #[test]

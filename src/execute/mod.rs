@@ -151,7 +151,8 @@ pub struct Trace {
     /// True when entered as a function (the trampoline/shim), so `ret` is its exit.
     pub entered_by_call: bool,
     /// Steered runs: which way each conditional branch went, as (branch
-    /// offset, offset run next), each pair once, in the order first seen.
+    /// offset, offset run next; `unicorn::LEFT_THE_CODE` when it jumped out
+    /// of the code), each pair once, in the order first seen.
     #[serde(skip)]
     pub branches: Vec<(u32, u32)>,
 }

@@ -908,6 +908,9 @@ pub fn debug_trace() -> bool {
 fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u32) {
     let st = uc.get_data_mut();
     if !st.code.contains(&addr) {
+        if !st.steerable.is_empty() {
+            record_branch(st, st.last_pc, LEFT_THE_CODE);
+        }
         st.left_to = Some(addr);
         let _ = uc.emu_stop();
         return;
@@ -964,6 +967,9 @@ fn on_instruction<M: Machine>(uc: &mut Unicorn<'_, RunState>, addr: u64, size: u
         }
     }
 }
+
+/// The "offset run next" of a branch that left the code ([`Trace::branches`]).
+pub const LEFT_THE_CODE: u32 = u32::MAX;
 
 /// Branch outcomes one steered run keeps (a loop re-runs the same few).
 const BRANCH_RECORD_CAP: usize = 4096;
