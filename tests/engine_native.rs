@@ -116,7 +116,7 @@ fn report(set: &StencilSet, engine: EngineKind, placements: u32, threads: usize)
 #[test]
 fn the_real_3_13_5_header_gets_the_same_verdicts() {
     if !Path::new(REAL_HEADER).exists() {
-        eprintln!("note: {REAL_HEADER} missing: the real header's parity is not checked");
+        common::skip(&format!("{REAL_HEADER} missing: the real header's parity is not checked"));
         return;
     }
     let set = stencilcheck::load::load_path(Path::new(REAL_HEADER)).unwrap();

@@ -7,6 +7,7 @@
 //! without them they print a note and pass. The mutants are made here, at
 //! test time, from that file: no CPython code is kept in this repository.
 
+mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use stencilcheck::model::PatchFn;
@@ -22,7 +23,7 @@ fn cpython() -> Option<(String, PathBuf)> {
         return None;
     }
     if !Path::new(JIT_C).exists() || !Path::new(HEADER).exists() {
-        eprintln!("note: {JIT_C} or {HEADER} missing; skipped (run scripts/verify-cpython.sh)");
+        common::skip(&format!("{JIT_C} or {HEADER} missing; skipped (run scripts/verify-cpython.sh)"));
         return None;
     }
     Some((std::fs::read_to_string(JIT_C).unwrap(), PathBuf::from(HEADER)))
@@ -40,7 +41,7 @@ fn have_cc() -> bool {
     let cc = std::env::var("CC").ok().filter(|c| !c.trim().is_empty()).unwrap_or_else(|| "cc".into());
     let ok = std::process::Command::new(&cc).arg("--version").output().is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("note: no C compiler ({cc}); skipped");
+        common::skip(&format!("no C compiler ({cc}); skipped"));
     }
     ok
 }
@@ -412,7 +413,7 @@ fn mutant_off_by_one_reach_checks_are_caught_by_diff_patch() {
 fn diff_patch_replays_the_aarch64_header_with_both_patchers() {
     let Some((src, _)) = cpython() else { return };
     if !Path::new(HEADER_A64).exists() {
-        eprintln!("note: {HEADER_A64} missing; skipped");
+        common::skip(&format!("{HEADER_A64} missing; skipped"));
         return;
     }
     let (code, out, err) = run(&["diff-patch", "--jit-c", JIT_C, "--cases", "10", "--header", HEADER_A64]);
@@ -744,7 +745,7 @@ fn diff_patch_reports_cpython_crashes_as_differences_in_cases_and_emits() {
 fn aarch64_mutants_are_caught_by_verify_on_the_aarch64_header() {
     let Some((src, _)) = cpython() else { return };
     if !Path::new(HEADER_A64).exists() {
-        eprintln!("note: {HEADER_A64} missing; skipped");
+        common::skip(&format!("{HEADER_A64} missing; skipped"));
         return;
     }
     let cases = [

@@ -1,6 +1,7 @@
 //! The object loader end to end, through the binary: the embedded corpus,
 //! CPython's own objects (when built on this machine), diff and cross-check.
 
+mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -62,7 +63,7 @@ fn cpython_objects_verify_and_match_the_header() {
     let objs = Path::new(CPYTHON).join("objs");
     let header = Path::new(CPYTHON).join("jit_stencils.h");
     if !objs.is_dir() || !header.is_file() {
-        eprintln!("note: {CPYTHON} absent (scripts/verify-cpython.sh builds it): skipped");
+        common::skip(&format!("{CPYTHON} absent (scripts/verify-cpython.sh builds it): skipped"));
         return;
     }
     let o = stencilcheck(&["verify", objs.to_str().unwrap(), "--placements", "16", "--cross-check-objdump"]);
@@ -147,7 +148,7 @@ fn cpython_aarch64_objects_match_the_header() {
     let root = Path::new("/tmp/cpython-stencils/3.13.5/aarch64-unknown-linux-gnu");
     let (objs, header) = (root.join("objs"), root.join("jit_stencils.h"));
     if !objs.is_dir() || !header.is_file() {
-        eprintln!("note: {} absent: skipped", root.display());
+        common::skip(&format!("{} absent: skipped", root.display()));
         return;
     }
     let o = stencilcheck(&["diff", header.to_str().unwrap(), objs.to_str().unwrap()]);
@@ -162,7 +163,7 @@ fn cpython_aarch64_objects_match_the_header() {
 fn a_header_stencil_with_code_but_no_object_is_a_difference() {
     let root = Path::new("/tmp/cpython-stencils/3.13.5/aarch64-unknown-linux-gnu");
     if !root.join("objs").is_dir() {
-        eprintln!("note: {} absent: skipped", root.display());
+        common::skip(&format!("{} absent: skipped", root.display()));
         return;
     }
     let dir = tempfile::tempdir().unwrap();

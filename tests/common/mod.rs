@@ -115,3 +115,22 @@ pub fn raw(name: &str, code: Vec<u8>) -> stencilcheck::model::Stencil {
         ],
     }
 }
+
+/// A test that needs data this machine lacks (CPython's stencils or
+/// source, a C compiler) says so instead of passing quietly: with
+/// `STENCILCHECK_REQUIRE_REAL_DATA` set (`scripts/test.sh` sets it in CI,
+/// after building that data) it fails; otherwise it prints `SKIPPED: why`
+/// and, when `STENCILCHECK_SKIP_LOG` names a file, adds the line there
+/// (`scripts/test.sh` prints the list after the tests).
+pub fn skip(why: &str) {
+    if std::env::var_os("STENCILCHECK_REQUIRE_REAL_DATA").is_some() {
+        panic!("required data missing: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    if let Some(log) = std::env::var_os("STENCILCHECK_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+            let _ = writeln!(f, "{}: {why}", std::thread::current().name().unwrap_or("?"));
+        }
+    }
+}
