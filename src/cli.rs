@@ -129,6 +129,14 @@ pub struct VerifyArgs {
     /// site findings count as inconclusive (the path may be infeasible).
     #[arg(long, default_value_t = DEFAULT_EXPLORE, value_name = "RUNS")]
     pub explore: u32,
+    /// Progress on stderr as stencils finish: a line that updates in place
+    /// on a terminal, a line every 10% otherwise. Default: on when stderr
+    /// is a terminal.
+    #[arg(long, conflicts_with = "quiet")]
+    pub progress: bool,
+    /// No progress on stderr (the report is unchanged).
+    #[arg(long, short)]
+    pub quiet: bool,
     /// Also list every stencil with its runs and hole coverage.
     #[arg(long, short)]
     pub verbose: bool,
@@ -376,7 +384,9 @@ fn verify_one(args: &VerifyArgs, out: &mut String) -> Result<(u8, Verified), Bad
         engine: args.engine.into(),
     };
     let started = Instant::now();
-    let outcome = pipeline::verify(&set, &options)?;
+    let progress = Progress::new(&shown, args.progress_mode());
+    let outcome = pipeline::verify_with_progress(&set, &options, &|p| progress.tell(&p))?;
+    progress.finish();
     let elapsed = started.elapsed();
     if let Some(stats) = &outcome.native {
         eprintln!("native engine: {}", stats.summary());
@@ -453,6 +463,67 @@ fn diff_patch(args: &DiffPatchArgs, out: &mut String) -> Result<u8, BadInput> {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl VerifyArgs {
+    fn progress_mode(&self) -> ProgressMode {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        match (self.quiet, self.progress, terminal) {
+            (true, _, _) | (false, false, false) => ProgressMode::Off,
+            (false, _, true) => ProgressMode::InPlace,
+            (false, true, false) => ProgressMode::Lines,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProgressMode {
+    Off,
+    /// One line rewritten with `\r` (a terminal).
+    InPlace,
+    /// A line at every 10% (a CI log).
+    Lines,
+}
+
+/// Progress of one input's verification on stderr.
+struct Progress<'a> {
+    input: &'a str,
+    mode: ProgressMode,
+    findings: std::sync::atomic::AtomicUsize,
+    printed: std::sync::Mutex<usize>,
+}
+
+impl<'a> Progress<'a> {
+    fn new(input: &'a str, mode: ProgressMode) -> Progress<'a> {
+        Progress { input, mode, findings: Default::default(), printed: std::sync::Mutex::new(0) }
+    }
+
+    fn tell(&self, p: &pipeline::Progress) {
+        use std::sync::atomic::Ordering;
+        let found = p.result.as_ref().map_or(0, |r| r.findings.len());
+        let findings = self.findings.fetch_add(found, Ordering::Relaxed) + found;
+        let line = format!("{}: {}/{} stencils, {findings} findings so far", self.input, p.done, p.total);
+        let mut printed = self.printed.lock().unwrap();
+        match self.mode {
+            ProgressMode::Off => {}
+            ProgressMode::InPlace => eprint!("\r{line}"),
+            ProgressMode::Lines => {
+                // Every tenth of the way (and the end), once each.
+                let tenth = p.done * 10 / p.total.max(1);
+                if tenth > *printed || p.done == p.total {
+                    *printed = tenth.max(*printed + usize::from(p.done == p.total));
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if self.mode == ProgressMode::InPlace {
+            eprintln!();
+        }
+    }
 }
 
 /// Steered runs per stencil by default ([`VerifyArgs::explore`]).

@@ -86,7 +86,28 @@ pub struct Outcome {
 
 /// Check every selected stencil of `set` under `options`.
 pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> {
+    verify_with_progress(set, options, &|_| {})
+}
+
+/// Where a run of [`verify_with_progress`] has got to: told after each
+/// stencil, in the order stencils finish (not file order).
+pub struct Progress<'r> {
+    /// Stencils finished, of `total`.
+    pub done: usize,
+    pub total: usize,
+    /// The one just finished (an error: it was refused).
+    pub result: &'r Result<StencilResult, BadInput>,
+}
+
+/// [`verify`], telling `progress` as each stencil finishes (from the worker
+/// threads: it must be cheap and thread-safe).
+pub fn verify_with_progress(
+    set: &StencilSet,
+    options: &Options,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Outcome, BadInput> {
     let selected = select(set, &options.stencils)?;
+    let done = AtomicUsize::new(0);
     let convention = set.target.convention(set);
     let next = AtomicUsize::new(0);
     let slots: Vec<Mutex<Option<Result<StencilResult, BadInput>>>> =
@@ -107,6 +128,8 @@ pub fn verify(set: &StencilSet, options: &Options) -> Result<Outcome, BadInput> 
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(stencil) = selected.get(i) else { break };
                     let result = verify_stencil(set, stencil, options, engine.as_mut());
+                    let finished = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    progress(Progress { done: finished, total: selected.len(), result: &result });
                     *slots[i].lock().unwrap() = Some(result);
                 }
                 if let Some(stats) = engine.native_stats() {

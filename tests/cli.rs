@@ -435,3 +435,27 @@ fn a_build_directory_verifies_every_target_and_sums_up() {
     assert!(out.contains("aarch64-unknown-linux-gnu/jit_stencils.h") && out.contains("refused (exit 2)"), "{out}");
     assert!(out.contains("x86_64-unknown-linux-gnu/jit_stencils.h") && out.contains("findings"), "{out}");
 }
+
+#[test]
+fn progress_goes_to_stderr_in_tenths_and_quiet_silences_it() {
+    let with = verify("swapped-targets.h", &["--progress", "--placements", "2"]);
+    let lines: Vec<String> = stderr(&with).lines().map(str::to_owned).collect();
+    assert!(!lines.is_empty(), "progress lines on stderr");
+    let last = lines.last().unwrap();
+    assert!(last.contains("swapped-targets.h: ") && last.contains(" stencils, ") && last.contains(" findings so far"));
+    let (done, total) = last.split(": ").nth(1).unwrap().split(' ').next().unwrap().split_once('/').unwrap();
+    assert_eq!(done, total, "the last line is the end: {last}");
+    let found: usize = last.rsplit(", ").next().unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(found > 0, "the fixture's findings are counted: {last}");
+    assert!(lines.len() <= 11, "at most a line per tenth and the end: {lines:?}");
+    assert!(!stdout(&with).contains("findings so far"), "the report stays clean");
+    let quiet = verify("swapped-targets.h", &["--quiet", "--placements", "2"]);
+    assert!(!stderr(&quiet).contains("findings so far"));
+    assert_eq!(stdout(&with), stdout(&quiet).replace(&elapsed(&stdout(&quiet)), &elapsed(&stdout(&with))));
+}
+
+/// The `runs: N in X s (Y stencil runs/s)` part, which differs run to run.
+fn elapsed(report: &str) -> String {
+    let line = report.lines().find(|l| l.starts_with("runs: ")).unwrap_or_default();
+    line.split(", ").next().unwrap_or_default().to_string()
+}
