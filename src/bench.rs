@@ -127,18 +127,7 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
         let plural = if threads == 1 { "" } else { "s" };
         let mut unicorn = 0.0;
         for engine in engines(&set) {
-            let options = pipeline::Options {
-                seed: o.seed,
-                placements: o.placements,
-                stencils: Vec::new(),
-                placement: None,
-                instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
-                threads,
-                strict: false,
-                explore: 0,
-                patcher,
-                engine,
-            };
+            let options = plain_options(o, patcher, threads, engine);
             let mut native = None;
             let (d, n) = best(o.repeat, || {
                 let outcome = pipeline::verify(&set, &options)?;
@@ -165,6 +154,28 @@ fn measure(path: &std::path::Path, o: &BenchOptions, patcher: &(dyn Patcher + Sy
         rates,
         notes,
     })
+}
+
+/// Every stencil, every placement, default budgets, no exploration: the
+/// same work for every engine and thread count measured.
+fn plain_options<'a>(
+    o: &BenchOptions,
+    patcher: &'a (dyn Patcher + Sync),
+    threads: usize,
+    engine: EngineKind,
+) -> pipeline::Options<'a> {
+    pipeline::Options {
+        seed: o.seed,
+        placements: o.placements,
+        stencils: Vec::new(),
+        placement: None,
+        instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
+        threads,
+        strict: false,
+        explore: 0,
+        patcher,
+        engine,
+    }
 }
 
 /// Unicorn always; the native engine too where it can run the set's stencils.
@@ -278,18 +289,7 @@ pub fn against_baseline(
             BadInput::in_file(script.display(), format!("no `runs/s:` line ({})", why.trim()))
         })?;
     let set = crate::load::load_path(path)?;
-    let options = pipeline::Options {
-        seed: o.seed,
-        placements: o.placements,
-        stencils: Vec::new(),
-        placement: None,
-        instruction_limit: execute::DEFAULT_INSTRUCTION_LIMIT,
-        threads: 1,
-        strict: false,
-        explore: 0,
-        patcher,
-        engine: EngineKind::Unicorn,
-    };
+    let options = plain_options(o, patcher, 1, EngineKind::Unicorn);
     let (d, n) =
         best(o.repeat, || pipeline::verify(&set, &options).map(|r| r.results.iter().map(|s| s.runs as u64).sum()))?;
     let ours = rate(n, d);
