@@ -21,3 +21,6 @@ if [ -s "$skips" ]; then
 fi
 rm -f "$skips"
 scripts/verify-cpython.sh
+# Every cargo-fuzz target, 10 s each: the smoke of scripts/fuzz.sh.
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+scripts/fuzz.sh 10

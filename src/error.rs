@@ -90,12 +90,22 @@ impl BadInput {
 
 impl fmt::Display for BadInput {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line, always: newlines in a message would break CI log greps.
-        write!(f, "{}: {}", self.location, shorten(self.message.replace('\n', " ")))
+        // One line, always: newlines in a message would break CI log greps,
+        // and names read from an input (a section's) may hold any byte.
+        write!(f, "{}: {}", one_line(&self.location), shorten(one_line(&self.message)))
     }
 }
 
 impl std::error::Error for BadInput {}
+
+/// `s` with control characters (newlines, escapes, NULs) spelled `\n`,
+/// `\u{1b}`: what an input names can never break the line or the terminal.
+fn one_line(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
 
 pub type Result<T, E = BadInput> = std::result::Result<T, E>;
 
@@ -116,6 +126,10 @@ mod tests {
         assert_eq!(BadInput::in_file("f", "y".repeat(5000)).message.chars().count(), MAX_MESSAGE);
         let raw = BadInput { location: "f".into(), message: "z".repeat(5000), kind: Refusal::BadInput };
         assert!(raw.to_string().chars().count() <= MAX_MESSAGE + 3);
+        // A name read from an input cannot break the line (the fuzzer's
+        // first find: a COFF section named with newlines).
+        let named = BadInput::at_offset("f.o", "\n\n.te\x1bxt", 0, "truncated\nsection");
+        assert_eq!(named.to_string(), "f.o: \\n\\n.te\\u{1b}xt+0x0: truncated\\nsection");
         // Multi-byte characters are cut on a character boundary.
         assert!(excerpt(&"é".repeat(200), 10).ends_with("é…"));
     }
