@@ -484,3 +484,35 @@ fn a_directory_with_more_objects_than_the_limit_is_refused_before_reading_them()
     }
     assert_dir_refused(d.path(), "limit");
 }
+
+/// Every CPython 3.13 target's objects load, with every relocation read as
+/// llvm-objdump reads it (a relocation type the loader forgot is a refusal;
+/// one it misreads is a difference), and the counts match.
+#[test]
+fn cpython_objects_of_every_target_match_objdump() {
+    let root = Path::new("/tmp/cpython-stencils/3.13.5");
+    let triples = [
+        "x86_64-unknown-linux-gnu",
+        "aarch64-unknown-linux-gnu",
+        "x86_64-apple-darwin",
+        "aarch64-apple-darwin",
+        "x86_64-pc-windows-msvc",
+        "i686-pc-windows-msvc",
+    ];
+    for triple in triples {
+        let objs = root.join(triple).join("objs");
+        if !objs.is_dir() {
+            common::skip(&format!("{} absent (scripts/cpython-stencils.sh builds it)", objs.display()));
+            continue;
+        }
+        let set = stencilcheck::load::load_path(&objs).unwrap_or_else(|e| panic!("{triple}: {e}"));
+        assert!(set.stencils.len() >= 234, "{triple}: {} stencils", set.stencils.len());
+        let checked = stencilcheck::load::crosscheck::check(&set).unwrap_or_else(|e| panic!("{triple}: {e}"));
+        assert!(!checked.contains("skipped"), "{triple}: llvm-objdump is needed here: {checked}");
+        let relocations: usize =
+            checked.split(" relocations").next().and_then(|h| h.rsplit(' ').next()).unwrap().parse().unwrap();
+        let objects: usize = checked.split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(objects, set.stencils.len(), "{triple}: every object checked: {checked}");
+        assert!(relocations > 1000, "{triple}: every relocation counted: {checked}");
+    }
+}
