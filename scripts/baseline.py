@@ -117,7 +117,7 @@ def run_one(uc, run, tally):
 
     # The image, read+execute, with one page of int3 after the code.
     spans = [pages_of(code_start, code_end - code_start + PAGE)]
-    spans += [pages_of(addr, len(data) // 2) for addr, data in run["regions"]]
+    spans += [pages_of(addr, len(bytes.fromhex(data))) for addr, data in run["regions"]]
     spans.sort()
     merged = []
     for s, e in spans:

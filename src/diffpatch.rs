@@ -18,7 +18,7 @@
 //! (a `FailureKind::Crash` failure) always differs, even where the ports
 //! assert: a crash is never "the same outcome".
 
-use crate::model::PatchFn;
+use crate::model::{hex_bytes, PatchFn};
 use crate::patch::native::NativePatcher;
 use crate::patch::{self, FailureKind, Image, PatchAssert, Patcher};
 use rand::{Rng, SeedableRng};
@@ -54,10 +54,6 @@ pub struct Summary {
     pub differences: Vec<Difference>,
     /// Functions compared, with their case counts.
     pub per_func: Vec<(PatchFn, u64)>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 fn outcome(r: &Result<Image, PatchAssert>, case: &Case) -> String {
@@ -96,7 +92,7 @@ impl std::fmt::Display for Difference {
         let before: Vec<u8> = (from..from + 16).filter_map(|a| c.image.read_u8(a)).collect();
         writeln!(f, "DIFFERENCE {}({:#x}, {:#x}) [{}]", c.func, c.location, c.value, c.what)?;
         writeln!(f, "  code at     {:#x}, data at {:#x}", c.image.code_addr, c.image.data_addr)?;
-        writeln!(f, "  before      bytes at {from:#x}: {}", hex(&before))?;
+        writeln!(f, "  before      bytes at {from:#x}: {}", hex_bytes(&before))?;
         if let Some(slot) = c.image.read_u64(c.value.wrapping_add(4)) {
             writeln!(f, "  *(value+4)  {slot:#x}")?;
         }
@@ -444,8 +440,8 @@ pub fn compare_emits(
                     let mut text = format!(
                         "{head}\n  first differing byte {section}+{off:#x} (at {:#x})\n  ports       {}\n  jit.c       {}",
                         base + off,
-                        hex(&x[from..to]),
-                        hex(&y[from..to])
+                        hex_bytes(&x[from..to]),
+                        hex_bytes(&y[from..to])
                     );
                     if let Some(c) = call {
                         text.push_str(&format!(

@@ -615,6 +615,11 @@ pub fn hex_signed(v: i64) -> String {
 
 /// The low `bits` bits of `v`: what an instruction that takes a field of
 /// that width keeps of a value.
+/// Bytes as objdump prints them: `48 8b 05`.
+pub fn hex_bytes(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}
+
 pub fn truncate(v: u64, bits: u32) -> u64 {
     if bits >= 64 {
         v

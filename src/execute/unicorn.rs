@@ -700,7 +700,7 @@ pub struct ExportedRun {
     /// Unicorn's architecture and mode numbers.
     pub arch: i32,
     pub mode: i32,
-    /// Every image region: address and bytes (hex), mapped read+execute.
+    /// Every image region: address and bytes (`48 8b 05`), mapped read+execute.
     pub regions: Vec<(u64, String)>,
     /// The code: where leaving it is a call or an exit.
     pub code: (u64, u64),
@@ -738,10 +738,14 @@ impl<M: Machine> UnicornEngine<M> {
             placement: placement.index,
             arch: M::ARCH as i32,
             mode: M::MODE.0 as i32,
-            regions: image.regions().map(|(_, a, b)| (a, hex(b))).filter(|(_, b)| !b.is_empty()).collect(),
+            regions: image
+                .regions()
+                .map(|(_, a, b)| (a, crate::model::hex_bytes(b)))
+                .filter(|(_, b)| !b.is_empty())
+                .collect(),
             code: (st.code.start, st.code.end),
             registers,
-            writes: vec![(sp, hex(&word))],
+            writes: vec![(sp, crate::model::hex_bytes(&word))],
             seed: st.seed,
             heap: st.heap,
             interesting: st.interesting.clone(),
@@ -751,10 +755,6 @@ impl<M: Machine> UnicornEngine<M> {
             instruction_limit: self.limit,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl<M: Machine> Engine for UnicornEngine<M> {

@@ -8,7 +8,7 @@
 
 use super::unicorn::{ensure_mapped, le, AddressSource, Machine, RunState, Transfer, UnicornEngine};
 use super::{entered_by_call, CAbi, Convention, ExitKind, SiteObservation, CDECL_I686};
-use crate::model::{truncate, Effect, Stencil, StencilSet};
+use crate::model::{hex_bytes, truncate, Effect, Stencil, StencilSet};
 use crate::patch::Image;
 use crate::target::{i686, x86_64::USER_SPACE};
 use iced_x86::{
@@ -252,10 +252,6 @@ pub fn format_with(bytes: &[u8], ip: u64, bits: u32) -> String {
     f.options_mut().set_rip_relative_addresses(true);
     f.format(&insn, &mut out);
     out
-}
-
-fn hex_bytes(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 /// What evaluating a site told us.

@@ -169,7 +169,7 @@ pub fn format_at(bytes: &[u8], ip: u64) -> String {
             format!("{} #{:#x}", exception_name(w).unwrap_or_default(), (w >> 5) & 0xffff)
         }
         Some(w) => decode::format(w, ip),
-        None => format!("(truncated) {}", bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")),
+        None => format!("(truncated) {}", crate::model::hex_bytes(bytes)),
     }
 }
 
