@@ -26,12 +26,22 @@ pub struct Cfg {
     /// Code offset → index into `flows`.
     at: BTreeMap<u32, usize>,
     code_addr: u64,
+    /// Per instruction: the ones that may run right before it.
+    predecessors: Vec<Vec<usize>>,
 }
 
 impl Cfg {
     pub fn new(flows: Vec<Flow>, code_addr: u64) -> Cfg {
         let at = flows.iter().enumerate().map(|(i, f)| (f.offset, i)).collect();
-        Cfg { flows, at, code_addr }
+        let mut cfg = Cfg { flows, at, code_addr, predecessors: Vec::new() };
+        let mut predecessors: Vec<Vec<usize>> = vec![Vec::new(); cfg.flows.len()];
+        for i in 0..cfg.flows.len() {
+            for s in cfg.successors(i) {
+                predecessors[s].push(i);
+            }
+        }
+        cfg.predecessors = predecessors;
+        cfg
     }
 
     /// The instruction holding the byte at code offset `offset`.
@@ -56,17 +66,11 @@ impl Cfg {
 
     /// Per instruction: can control get from there to `goal`?
     fn reaching(&self, goal: usize) -> Vec<bool> {
-        let mut predecessors: Vec<Vec<usize>> = vec![Vec::new(); self.flows.len()];
-        for i in 0..self.flows.len() {
-            for s in self.successors(i) {
-                predecessors[s].push(i);
-            }
-        }
         let mut seen = vec![false; self.flows.len()];
         let mut queue = VecDeque::from([goal]);
         seen[goal] = true;
         while let Some(i) = queue.pop_front() {
-            for &p in &predecessors[i] {
+            for &p in &self.predecessors[i] {
                 if !seen[p] {
                     seen[p] = true;
                     queue.push_back(p);
