@@ -10,8 +10,28 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+/// Printed after every command's `--help`: what a CI script and a shell need.
+const EXIT_AND_ENVIRONMENT: &str = "\
+Exit status:
+  0  every stencil was placed, patched, run and judged correct
+  1  findings (the report lists each with the command that replays it)
+  2  bad input: one line on stderr naming the file and line or offset
+  3  valid input this build does not support (e.g. --engine native for aarch64)
+
+Environment:
+  STENCILCHECK_DEBUG  print every emulated instruction with its registers on stderr
+  CC                  the C compiler for --jit-c (default: cc)
+  XDG_CACHE_HOME      --jit-c caches its compiled patch worker in
+                      $XDG_CACHE_HOME/stencilcheck (default: $HOME/.cache)";
+
 #[derive(Parser)]
-#[command(name = "stencilcheck", version, about = "Prove copy-and-patch JIT stencils are patched correctly")]
+#[command(
+    name = "stencilcheck",
+    version,
+    about = "Prove copy-and-patch JIT stencils are patched correctly",
+    after_help = EXIT_AND_ENVIRONMENT,
+    propagate_version = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -20,15 +40,32 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Place, patch, run and judge every stencil of a jit_stencils.h.
+    #[command(after_help = EXIT_AND_ENVIRONMENT)]
     Verify(VerifyArgs),
     /// Measure each stage's throughput in stencil runs per second.
+    #[command(after_help = EXIT_AND_ENVIRONMENT)]
     Bench(BenchArgs),
     /// Compare the holes CPython wrote (a jit_stencils.h) with the ones
     /// derived from its objects (a directory of *.o); exit 1 on differences.
+    #[command(after_help = EXIT_AND_ENVIRONMENT)]
     Diff(DiffArgs),
     /// Compare stencilcheck's patch ports with a jit.c's own patch functions
     /// on random and boundary inputs (exit 1 on any difference).
+    #[command(after_help = EXIT_AND_ENVIRONMENT)]
     DiffPatch(DiffPatchArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    /// on stdout, e.g. `stencilcheck completions bash > /etc/bash_completion.d/stencilcheck`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout: `stencilcheck manpage > stencilcheck.1`.
+    Manpage {
+        /// Instead write one page per command into DIR (`stencilcheck.1`,
+        /// `stencilcheck-verify.1`, ...).
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -44,6 +81,7 @@ pub struct DiffPatchArgs {
     /// The `Python/jit.c` whose patch functions are compared.
     #[arg(long = "jit-c", value_name = "PATH")]
     pub jit_c: PathBuf,
+    /// Seed for the random cases: same seed, same cases.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Cases per patch function.
@@ -67,13 +105,16 @@ pub struct BenchArgs {
     /// side, with ratios to the first.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Seed for placements and made-up memory (as `verify --seed`).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Placements (runs) per stencil.
     #[arg(long, default_value_t = 16)]
     pub placements: u32,
     /// Repetitions; the best is reported.
     #[arg(long, default_value_t = 3)]
     pub repeat: u32,
+    /// Worker threads (default: one per core); runs/s is also given per core.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Write every run of the first input (x86-64 only) as JSON lines to
@@ -111,6 +152,8 @@ pub struct VerifyArgs {
     /// Only this placement index (what a finding's replay command uses).
     #[arg(long)]
     pub placement: Option<u32>,
+    /// Report format on stdout: `human` (findings, then a summary) or
+    /// `json` (the same, for machines).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
     /// Instructions one run may execute before it counts as a hang.
@@ -199,7 +242,32 @@ fn dispatch(command: Command, out: &mut String) -> Result<u8, BadInput> {
         Command::Bench(args) => bench(&args, out),
         Command::Diff(args) => diff(&args, out),
         Command::DiffPatch(args) => diff_patch(&args, out),
+        Command::Completions { shell } => Ok(completions(shell, out)),
+        Command::Manpage { out_dir } => manpage(out_dir.as_deref(), out),
     }
+}
+
+fn completions(shell: clap_complete::Shell, out: &mut String) -> u8 {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut <Cli as clap::CommandFactory>::command(), "stencilcheck", &mut script);
+    out.push_str(&String::from_utf8_lossy(&script));
+    0
+}
+
+/// `stencilcheck.1` on stdout, or with `--out-dir` one page per command
+/// (`stencilcheck.1`, `stencilcheck-verify.1`, ...) as man(1) expects them.
+fn manpage(out_dir: Option<&std::path::Path>, out: &mut String) -> Result<u8, BadInput> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let Some(dir) = out_dir else {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).render(&mut page).expect("writes to memory");
+        out.push_str(&String::from_utf8_lossy(&page));
+        return Ok(0);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| BadInput::in_file(dir.display(), format!("cannot create: {e}")))?;
+    clap_mangen::generate_to(command, dir)
+        .map_err(|e| BadInput::in_file(dir.display(), format!("cannot write: {e}")))?;
+    Ok(0)
 }
 /// Runs a command line in this process (what the tests use, so they do not
 /// depend on a binary another build may have replaced): exit code, stdout,

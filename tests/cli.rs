@@ -459,3 +459,49 @@ fn elapsed(report: &str) -> String {
     let line = report.lines().find(|l| l.starts_with("runs: ")).unwrap_or_default();
     line.split(", ").next().unwrap_or_default().to_string()
 }
+
+/// Every option and argument of every command says what it does, and
+/// every command's help ends with the exit codes and environment variables.
+#[test]
+fn every_option_has_help_and_every_command_lists_exit_codes() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+    let cmd = <stencilcheck::cli::Cli as clap::CommandFactory>::command();
+    let mut missing = Vec::new();
+    walk(&cmd, "stencilcheck", &mut missing);
+    assert!(missing.is_empty(), "options without help: {missing:?}");
+    for sub in cmd.get_subcommands().filter(|s| !matches!(s.get_name(), "help" | "completions" | "manpage")) {
+        // clap hands help back as its "error" text (stdout in the binary).
+        let (code, _, help) = stencilcheck::cli::run(["stencilcheck", sub.get_name(), "--help"]);
+        assert_eq!(code, 0);
+        for needle in ["Exit status:", "  3  valid input", "STENCILCHECK_DEBUG"] {
+            assert!(help.contains(needle), "`{}` --help lacks `{needle}`", sub.get_name());
+        }
+    }
+}
+
+#[test]
+fn completions_and_man_pages_name_every_command_and_option() {
+    let (code, bash, _) = stencilcheck::cli::run(["stencilcheck", "completions", "bash"]);
+    assert_eq!(code, 0);
+    for word in ["verify", "diff-patch", "--placements", "--engine", "native"] {
+        assert!(bash.contains(word), "bash completion lacks {word}");
+    }
+    let (code, man, _) = stencilcheck::cli::run(["stencilcheck", "manpage"]);
+    assert_eq!(code, 0);
+    assert!(man.contains(".TH stencilcheck 1") && man.contains("Exit status:"), "{man}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = stencilcheck::cli::run(["stencilcheck", "manpage", "--out-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let verify = std::fs::read_to_string(dir.path().join("stencilcheck-verify.1")).expect("a page per command");
+    assert!(verify.contains("placements") && verify.contains("explore"), "{verify}");
+}

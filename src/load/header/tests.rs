@@ -1180,3 +1180,49 @@ fn load_main_test_headers_if_present() {
         }
     }
 }
+
+/// The listing's line classifiers take exactly objdump's shapes: a head of
+/// 1 to 16 hex digits, nothing Rust's integer parser would also accept
+/// (`+4` parses as 4, 17 digits with leading zeros fit a u64).
+#[test]
+fn listing_heads_are_hex_digits_only() {
+    use super::listing::{is_label, relocation_line, split_encoding};
+    let r = relocation_line("0000000000000004:  R_X86_64_PLT32 sym-0x4").expect("objdump's shape");
+    assert_eq!((r.offset, r.kind, r.target), (4, "R_X86_64_PLT32", "sym-0x4"));
+    assert!(relocation_line("+4:  R_X86_64_PLT32 sym-0x4").is_none());
+    assert!(relocation_line("00000000000000000004:  R_X86_64_PLT32 sym-0x4").is_none());
+    assert!(relocation_line("0000000000000000g:  R_X86_64_PLT32 sym").is_none());
+    assert!(is_label("0000000000000000 <_JIT_ENTRY>:"));
+    assert!(!is_label("zz <_JIT_ENTRY>:"));
+    assert!(!is_label(" <_JIT_ENTRY>:"));
+    assert_eq!(split_encoding("+f nop").0, Vec::<u8>::new());
+    assert_eq!(split_encoding("0f 1f nop").0, [0x0f, 0x1f]);
+}
+
+#[test]
+fn load_error_data_comment_heads_and_slots() {
+    // A signed head is not an offset objdump prints.
+    let text = with("// 18: CONTINUE", "// +18: CONTINUE");
+    assert_err_at(&text, line_of(FIXTURE, "// 18: CONTINUE"), "unrecognized data comment `+18: CONTINUE`");
+    // Bytes are two hex digits each; a longer hex word is no byte listing
+    // (it reads as a number slot).
+    let text = with("// 3: 00 00 00 00 00", "// 3: 0000");
+    let set = parse(PATH, &text).expect("parses");
+    let at3 = set.stencils[0].data_comments.iter().find(|d| d.offset == 3).expect("comment at 3");
+    assert!(matches!(at3.kind, DataCommentKind::Slot(_)), "{:?}", at3.kind);
+    let set = parse(PATH, FIXTURE).expect("parses");
+    let at3 = set.stencils[0].data_comments.iter().find(|d| d.offset == 3).expect("comment at 3");
+    assert_eq!(at3.kind, DataCommentKind::Bytes);
+}
+
+/// Only the removed jump's own relocation goes with it: one just past the
+/// jump is outside the code and named as such.
+#[test]
+fn load_error_relocation_just_past_the_removed_jump() {
+    let text = FIXTURE.replace(
+        "0000000000000003:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n    // 1: ",
+        "0000000000000003:  R_X86_64_GOTPCRELX   _JIT_CONTINUE-0x4\n    // 0000000000000007:  R_X86_64_64   _JIT_TOP\n    // 1: ",
+    );
+    assert_ne!(text, FIXTURE);
+    assert_err_at(&text, line_of(&text, "0000000000000007:"), "R_X86_64_64 relocation at 0x7 lies outside code_body");
+}
