@@ -8,7 +8,7 @@
 mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use stencilcheck::model::{PatchFn, RelocKind, Section, Stencil, Symbol, Term, Value};
+use stencilcheck::model::{DataCommentKind, PatchFn, RelocKind, Section, Stencil, Symbol, Term, Value};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/objects").join(format!("{name}.o"))
@@ -122,10 +122,35 @@ fn coff_imports_are_got_slots_and_the_final_jump_is_cut() {
     assert_eq!(r.text, "000000000000001f:  IMAGE_REL_AMD64_REL32 __imp_PyFx_Helper");
 }
 
+/// Windows on Arm: every COFF ARM64 relocation type CPython's objects use,
+/// and a pointer in .rdata (ADDR64) that is a slot of the data.
+#[test]
+fn coff_arm64_relocation_types_and_a_pointer_in_rdata() {
+    let s = load("coff_arm64");
+    let kinds: Vec<RelocKind> = s.relocations.iter().map(|r| r.kind).collect();
+    for k in [
+        RelocKind::Coff_ARM64_PAGEBASE_REL21,
+        RelocKind::Coff_ARM64_PAGEOFFSET_12L_Import,
+        RelocKind::Coff_ARM64_PAGEOFFSET_12A,
+        RelocKind::Coff_ARM64_BRANCH19,
+        RelocKind::Coff_ARM64_BRANCH26,
+    ] {
+        assert!(kinds.contains(&k), "{k:?} missing from {kinds:?}");
+    }
+    assert_eq!(hole(&s, Section::Data, 0), (PatchFn::P64, Value::new(Term::Symbol("PyFx_Table".into()), 0)));
+    let slot = s.data_comments.iter().find(|c| c.offset == 0 && matches!(c.kind, DataCommentKind::Slot(_)));
+    assert!(slot.is_some(), "the pointer is a slot: {:?}", s.data_comments);
+    let s = load("coff_x86_64_slot");
+    assert_eq!(hole(&s, Section::Data, 0), (PatchFn::P64, Value::new(Term::Symbol("PyFx_Table".into()), 0)));
+}
+
 #[test]
 fn fixtures_and_darwin_corpus_verify_and_cross_check_clean() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut inputs: Vec<PathBuf> = ["macho_x86_64", "macho_arm64", "coff_x86_64"].iter().map(|n| fixture(n)).collect();
+    let mut inputs: Vec<PathBuf> = ["macho_x86_64", "macho_arm64", "coff_x86_64", "coff_x86_64_slot", "coff_arm64"]
+        .iter()
+        .map(|n| fixture(n))
+        .collect();
     inputs.push(root.join("corpus/x86_64-apple-darwin"));
     inputs.push(root.join("corpus/aarch64-apple-darwin"));
     for p in inputs {
@@ -244,7 +269,7 @@ fn damaged_coff_relocation_tables_are_refused_naming_file_and_section() {
 /// Single-byte damage anywhere never panics: a stencil or a located error.
 #[test]
 fn damaged_macho_and_coff_bytes_never_panic() {
-    for name in ["macho_x86_64", "macho_arm64", "coff_x86_64"] {
+    for name in ["macho_x86_64", "macho_arm64", "coff_x86_64", "coff_x86_64_slot", "coff_arm64"] {
         let good = std::fs::read(fixture(name)).unwrap();
         for i in 0..good.len() {
             for v in [0u8, 0xff, good[i] ^ 0x10] {

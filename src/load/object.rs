@@ -309,6 +309,11 @@ pub fn build(name: &str, raw: &RawObject) -> Stencil {
     if rodata_len > 0 {
         data_comments.push(DataComment { offset: 0, kind: DataCommentKind::Bytes, line: 0 });
     }
+    // A relocation inside the read-only data (a pointer table, an
+    // extern's address) is a slot there, as CPython's header lists it.
+    for h in &data_holes {
+        data_comments.push(DataComment { offset: h.offset, kind: DataCommentKind::Slot(h.value.clone()), line: 0 });
+    }
     for (i, (_, value)) in got.iter().enumerate() {
         let offset = got_start + 8 * i as u64;
         data_holes.push(PatchCall {
