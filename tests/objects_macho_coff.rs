@@ -340,3 +340,64 @@ fn cpython_macho_and_coff_objects_verify_and_diff_as_explained() {
         }
     }
 }
+
+/// Which sections are the stencil's: a COFF section is skipped when it is
+/// unwind info (.pdata/.xdata, also `$`-suffixed), debug info, or
+/// discardable / removed / linker info, or not readable. Each variant
+/// renames or re-flags the .rdata that the code points into: skipped, the
+/// code's relocation names a section that was not copied (refused);
+/// copied, the stencil loads.
+#[test]
+fn coff_sections_are_copied_or_skipped_by_name_and_characteristics() {
+    const READ: u32 = 0x4000_0000;
+    const INIT: u32 = 0x40;
+    let good = std::fs::read(fixture("coff_x86_64_slot")).unwrap();
+    let rdata = 20 + 3 * 40;
+    assert_eq!(&good[rdata..rdata + 6], b".rdata");
+    let variant = |name: &[u8], characteristics: u32| {
+        let mut b = good.clone();
+        let mut n = [0u8; 8];
+        n[..name.len()].copy_from_slice(name);
+        b[rdata..rdata + 8].copy_from_slice(&n);
+        b[rdata + 36..rdata + 40].copy_from_slice(&characteristics.to_le_bytes());
+        stencilcheck::load::load_bytes(Path::new("v.o"), &b)
+    };
+    assert!(variant(b".rdata", READ | INIT).is_ok());
+    assert!(variant(b".rdata2", READ).is_ok());
+    let skipped: [(&[u8], u32); 9] = [
+        (b".pdata", READ | INIT),
+        (b".xdata", READ | INIT),
+        (b".pdata$x", READ | INIT),
+        (b".xdata$x", READ | INIT),
+        (b".debug", READ | INIT),
+        (b".rdata", READ | INIT | 0x0200_0000), // discardable
+        (b".rdata", READ | INIT | 0x800),       // LNK_REMOVE
+        (b".rdata", READ | INIT | 0x200),       // LNK_INFO
+        (b".rdata", INIT),                      // not readable
+    ];
+    for (name, c) in skipped {
+        let shown = String::from_utf8_lossy(name);
+        let e = variant(name, c).err().unwrap_or_else(|| panic!("{shown} {c:#x} was copied"));
+        assert!(e.to_string().contains("not copied"), "{shown} {c:#x}: {e}");
+    }
+}
+
+/// Mach-O: debug sections, __eh_frame and __compact_unwind are skipped;
+/// any other section is the stencil's.
+#[test]
+fn macho_sections_are_copied_or_skipped_by_name_and_attributes() {
+    let good = std::fs::read(fixture("macho_arm64")).unwrap();
+    let (at, _, _) = macho_section(&good, &padded("__cstring"), &padded("__TEXT"));
+    let variant = |name: &str, flags: u32| {
+        let mut b = good.clone();
+        b[at..at + 16].copy_from_slice(&padded(name));
+        b[at + 64..at + 68].copy_from_slice(&flags.to_le_bytes());
+        stencilcheck::load::load_bytes(Path::new("v.o"), &b)
+    };
+    assert!(variant("__cstring", 2).is_ok());
+    assert!(variant("__const", 0).is_ok());
+    for (name, flags) in [("__eh_frame", 0), ("__compact_unwind", 0), ("__cstring", 2 | 0x0200_0000)] {
+        let e = variant(name, flags).err().unwrap_or_else(|| panic!("{name} {flags:#x} was copied"));
+        assert!(e.to_string().contains("not copied"), "{name} {flags:#x}: {e}");
+    }
+}
