@@ -301,6 +301,10 @@ mod tests {
         let emit = "void\nemit_x(\n{\n}\n";
         assert_eq!(InputKind::sniff(emit.as_bytes()), InputKind::Unknown, "emit_ alone");
         assert_eq!(InputKind::sniff(b"code_body StencilGroup\n"), InputKind::Unknown, "no emit_ function");
+        // The emit_ line must start the function: a call in a comment or a
+        // line naming emit_ later is not one.
+        let no_start = "code_body\nf(x)\n  emit_y(\n";
+        assert_eq!(InputKind::sniff(no_start.as_bytes()), InputKind::Unknown, "no line starts an emit_ function");
         assert_eq!(InputKind::sniff(format!("{emit}StencilGroup\n").as_bytes()), InputKind::Header);
     }
 
@@ -310,6 +314,16 @@ mod tests {
         assert_eq!(read_limited(f.path(), 100).expect("at the limit").len(), 100);
         let e = read_limited(f.path(), 99).expect_err("one byte over");
         assert!(e.message.contains("larger than the limit of 99 bytes"), "{}", e.message);
+    }
+
+    /// A file whose size the kernel does not know (procfs says 0) is still
+    /// cut at the limit and refused, never read short as if it were whole.
+    #[test]
+    fn a_file_longer_than_its_reported_size_is_refused_past_the_limit() {
+        let maps = Path::new("/proc/self/maps");
+        assert_eq!(std::fs::metadata(maps).expect("procfs").len(), 0);
+        let e = read_limited(maps, 16).expect_err("longer than 16 bytes");
+        assert!(e.message.contains("17 bytes or more"), "{}", e.message);
     }
 
     #[test]
