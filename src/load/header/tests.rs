@@ -1226,3 +1226,70 @@ fn load_error_relocation_just_past_the_removed_jump() {
     assert_ne!(text, FIXTURE);
     assert_err_at(&text, line_of(&text, "0000000000000007:"), "R_X86_64_64 relocation at 0x7 lies outside code_body");
 }
+
+/// A signature may end in `) {` on its last line; a comment or another
+/// `emit_` line inside it is a malformed signature, not more parameters.
+#[test]
+fn load_signature_shapes() {
+    let one_line = with(
+        "uintptr_t instruction_starts[])\n{\n    // \n    // fix_add.o",
+        "uintptr_t instruction_starts[]) {\n    // \n    // fix_add.o",
+    );
+    let a = parse(PATH, &one_line).expect("`) {` ends the signature");
+    let b = parse(PATH, FIXTURE).expect("parses");
+    assert_eq!(a.stencils[0].code, b.stencils[0].code);
+    assert_eq!(a.stencils[0].relocations.len(), b.stencils[0].relocations.len());
+    for intruder in ["    // a comment", "emit__FIX_SUB("] {
+        let text = with(
+            "    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,\n    const _PyUOpInstruction *instruction, uintptr_t instruction_starts[])\n{\n    // \n    // fix_add.o",
+            &format!("    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,\n{intruder}\n    const _PyUOpInstruction *instruction, uintptr_t instruction_starts[])\n{{\n    // \n    // fix_add.o"),
+        );
+        assert_err_at(&text, line_of(FIXTURE, "unsigned char *code") + 1, "malformed signature of emit__FIX_ADD");
+    }
+}
+
+/// Blank lines inside a run of listing comments are skipped, not its end.
+#[test]
+fn load_blank_lines_inside_the_listing() {
+    let text = with("    // 7: 48 01 c3", "\n    // 7: 48 01 c3");
+    let a = parse(PATH, &text).expect("parses");
+    let b = parse(PATH, FIXTURE).expect("parses");
+    assert_eq!(a.stencils[0].instructions.len(), b.stencils[0].instructions.len());
+    assert_eq!(a.stencils[0].relocations.len(), b.stencils[0].relocations.len());
+}
+
+/// The body length limit is inclusive.
+#[test]
+fn load_body_length_limit() {
+    let at = |n: usize| {
+        with(
+            "const unsigned char data_body[32] = {\n        0x68, 0x69, 0x00,\n    };",
+            &format!("const unsigned char data_body[{n}] = {{\n    }};"),
+        )
+    };
+    let limit = crate::load::MAX_BODY;
+    let e = parse_err(&at(limit));
+    assert!(!e.to_string().contains("implausibly large"), "{e}");
+    assert_err_at(
+        &at(limit + 1),
+        line_of(FIXTURE, "data_body[32]"),
+        &format!("data_body[{}] is implausibly large", limit + 1),
+    );
+}
+
+/// With no code_body the listing must end in `0:` before the data's
+/// comments; without it the split between code and data is unknown.
+#[test]
+fn load_error_empty_code_without_an_end_line() {
+    let nop = "void\nemit__FIX_NOP(\n    unsigned char *code, unsigned char *data, _PyExecutorObject *executor,\n    const _PyUOpInstruction *instruction, uintptr_t instruction_starts[])\n{\n    // \n    // nop.o:   file format elf64-x86-64\n    // 0000000000000000 <_JIT_ENTRY>:\n}\n\n";
+    let text = FIXTURE.replacen("void\nemit_trampoline(", &format!("{nop}void\nemit_trampoline("), 1).replacen(
+        "    [_FIX_ADD] = {emit__FIX_ADD, 38, 32},\n",
+        "    [_FIX_ADD] = {emit__FIX_ADD, 38, 32},\n    [_FIX_NOP] = {emit__FIX_NOP, 0, 0},\n",
+        1,
+    );
+    assert_err_at(
+        &text,
+        line_of(&text, "emit__FIX_NOP(") + 7,
+        "has no code_body and its disassembly has no `0:` end line",
+    );
+}
