@@ -205,6 +205,10 @@ fn operand_index(field: &str) -> Option<u8> {
 /// A patch value: terms joined by `+` (or `- N`), at most one of them
 /// non-constant.
 pub(crate) fn value_of(tokens: &[Tok<'_>]) -> Option<Value> {
+    // An empty argument (`patch_64(code, )`) is no value, not zero.
+    if tokens.is_empty() {
+        return None;
+    }
     let mut base: Option<Term> = None;
     let mut sizeof_code = false;
     let mut addend: i64 = 0;

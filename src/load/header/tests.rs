@@ -440,7 +440,6 @@ fn load_patch_value_forms() {
         ("16", v(Term::Zero, 16)),
         ("-0x4", v(Term::Zero, -4)),
         ("0xfffffffffffffffc", v(Term::Zero, -4)),
-        ("", v(Term::Zero, 0)),
         // 3.14+: the trace GOT slot of an ordinal, as CPython writes it on
         // aarch64 and (minus 4) on x86-64.
         ("got_symbol_address(0x2, state)", v(Term::GotSymbol(2), 0)),
@@ -453,6 +452,8 @@ fn load_patch_value_forms() {
         ("(instruction->operand1 >> 32)", v(Term::OperandHi(1), 0)),
         ("(uintptr_t)data - 0x8", v(Term::Data, -8)),
     ];
+    // An empty argument is no value at all (`patch_64(code, )`).
+    assert_eq!(lex("").and_then(|t| value_of(&t)), None);
     for (text, want) in cases {
         let got = lex(text).and_then(|t| value_of(&t));
         assert_eq!(got.as_ref(), Some(want), "`{text}`");
@@ -969,6 +970,8 @@ fn load_314_statement_forms() {
         ("patch_aarch64_trampoline(code + 0x8, 0x1, data);", "(location, ORDINAL, state)"),
         ("patch_aarch64_trampoline(stack + 0x8, 0x1, state);", "cannot parse patch location"),
         ("patch_aarch64_trampoline(code + 0x8, 0x100000000, state);", "bad symbol ordinal"),
+        ("patch_64(code, );", "patch"),
+        ("patch_32r(code + 0x4, );", "patch"),
     ] {
         let e = statement_of(bad, l).unwrap_err();
         assert!(e.contains(part), "`{bad}`: {e}");
@@ -1292,4 +1295,59 @@ fn load_error_empty_code_without_an_end_line() {
         line_of(&text, "emit__FIX_NOP(") + 7,
         "has no code_body and its disassembly has no `0:` end line",
     );
+}
+
+/// Only inside a preprocessor block is a statement we do not model
+/// skipped, and never a `patch_` or `memcpy` one; after `#endif` (the
+/// nesting count back at zero) it is bad input again.
+#[test]
+fn load_314_preprocessor_blocks_skip_only_unmodelled_statements() {
+    let cfi = "#ifdef _Py_JIT_HAS_SHIM_CFI\n    register_shim_cfi(code);\n#endif\n";
+    parse_314(FIXTURE_314);
+    // Outside any block.
+    let text = with_314(cfi, &format!("{cfi}    register_shim_cfi(code);\n"));
+    assert_err_at(&text, line_of(FIXTURE_314, "#endif") + 1, "register_shim_cfi");
+    // Inside, a patch call that does not parse is still an error.
+    let text = with_314("    register_shim_cfi(code);\n", "    patch_64(code, );\n");
+    assert!(parse(PATH, &text).is_err(), "a malformed patch_ call inside #if");
+    let text = with_314("    register_shim_cfi(code);\n", "    memcpy(code, );\n");
+    assert!(parse(PATH, &text).is_err(), "a malformed memcpy inside #if");
+}
+
+/// The table's sizes: a stencil body of exactly the limit is plausible,
+/// one byte more is not (code and data alike).
+#[test]
+fn load_314_table_size_limits_are_inclusive() {
+    let limit = crate::load::MAX_BODY;
+    for (from, what) in [("{emit__FIX_EMPTY, 0, 0,", "code_size"), ("{emit__FIX_EMPTY, 0, 0,", "data_size")] {
+        let entry = |n: usize| {
+            let to = if what == "code_size" {
+                format!("{{emit__FIX_EMPTY, {n}, 0,")
+            } else {
+                format!("{{emit__FIX_EMPTY, 0, {n},")
+            };
+            with_314(from, &to)
+        };
+        let e = parse(PATH, &entry(limit)).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(!e.contains("implausibly large"), "{what} at the limit: {e}");
+        assert_err_at(
+            &entry(limit + 1),
+            line_of(FIXTURE_314, "[_FIX_EMPTY]"),
+            &format!("{what} {} of emit__FIX_EMPTY is implausibly large", limit + 1),
+        );
+    }
+}
+
+/// With no code_body the code is all zero; a listed instruction with
+/// non-zero bytes inside the code means the body went missing, but one
+/// at the code's end (CPython's cut final jump) does not.
+#[test]
+fn load_314_a_listed_jump_past_an_omitted_code_is_not_a_missing_body() {
+    let text = FIXTURE_314
+        .replacen("    const unsigned char code_body[13] = {\n        0x48, 0x8b, 0x05, 0x00, 0x00, 0x00, 0x00, 0x0f,\n        0x85,\n    };\n", "", 1)
+        .replacen("    // 0: 48 8b 05 00 00 00 00          movq    (%rip), %rax            # 0x7 <_JIT_ENTRY+0x7>\n", "    // 0: 00 00 00 00 00 00 00          addb    %al, (%rax)\n", 1)
+        .replacen("    // 7: 0f 85 00 00 00 00             jne     0xd <_JIT_ENTRY+0xd>\n    // 0000000000000009:  R_X86_64_PLT32       _JIT_JUMP_TARGET-0x4\n",
+                  "    // 7: 00 00 00 00 00 00             addb    %al, (%rax)\n    // 0000000000000009:  R_X86_64_PLT32       _JIT_JUMP_TARGET-0x4\n    // d: e9 00 00 00 00                jmp     0x12 <_JIT_ENTRY+0x12>\n    // 000000000000000e:  R_X86_64_PLT32       _JIT_CONTINUE-0x4\n", 1);
+    let set = parse_314(&text);
+    assert_eq!(set.stencils[2].code, [0; 13]);
 }
